@@ -1,0 +1,298 @@
+"""Composition root: build the ingest pipeline from settings and run it in one TaskGroup.
+
+    MQTT client ──on_publish──► Intake ──fsync──► Spool ──► SpoolWriter ──► InfluxDB
+         ▲                        │  └──────► dead letters
+         └──────── PUBACK ◄───────┘ (after fsync)
+    + hub_stats every stats_interval_s (through the spool) and a status file every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import ssl
+import time
+
+from ingest.deadletter import DeadLetterStore
+from ingest.decode import DecodeLimits, Decoder
+from ingest.influx import (
+    InfluxV1Writer,
+    InfluxV2Writer,
+    InfluxWriter,
+    V1Target,
+    V2Target,
+    WriteError,
+)
+from ingest.influxql import QueryTarget
+from ingest.intake import Intake
+from ingest.line_protocol import encode_point
+from ingest.mqtt_client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient, Will
+from ingest.spool import Spool
+from ingest.stats import IngestStats
+from ingest.writer import SpoolWriter
+from sensors.base import HUB_STATS, DecodeContext, keyed_hash
+from sensors.registry import KINDS
+
+from hub.settings import Settings
+from hub.status import write_status
+
+log = logging.getLogger(__name__)
+
+
+def subscription_filter(settings: Settings) -> str:
+    """`gw/v1/#`, or `$share/<group>/gw/v1/#` so several hubs split the load."""
+    base = f"{settings.mqtt.topic_prefix.strip('/')}/#"
+    return f"$share/{settings.mqtt.shared_group}/{base}" if settings.mqtt.shared_group else base
+
+
+def hub_status_topic(settings: Settings) -> str:
+    return f"{settings.mqtt.topic_prefix.strip('/')}/_hub/{settings.mqtt.client_id}/status"
+
+
+def credential_key(settings: Settings) -> bytes:
+    """The configured key, or one generated once into data_dir (0600) and reused."""
+    if settings.hub.credential_hash_key is not None:
+        return settings.hub.credential_hash_key.get_secret_value().encode()
+    path = settings.hub.data_dir / "credential-hash.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        log.warning("generated a credential-hash key in %s; set hub.credential_hash_key to share it", path)
+    return path.read_text().strip().encode()
+
+
+def build_writer(settings: Settings) -> InfluxWriter:
+    influx = settings.influx
+    if influx.api == "v2":
+        assert influx.org and influx.bucket and influx.token
+        return InfluxV2Writer(
+            V2Target(influx.url, influx.org, influx.bucket, influx.token.get_secret_value(), influx.timeout_s)
+        )
+    return InfluxV1Writer(
+        V1Target(
+            influx.url,
+            influx.database,
+            influx.retention_policy,
+            influx.username,
+            influx.password.get_secret_value() if influx.password else None,
+            influx.timeout_s,
+        )
+    )
+
+
+def query_target(settings: Settings) -> QueryTarget:
+    """InfluxQL target for readers (status, benchmark, later: dashboards, training)."""
+    influx = settings.influx
+    return QueryTarget(
+        url=influx.url,
+        database=influx.database if influx.api == "v1" else (influx.bucket or influx.database),
+        retention_policy=influx.retention_policy,
+        username=influx.username,
+        password=influx.password.get_secret_value() if influx.password else None,
+        token=influx.token.get_secret_value() if influx.token else None,
+    )
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    mqtt = settings.mqtt
+    if not mqtt.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=str(mqtt.tls_ca_file) if mqtt.tls_ca_file else None)
+    if mqtt.tls_cert_file:
+        ctx.load_cert_chain(str(mqtt.tls_cert_file), str(mqtt.tls_key_file) if mqtt.tls_key_file else None)
+    return ctx
+
+
+class Hub:
+    """The running ingest hub; `run()` until cancelled or signalled."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = IngestStats()
+        self.spool = Spool(
+            settings.spool.directory,
+            max_bytes=settings.spool.max_bytes,
+            segment_bytes=settings.spool.segment_bytes,
+        )
+        self.dead_letters = DeadLetterStore(
+            settings.deadletters.directory,
+            max_bytes=settings.deadletters.max_bytes,
+            keep=settings.deadletters.keep,
+        )
+        key = credential_key(settings)
+        self.decoder = Decoder(
+            KINDS,
+            DecodeContext(hash_identifier=lambda value: keyed_hash(key, value)),
+            topic_prefix=settings.mqtt.topic_prefix,
+            limits=DecodeLimits(
+                settings.hub.max_payload_bytes, settings.hub.max_future_s, settings.hub.max_age_s
+            ),
+        )
+        self.sink = build_writer(settings)
+        mqtt = settings.mqtt
+        self.client = MqttClient(
+            mqtt.host,
+            mqtt.port,
+            ConnectOptions(
+                client_id=mqtt.client_id,
+                protocol=MQTT_V5 if mqtt.protocol == "5" else MQTT_V311,
+                clean_start=False,
+                session_expiry_s=mqtt.session_expiry_s,
+                keepalive_s=mqtt.keepalive_s,
+                receive_maximum=mqtt.receive_maximum,
+                username=mqtt.username,
+                password=mqtt.password.get_secret_value() if mqtt.password else None,
+                will=Will(hub_status_topic(settings), b"offline"),
+            ),
+            subscriptions=[(subscription_filter(settings), 1)],
+            on_publish=self._on_publish,
+            tls=tls_context(settings),
+            on_connected=self._on_connected,
+            reconnect_min_s=mqtt.reconnect_min_s,
+            reconnect_max_s=mqtt.reconnect_max_s,
+        )
+        self.intake = Intake(
+            self.decoder,
+            self.spool,
+            self.dead_letters,
+            self.stats,
+            ack=self.client.ack,
+            generation=lambda: self.client.generation,
+            set_reading=self.client.set_reading,
+            batch_max=settings.spool.fsync_batch,
+            linger_s=settings.spool.fsync_linger_ms / 1000,
+            high_water=max(settings.mqtt.receive_maximum * 2, settings.spool.fsync_batch * 4),
+        )
+        self.writer = SpoolWriter(
+            self.spool,
+            self.sink,
+            self.dead_letters,
+            self.stats,
+            batch_size=settings.influx.batch_size,
+            flush_interval_s=settings.influx.flush_interval_s,
+            retry_max_s=settings.influx.retry_max_s,
+            on_commit=self.intake.space_freed,
+        )
+        self._own_status_topic = hub_status_topic(settings)
+        self._hub_topics = f"{settings.mqtt.topic_prefix.strip('/')}/_hub/"
+
+    def _on_publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int) -> None:
+        if topic.startswith(self._hub_topics):
+            # Presence flags of hubs (ours and peers in a shared group): not device data.
+            self.client.ack(self.client.generation, [packet_id] if qos else [])
+            return
+        self.intake.on_publish(topic, payload, qos, retain, packet_id)
+
+    def _on_connected(self, client: MqttClient, session_present: bool) -> None:
+        self.stats.connected = True
+        self.stats.reconnects = client.counters.reconnects
+        client.publish_nowait(self._own_status_topic, b"online", qos=0, retain=True)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run every task in one TaskGroup; return after a graceful stop."""
+        stop = stop or asyncio.Event()
+        self.spool.open()
+        self.dead_letters.open()
+        try:
+            await self._prepare_influx()
+            async with asyncio.TaskGroup() as tasks:
+                runners = [
+                    tasks.create_task(self.client.run(), name="mqtt"),
+                    tasks.create_task(self.intake.run(), name="intake"),
+                    tasks.create_task(self.writer.run(), name="writer"),
+                    tasks.create_task(self._stats_loop(), name="stats"),
+                    tasks.create_task(self._status_loop(), name="status"),
+                ]
+                await stop.wait()
+                log.info("stopping: persisting what was received, then disconnecting")
+                await self._graceful_stop(runners)
+        finally:
+            await self.sink.aclose()
+            self.dead_letters.close()
+            self._refresh_gauges()
+            self.spool.close()
+            self._write_status(running=False)
+
+    async def _graceful_stop(self, runners: list[asyncio.Task[None]]) -> None:
+        mqtt_task, intake_task = runners[0], runners[1]
+        self.client.set_reading(False)  # what is still in the socket the broker re-sends later
+        self.intake.stop()
+        await intake_task
+        await self.intake.drain()  # persist + ack what was received: nothing redelivered
+        with contextlib.suppress(ConnectionLost):
+            self.client.publish_nowait(self._own_status_topic, b"offline", qos=0, retain=True)
+        mqtt_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await mqtt_task
+        # Give the writer a moment to empty the spool; what remains is sent next start.
+        deadline = time.monotonic() + 5.0
+        while self.spool.pending_lines and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in runners:
+            task.cancel()
+
+    async def _prepare_influx(self) -> None:
+        """Create the v1 database when asked; an unreachable InfluxDB is not fatal (spool)."""
+        if self.settings.influx.api == "v1" and self.settings.influx.create_database:
+            assert isinstance(self.sink, InfluxV1Writer)
+            try:
+                await self.sink.ensure_database()
+            except WriteError as exc:
+                log.warning("could not create InfluxDB database yet (%s); spooling until it is up", exc)
+
+    async def _stats_loop(self) -> None:
+        hub_tags = {"hub": self.settings.mqtt.client_id}
+        while True:
+            await asyncio.sleep(self.settings.hub.stats_interval_s)
+            self._refresh_gauges()
+            self.intake.add_point(encode_point(HUB_STATS, hub_tags, self.stats.fields(), time.time_ns()))
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._refresh_gauges()
+            self._write_status(running=True)
+            await asyncio.sleep(self.settings.hub.status_interval_s)
+
+    def _refresh_gauges(self) -> None:
+        stats = self.stats
+        stats.spool_bytes = self.spool.pending_bytes
+        stats.spool_lines = self.spool.pending_lines
+        oldest = self.spool.oldest_pending_ms()
+        stats.lag_s = max(0.0, time.time() - oldest / 1000) if oldest else 0.0
+        stats.connected = self.client.connected.is_set()
+        stats.reconnects = self.client.counters.reconnects
+
+    def _write_status(self, *, running: bool) -> None:
+        snapshot = self.stats.snapshot()
+        snapshot.update(
+            running=running,
+            pid=os.getpid(),
+            client_id=self.settings.mqtt.client_id,
+            subscription=subscription_filter(self.settings),
+            influx=f"{self.settings.influx.api} {self.settings.influx.url}",
+        )
+        write_status(self.settings.hub.data_dir, snapshot)
+
+
+async def run_hub(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    hub = Hub(settings)
+    log.info(
+        "hub %s: %s → %s InfluxDB at %s (spool %s)",
+        settings.mqtt.client_id,
+        subscription_filter(settings),
+        settings.influx.api,
+        settings.influx.url,
+        settings.spool.directory,
+    )
+    await hub.run(stop)

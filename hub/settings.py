@@ -1,0 +1,243 @@
+"""One settings model: defaults < TOML file (`--config`) < `GRIDWATCH_<SECTION>__<KEY>` env.
+
+Strict for operators: unknown keys (in the file or as GRIDWATCH_ variables) are errors,
+secrets are `SecretStr` and placeholder secrets are refused. Built once at start-up and
+passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "GRIDWATCH_"
+_PLACEHOLDERS = frozenset({"changethis", "changeme", "change-me", "secret", "password", "xxx", "todo"})
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; the message says which key and why."""
+
+
+def _refuse_placeholder(value: SecretStr | None, name: str) -> SecretStr | None:
+    if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS | {""}:
+        raise ValueError(f"{name} is a placeholder or empty: set a real secret")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(_Section):
+    url: str = "mqtt://127.0.0.1:18830"
+    """`mqtt://host:port` or `mqtts://host:port` (TLS)."""
+    client_id: str = Field(default="gridwatch-hub", min_length=1, max_length=64)
+    """Fixed, so the broker keeps our persistent session (and queue) while we are away."""
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    topic_prefix: str = "gw/v1"
+    shared_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    """MQTT 5 shared subscription group: hubs with the same group split the load."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    receive_maximum: int = Field(default=4096, ge=1, le=65535)
+    """Unacked messages the broker may send us (MQTT 5): the back-pressure window."""
+    session_expiry_s: int = Field(default=7 * 86400, ge=0)
+    """How long the broker keeps our queue while the hub is down."""
+    reconnect_min_s: Positive = 0.5
+    reconnect_max_s: Positive = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        return _refuse_placeholder(value, "mqtt.password")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class InfluxSettings(_Section):
+    url: str = "http://127.0.0.1:18086"
+    api: Literal["v1", "v2"] = "v1"
+    database: str = "gridwatch"
+    """v1: database (and optional retention policy)."""
+    retention_policy: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    create_database: bool = True
+    """v1: run CREATE DATABASE at start-up (idempotent)."""
+    org: str | None = None
+    """v2: organisation, bucket and token."""
+    bucket: str | None = None
+    token: SecretStr | None = None
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: Positive = 1.0
+    timeout_s: Positive = 10.0
+    retry_max_s: Positive = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("password", "token")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return _refuse_placeholder(value, "influx secret")
+
+    @model_validator(mode="after")
+    def _v2_needs(self) -> Self:
+        if self.api == "v2":
+            missing = [k for k in ("org", "bucket", "token") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"api = 'v2' needs {', '.join(missing)}")
+        return self
+
+
+class SpoolSettings(_Section):
+    directory: Path = Path(".gridwatch/spool")
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """When this much waits for InfluxDB, the hub stops acking and the broker queues."""
+    segment_bytes: int = Field(default=64 << 20, ge=1 << 16)
+    fsync_batch: int = Field(default=2000, ge=1)
+    """Messages per fsync at most."""
+    fsync_linger_ms: float = Field(default=5.0, ge=0)
+    """How long the first message of a batch waits for company before the fsync."""
+
+
+class DeadLetterSettings(_Section):
+    directory: Path = Path(".gridwatch/deadletters")
+    max_bytes: int = Field(default=256 << 20, ge=1 << 16)
+    keep: int = Field(default=5, ge=1, le=100)
+    """Rotated files kept; the oldest is dropped."""
+
+
+class HubSettings(_Section):
+    data_dir: Path = Path(".gridwatch")
+    """Status file and the generated credential-hash key live here."""
+    stats_interval_s: Positive = 10.0
+    status_interval_s: Positive = 1.0
+    credential_hash_key: SecretStr | None = None
+    """Key for hashing card numbers and plates; generated into data_dir when unset.
+    Set it explicitly when several hubs must produce the same hashes."""
+    max_payload_bytes: int = Field(default=16 * 1024, ge=256)
+    max_future_s: Positive = 300.0
+    max_age_s: Positive = 30 * 86400.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("credential_hash_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        value = _refuse_placeholder(value, "hub.credential_hash_key")
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("hub.credential_hash_key needs at least 16 characters")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    spool: SpoolSettings = SpoolSettings()
+    deadletters: DeadLetterSettings = DeadLetterSettings()
+    hub: HubSettings = HubSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+SECTIONS = tuple(Settings.model_fields)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Build the settings once; raise SettingsError naming the offending key."""
+    _check_env_names(os.environ)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    try:
+        return _FromFile()
+    except ValueError as exc:  # pydantic ValidationError and TOML decode errors
+        raise SettingsError(_explain(exc, path)) from exc
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """GRIDWATCH_ variables must name a section and key: a typo is an error, not a no-op."""
+    for name in env:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, sep, key = rest.partition("__")
+        if section not in SECTIONS or not sep:
+            raise SettingsError(
+                f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY> "
+                f"with SECTION in {', '.join(s.upper() for s in SECTIONS)}"
+            )
+        model = Settings.model_fields[section].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        if key not in model.model_fields:
+            raise SettingsError(
+                f"environment variable {name}: section [{section}] has no key {key!r}"
+            )
+
+
+def _explain(exc: ValueError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return f"invalid settings{where}: {exc}"
+    lines = [f"invalid settings{where}:"]
+    for err in errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)

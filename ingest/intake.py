@@ -1,0 +1,202 @@
+"""Intake: MQTT message → decode → spool or dead letters → fsync → PUBACK, in that order.
+
+Messages are decoded as they arrive (synchronously, on the event loop) and grouped
+into batches; one batch at a time is written and fsynced on a worker thread while the
+next one fills, then its packet ids are acked. So a QoS 1 message is acknowledged only
+when it is durable, and the broker's Receive Maximum caps what sits unacked in memory.
+When the spool is full (InfluxDB down too long) the intake stops persisting and thus
+stops acking: the broker keeps the backlog for our persistent session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ingest.deadletter import DeadLetter, DeadLetterStore
+from ingest.decode import Decoder, RejectReason, Rejected
+from ingest.line_protocol import LineProtocolError, encode_reading
+from ingest.spool import Spool, encode_frame
+from ingest.stats import IngestStats
+
+log = logging.getLogger(__name__)
+
+AckFn = Callable[[int, list[int]], int]
+"""(connection generation, packet ids) -> number acked."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    generation: int
+    lines: list[bytes] = field(default_factory=list)
+    rejects: list[Rejected] = field(default_factory=list)
+    packet_ids: list[int] = field(default_factory=list)
+    first_ns: int = 0
+
+    def __len__(self) -> int:
+        return len(self.lines) + len(self.rejects)
+
+
+class Intake:
+    def __init__(
+        self,
+        decoder: Decoder,
+        spool: Spool,
+        dead_letters: DeadLetterStore,
+        stats: IngestStats,
+        *,
+        ack: AckFn,
+        generation: Callable[[], int],
+        set_reading: Callable[[bool], None] = lambda _enabled: None,
+        batch_max: int = 2000,
+        linger_s: float = 0.005,
+        high_water: int = 20_000,
+    ) -> None:
+        self._decoder = decoder
+        self._spool = spool
+        self._dead = dead_letters
+        self._stats = stats
+        self._ack = ack
+        self._generation = generation
+        self._set_reading = set_reading
+        self._batch_max = batch_max
+        self._linger_s = linger_s
+        self._high_water = high_water
+        self._batch = _Batch(generation=0)
+        self._sealed: list[_Batch] = []
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._waiting_messages = 0
+        self._reading_paused = False
+        self._stopping = False
+
+    # -- called by the MQTT client for every PUBLISH --------------------------------
+    def on_publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int) -> None:
+        now_ns = time.time_ns()
+        self._stats.received += 1
+        generation = self._generation()
+        batch = self._batch
+        if batch.generation != generation and len(batch):
+            self._seal()
+            batch = self._batch
+        batch.generation = generation
+        if not len(batch):
+            batch.first_ns = now_ns
+            self._wake.set()  # start the linger clock
+        result = self._decoder.decode(topic, payload, now_ns)
+        if isinstance(result, Rejected):
+            batch.rejects.append(result)
+            self._stats.rejected[result.reason.value] += 1
+        else:
+            try:
+                batch.lines.append(encode_reading(result))
+            except LineProtocolError as exc:
+                batch.rejects.append(Rejected(RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns))
+                self._stats.rejected[RejectReason.INVALID_PAYLOAD.value] += 1
+        if qos:
+            batch.packet_ids.append(packet_id)
+        self._waiting_messages += 1
+        if len(batch) >= self._batch_max:
+            self._seal()
+        if self._waiting_messages >= self._high_water and not self._reading_paused:
+            # Only QoS 0 floods or MQTT 3.1.1 without Receive Maximum get here.
+            self._reading_paused = True
+            self._set_reading(False)
+
+    def add_point(self, line: bytes) -> None:
+        """Spool a hub-generated point (hub_stats) through the same durable path."""
+        if not len(self._batch):
+            self._batch.first_ns = time.time_ns()
+            self._wake.set()
+        self._batch.lines.append(line)
+        self._waiting_messages += 1
+
+    def space_freed(self) -> None:
+        """The writer committed: a full spool may have room again."""
+        self._space.set()
+
+    # -- the flush loop -----------------------------------------------------------------
+    async def run(self) -> None:
+        """Persist batches until `stop()`: one on the worker thread while the next one fills."""
+        while not self._stopping:
+            batch = await self._next_batch()
+            if batch is None:
+                break
+            while self._spool.full and not self._stopping:
+                self._stats.backpressure_waits += 1
+                log.warning(
+                    "spool full (%d bytes): not acking until InfluxDB catches up",
+                    self._spool.pending_bytes,
+                )
+                self._space.clear()
+                await self._space.wait()
+            await self.persist(batch)
+
+    def stop(self) -> None:
+        """Make `run` return after the batch in hand; then `drain` persists the rest."""
+        self._stopping = True
+        self._wake.set()
+        self._space.set()
+
+    async def drain(self) -> None:
+        """Persist and ack everything received so far (graceful shutdown)."""
+        if len(self._batch):
+            self._seal()
+        while self._sealed:
+            await self.persist(self._sealed.pop(0))
+
+    async def persist(self, batch: _Batch) -> None:
+        await asyncio.to_thread(self._write_durably, batch)
+        self._stats.dead_lettered += len(batch.rejects)
+        self._stats.acked += self._ack(batch.generation, batch.packet_ids)
+        self._waiting_messages -= len(batch)
+        if self._reading_paused and self._waiting_messages < self._high_water // 2:
+            self._reading_paused = False
+            self._set_reading(True)
+
+    def _write_durably(self, batch: _Batch) -> None:
+        """Worker thread: append + fsync spool and dead letters; no event-loop state here."""
+        if batch.lines:
+            self._spool.append(encode_frame(batch.lines, batch.first_ns // 1_000_000), len(batch.lines))
+            self._spool.sync()
+        if batch.rejects:
+            for rejected in batch.rejects:
+                self._dead.add(
+                    DeadLetter(
+                        "decode",
+                        rejected.reason.value,
+                        rejected.detail,
+                        rejected.topic,
+                        rejected.payload,
+                        rejected.received_ns,
+                    )
+                )
+            self._dead.sync()
+
+    async def _next_batch(self) -> _Batch | None:
+        while not self._stopping:
+            if self._sealed:
+                return self._sealed.pop(0)
+            batch = self._batch
+            if len(batch):
+                age_s = (time.time_ns() - batch.first_ns) / 1e9
+                if age_s >= self._linger_s:
+                    self._seal()
+                    continue
+                timeout: float | None = self._linger_s - age_s
+            else:
+                timeout = None
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+        return None
+
+    def _seal(self) -> None:
+        self._sealed.append(self._batch)
+        self._batch = _Batch(generation=self._batch.generation)
+        self._wake.set()

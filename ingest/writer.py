@@ -1,0 +1,138 @@
+"""Spool → InfluxDB: batches by size and linger, sorted failures, cursor after success.
+
+One write in flight at a time, always from the spool cursor: a failed write is simply
+read and sent again after a backoff, and a crash re-sends at most the last batch
+(InfluxDB folds identical points). When InfluxDB refuses a batch as data, the batch is
+split in halves until the refused lines are isolated; those go to dead letters and the
+rest is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from ingest.deadletter import DeadLetter, DeadLetterStore
+from ingest.influx import Failure, InfluxWriter, WriteError
+from ingest.spool import Spool
+from ingest.stats import IngestStats
+
+log = logging.getLogger(__name__)
+
+
+class SpoolWriter:
+    def __init__(
+        self,
+        spool: Spool,
+        sink: InfluxWriter,
+        dead_letters: DeadLetterStore,
+        stats: IngestStats,
+        *,
+        batch_size: int = 5000,
+        flush_interval_s: float = 1.0,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._spool = spool
+        self._sink = sink
+        self._dead = dead_letters
+        self._stats = stats
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
+        self._on_commit = on_commit
+        self._failing_since: float | None = None
+
+    async def run(self) -> None:
+        """Write forever; wait for the batch to fill or for the linger to pass."""
+        waiting_since: float | None = None
+        while True:
+            pending = self._spool.pending_lines
+            if pending == 0:
+                waiting_since = None
+                await asyncio.sleep(min(0.05, self._flush_interval_s))
+                continue
+            now = time.monotonic()
+            if waiting_since is None:
+                waiting_since = now
+            if pending < self._batch_size and now - waiting_since < self._flush_interval_s:
+                await asyncio.sleep(min(0.01, self._flush_interval_s))
+                continue
+            await self.write_once()
+            waiting_since = None
+
+    async def write_once(self) -> bool:
+        """Send the next batch from the cursor until it is stored or dead-lettered."""
+        batch = self._spool.read(self._batch_size)
+        if batch is None:
+            return False
+        delay = self._retry_min_s
+        while True:
+            try:
+                refused = await self._deliver(batch.payload)
+                break
+            except WriteError as exc:
+                self._stats.write_failures[exc.failure.value] += 1
+                self._report_failure(exc)
+                wait = exc.retry_after_s or random.uniform(self._retry_min_s, delay)
+                delay = min(delay * 2, self._retry_max_s)
+                await asyncio.sleep(wait)
+        if self._failing_since is not None:
+            log.warning(
+                "InfluxDB writes recovered after %.0f s", time.monotonic() - self._failing_since
+            )
+            self._failing_since = None
+        self._spool.commit(batch.end, batch.lines)
+        self._stats.stored += batch.lines - refused
+        self._record_latency(batch.payload)
+        self._on_commit()
+        return True
+
+    async def _deliver(self, payload: bytes) -> int:
+        """Write; on a data refusal bisect and dead-letter the refused lines. Return their count."""
+        try:
+            await self._sink.write(payload)
+        except WriteError as exc:
+            if exc.failure is not Failure.REJECTED:
+                raise
+            lines = payload.splitlines(keepends=True)
+            if len(lines) == 1:
+                await asyncio.to_thread(self._dead_letter, payload, exc)
+                return 1
+            middle = len(lines) // 2
+            return await self._deliver(b"".join(lines[:middle])) + await self._deliver(
+                b"".join(lines[middle:])
+            )
+        return 0
+
+    def _dead_letter(self, line: bytes, exc: WriteError) -> None:
+        self._dead.add(
+            DeadLetter("influx", f"influx_{exc.status or 'error'}", exc.detail, "", line, time.time_ns())
+        )
+        self._dead.sync()
+        self._stats.dead_lettered += 1
+
+    def _report_failure(self, exc: WriteError) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            level = logging.ERROR if exc.failure is Failure.CONFIG else logging.WARNING
+            log.log(
+                level,
+                "InfluxDB write failed (%s); keeping %d lines in the spool and retrying",
+                exc,
+                self._spool.pending_lines,
+            )
+
+    def _record_latency(self, payload: bytes) -> None:
+        """publish→stored from each line's timestamp (device time when the device sent one)."""
+        now_ns = time.time_ns()
+        window = self._stats.latency
+        for line in payload.splitlines():
+            ts = line[line.rfind(b" ") + 1 :]
+            if ts:
+                window.add((now_ns - int(ts)) / 1e6)

@@ -1,0 +1,1 @@
+"""The device vocabulary: one plugin module per sensor kind, listed by hand in `registry`."""

@@ -1,0 +1,125 @@
+"""Smoke detectors (kind `smoke`): a smoke/CO alarm or a multi-sensor fire-detection board.
+
+Telemetry mirrors the columns of the Kaggle "Smoke Detection Dataset" in
+shared/data/smoke/smoke_detection_iot_first10080_allcols.csv: UTC → `ts` (as ms),
+Temperature[C] → `temperature`, Humidity[%] → `humidity`, TVOC[ppb] → `tvoc`,
+eCO2[ppm] → `eco2`, Raw H2 → `raw_h2`, Raw Ethanol → `raw_ethanol`, Pressure[hPa] →
+`pressure`, PM1.0/PM2.5 → `pm1_0`/`pm2_5`, NC0.5/NC1.0/NC2.5 → `nc0_5`/`nc1_0`/`nc2_5`,
+CNT → `seq`, Fire Alarm → `alarm`. Classic detectors add obscuration, CO, battery and
+their fault and self-test flags. Events are the detector's own alarm/fault transitions.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Annotated, Final, Literal
+
+from pydantic import Field, model_validator
+
+from sensors.base import (
+    EVENT,
+    TELEMETRY,
+    DecodeContext,
+    Envelope,
+    FieldSpec,
+    Point,
+    SensorKind,
+    ShortText,
+    declared_values,
+)
+
+NAME: Final = "smoke"
+
+# InfluxDB integers are int64; a bigger JSON integer would fail the write, not the decode.
+RawCount = Annotated[int, Field(ge=0, le=2**63 - 1)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+SmokeEventType = Literal[
+    "alarm", "alarm_cleared", "fault", "fault_cleared", "test", "tamper", "low_battery"
+]
+
+
+class SmokeTelemetry(Envelope):
+    """Measured values; every one optional, but at least one must be present."""
+
+
+    obscuration: NonNegative | None = Field(default=None, le=100)
+    temperature: float | None = Field(default=None, ge=-273.15)
+    co: NonNegative | None = None
+    battery: float | None = Field(default=None, ge=0, le=100)
+    alarm: bool | None = None
+    fault: bool | None = None
+    test: bool | None = None
+    tvoc: NonNegative | None = None
+    eco2: NonNegative | None = None
+    humidity: float | None = Field(default=None, ge=0, le=100)
+    pressure: NonNegative | None = None
+    pm1_0: NonNegative | None = None
+    pm2_5: NonNegative | None = None
+    nc0_5: NonNegative | None = None
+    nc1_0: NonNegative | None = None
+    nc2_5: NonNegative | None = None
+    raw_h2: RawCount | None = None
+    raw_ethanol: RawCount | None = None
+
+    @model_validator(mode="after")
+    def _has_a_measurement(self) -> SmokeTelemetry:
+        """Refuse telemetry without values: it would store nothing, silently."""
+        own = type(self).model_fields.keys() - Envelope.model_fields.keys()
+        if all(getattr(self, name) is None for name in own):
+            raise ValueError("smoke telemetry carries no measurement")
+        return self
+
+
+class SmokeEvent(Envelope):
+    """An alarm, fault, test or tamper transition reported by the detector."""
+
+
+    event: SmokeEventType
+    detail: ShortText | None = None
+
+
+FIELDS: Final = (
+    FieldSpec("seq", int, "", "Per-device message counter (dataset: CNT)"),
+    FieldSpec("obscuration", float, "%/m", "Smoke obscuration per metre"),
+    FieldSpec("temperature", float, "°C", "Air temperature"),
+    FieldSpec("co", float, "ppm", "Carbon monoxide concentration"),
+    FieldSpec("battery", float, "%", "Battery charge"),
+    FieldSpec("alarm", bool, "", "Detector is in alarm (dataset: Fire Alarm)"),
+    FieldSpec("fault", bool, "", "Detector reports a fault"),
+    FieldSpec("test", bool, "", "Detector is in self-test: alarms are not real"),
+    FieldSpec("tvoc", float, "ppb", "Total volatile organic compounds"),
+    FieldSpec("eco2", float, "ppm", "Equivalent CO2 estimated from VOCs"),
+    FieldSpec("humidity", float, "%", "Relative humidity"),
+    FieldSpec("pressure", float, "hPa", "Air pressure"),
+    FieldSpec("pm1_0", float, "µg/m³", "Particulate matter below 1.0 µm"),
+    FieldSpec("pm2_5", float, "µg/m³", "Particulate matter below 2.5 µm"),
+    FieldSpec("nc0_5", float, "#/cm³", "Number concentration of particles below 0.5 µm"),
+    FieldSpec("nc1_0", float, "#/cm³", "Number concentration of particles below 1.0 µm"),
+    FieldSpec("nc2_5", float, "#/cm³", "Number concentration of particles below 2.5 µm"),
+    FieldSpec("raw_h2", int, "", "Raw molecular hydrogen sensor reading"),
+    FieldSpec("raw_ethanol", int, "", "Raw ethanol gas sensor reading"),
+    FieldSpec("event", str, "", "What happened: alarm, fault, test, low_battery, ..."),
+    FieldSpec("detail", str, "", "Short detail from the detector"),
+)
+# No extra tags: a detector is one device at one place, the common tags say all of it.
+TAGS: Final[tuple[str, ...]] = ()
+
+
+def to_point(channel: str, payload: Envelope, ctx: DecodeContext) -> Point:
+    """Map a validated smoke payload to fields (no identifiers to hash here)."""
+    expected = SmokeTelemetry if channel == TELEMETRY else SmokeEvent if channel == EVENT else None
+    if expected is None or not isinstance(payload, expected):
+        raise TypeError(f"{NAME}: no mapping for {type(payload).__name__} on {channel!r}")
+    return Point(fields=declared_values(NAME, FIELDS, payload), tags={})
+
+
+KIND: Final = SensorKind(
+    name=NAME,
+    measurement=NAME,
+    description="Smoke and multi-sensor fire detectors: air quality, alarm, fault, self-test",
+    channels=MappingProxyType({TELEMETRY: SmokeTelemetry, EVENT: SmokeEvent}),
+    fields=FIELDS,
+    tags=TAGS,
+    to_point=to_point,
+)
