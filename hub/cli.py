@@ -47,7 +47,9 @@ def main() -> None:
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--demo", is_flag=True, help="Also publish demo traffic from 1,000 simulated devices.")
+@click.option(
+    "--demo", is_flag=True, help="Also publish demo traffic from 1,000 simulated devices."
+)
 @click.option("--demo-rate", default=50.0, show_default=True, help="Demo messages per second.")
 def run(config_path: Path | None, demo: bool, demo_rate: float) -> None:
     """Run the hub until Ctrl-C / SIGTERM."""
@@ -166,8 +168,13 @@ def _local_stack(settings: Settings, root: Path | None) -> Any:
     return LocalStack(root or settings.hub.data_dir / "stack", settings.mqtt.port, influx_port)
 
 
-STACK_DIR = click.option("--dir", "root", type=click.Path(path_type=Path), default=None,
-                         help="Where configs, data and logs live (default: <hub.data_dir>/stack).")
+STACK_DIR = click.option(
+    "--dir",
+    "root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where configs, data and logs live (default: <hub.data_dir>/stack).",
+)
 
 
 @stack.command("up")
@@ -214,12 +221,17 @@ def bench() -> None:
 @click.option("--messages", "n_messages", default=100_000, show_default=True)
 @click.option("--devices", default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--rate", type=float, default=None, help="Pace the live publisher (msg/s); default flat out."
+)
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
-def bench_ingest(n_messages: int, devices: int, as_json: bool, workdir: Path | None) -> None:
+def bench_ingest(
+    n_messages: int, devices: int, as_json: bool, rate: float | None, workdir: Path | None
+) -> None:
     """Publish N realistic messages and measure the full pipeline, live and backlog."""
     from hub.bench import run_ingest_bench
 
-    result = run_ingest_bench(n_messages, devices, workdir, progress=not as_json)
+    result = run_ingest_bench(n_messages, devices, workdir, progress=not as_json, rate=rate)
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     else:

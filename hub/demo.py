@@ -13,23 +13,28 @@ import random
 import signal
 import time
 
-from ingest.mqtt_client import ConnectOptions, ConnectionLost, MqttClient
-from simulators.traffic import make_fleet, message
-
 from hub.runtime import Hub
 from hub.settings import Settings
+from ingest.mqtt_client import ConnectionLost, ConnectOptions, MqttClient
+from simulators.traffic import make_fleet, message
 
 log = logging.getLogger(__name__)
 
 
-async def publish_demo(settings: Settings, rate: float, *, devices: int = 1000, seed: int = 7) -> None:
+async def publish_demo(
+    settings: Settings, rate: float, *, devices: int = 1000, seed: int = 7
+) -> None:
     """Publish QoS 1 device messages at about `rate` per second until cancelled."""
     client = MqttClient(
         settings.mqtt.host,
         settings.mqtt.port,
-        ConnectOptions(client_id="gridwatch-demo", clean_start=True, session_expiry_s=0,
-                       username=settings.mqtt.username,
-                       password=settings.mqtt.password.get_secret_value() if settings.mqtt.password else None),
+        ConnectOptions(
+            client_id="gridwatch-demo",
+            clean_start=True,
+            session_expiry_s=0,
+            username=settings.mqtt.username,
+            password=settings.mqtt.password.get_secret_value() if settings.mqtt.password else None,
+        ),
         subscriptions=[],
         on_publish=lambda *_: None,
     )
@@ -40,7 +45,9 @@ async def publish_demo(settings: Settings, rate: float, *, devices: int = 1000, 
     try:
         while True:
             await client.connected.wait()
-            topic, payload = message(fleet[rng.randrange(len(fleet))], rng, time.time_ns() // 1_000_000)
+            topic, payload = message(
+                fleet[rng.randrange(len(fleet))], rng, time.time_ns() // 1_000_000
+            )
             with contextlib.suppress(ConnectionLost):
                 await client.publish(topic, payload, qos=1)
                 sent += 1

@@ -22,7 +22,9 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "GRIDWATCH_"
-_PLACEHOLDERS = frozenset({"changethis", "changeme", "change-me", "secret", "password", "xxx", "todo"})
+_PLACEHOLDERS = frozenset(
+    {"changethis", "changeme", "change-me", "secret", "password", "xxx", "todo"}
+)
 
 Positive = Annotated[float, Field(gt=0)]
 

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +35,10 @@ VICTORIA_METRICS_BIN = "/usr/bin/victoria-metrics"
 MOSQUITTO_PACKAGES = {MOSQUITTO_BIN: "mosquitto"}
 INFLUXDB_PACKAGES = {INFLUXD_BIN: "influxdb"}
 VICTORIA_METRICS_PACKAGES = {VICTORIA_METRICS_BIN: "victoria-metrics"}
-CLIENT_PACKAGES = {"/usr/bin/mosquitto_pub": "mosquitto-clients",
-                   "/usr/bin/mosquitto_sub": "mosquitto-clients"}
+CLIENT_PACKAGES = {
+    "/usr/bin/mosquitto_pub": "mosquitto-clients",
+    "/usr/bin/mosquitto_sub": "mosquitto-clients",
+}
 
 
 class StackError(Exception):
@@ -103,10 +105,27 @@ def ensure_installed(binaries: Mapping[str, str]) -> None:
     if os.geteuid() != 0:
         raise StackError(f"missing {', '.join(missing)}; installing needs root: sudo {hint}")
     _apt_update()
-    _apt(["apt-get", "install", "-y", "--no-install-recommends", *packages])
+    with _no_service_starts():
+        _apt(["apt-get", "install", "-y", "--no-install-recommends", *packages])
     still = [path for path in missing if not os.access(path, os.X_OK)]
     if still:
         raise StackError(f"installed {' '.join(packages)} but {', '.join(still)} still missing")
+
+
+@contextlib.contextmanager
+def _no_service_starts() -> Iterator[None]:
+    """Hold off invoke-rc.d (Debian's policy-rc.d) while installing: the packages' own
+    daemons would start with their defaults (influxd on every interface). We start ours."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    if policy.exists():
+        yield
+        return
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
 
 
 @functools.cache
@@ -119,8 +138,9 @@ def _apt(argv: list[str]) -> None:
     """Run apt non-interactively, turning failure into a StackError with its output."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
-                             check=False)
+        res = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=900, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise StackError(f"{' '.join(argv)} failed: {exc}") from exc
     if res.returncode != 0:
@@ -206,8 +226,9 @@ class ManagedProcess:
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("%s (pid %d) ignored SIGTERM for %.0fs; killing", self.name,
-                        self.pid, timeout)
+            log.warning(
+                "%s (pid %d) ignored SIGTERM for %.0fs; killing", self.name, self.pid, timeout
+            )
             self.popen.kill()
             self.popen.wait()
 
@@ -224,20 +245,32 @@ class ManagedProcess:
 
     def to_record(self) -> dict[str, object]:
         """JSON-safe description for the state file."""
-        return {"name": self.name, "pid": self.pid, "port": self.port,
-                "workdir": str(self.workdir), "log": str(self.log), "cmdline": self.cmdline,
-                "create_time": self.create_time, "started_at": self.started_at}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "port": self.port,
+            "workdir": str(self.workdir),
+            "log": str(self.log),
+            "cmdline": self.cmdline,
+            "create_time": self.create_time,
+            "started_at": self.started_at,
+        }
 
     @classmethod
     def from_record(cls, rec: Mapping[str, object]) -> ManagedProcess:
         """Rebuild from a state-file record (no Popen: identity is checked via psutil)."""
         cmdline = rec["cmdline"]
         assert isinstance(cmdline, list)
-        return cls(name=str(rec["name"]), pid=_as_int(rec["pid"]), port=_as_int(rec["port"]),
-                   workdir=Path(str(rec["workdir"])), log=Path(str(rec["log"])),
-                   cmdline=[str(x) for x in cmdline],
-                   create_time=_as_float(rec["create_time"]),
-                   started_at=_as_float(rec["started_at"]))
+        return cls(
+            name=str(rec["name"]),
+            pid=_as_int(rec["pid"]),
+            port=_as_int(rec["port"]),
+            workdir=Path(str(rec["workdir"])),
+            log=Path(str(rec["log"])),
+            cmdline=[str(x) for x in cmdline],
+            create_time=_as_float(rec["create_time"]),
+            started_at=_as_float(rec["started_at"]),
+        )
 
 
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
@@ -275,20 +308,35 @@ def _as_float(value: object) -> float:
 ReadyCheck = Callable[[ManagedProcess, int], bool]
 
 
-def _launch(name: str, cmdline: list[str], workdir: Path, log_path: Path, port: int, *,
-            ready: ReadyCheck) -> ManagedProcess:
+def _launch(
+    name: str, cmdline: list[str], workdir: Path, log_path: Path, port: int, *, ready: ReadyCheck
+) -> ManagedProcess:
     """Spawn a service in its own session, log to a file, and wait until it serves."""
     ensure_port_free(port)
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as out:
-        popen = subprocess.Popen(cmdline, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        popen = subprocess.Popen(
+            cmdline,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         create_time = float(psutil.Process(popen.pid).create_time())
     except psutil.Error:
         create_time = time.time()
-    proc = ManagedProcess(name=name, port=port, pid=popen.pid, workdir=workdir, log=log_path,
-                          cmdline=cmdline, create_time=create_time, popen=popen)
+    proc = ManagedProcess(
+        name=name,
+        port=port,
+        pid=popen.pid,
+        workdir=workdir,
+        log=log_path,
+        cmdline=cmdline,
+        create_time=create_time,
+        popen=popen,
+    )
     try:
         _wait_ready(proc, ready, offset)
     except BaseException:
@@ -303,13 +351,17 @@ def _wait_ready(proc: ManagedProcess, ready: ReadyCheck, offset: int) -> None:
     while time.monotonic() < deadline:
         if not proc.alive():
             code = proc.popen.returncode if proc.popen else None
-            raise StackError(f"{proc.name} exited (code {code}) during startup; "
-                             f"log {proc.log}:\n{proc.log_tail()}")
+            raise StackError(
+                f"{proc.name} exited (code {code}) during startup; "
+                f"log {proc.log}:\n{proc.log_tail()}"
+            )
         if ready(proc, offset):
             return
         time.sleep(0.05)
-    raise StackError(f"{proc.name} not ready on port {proc.port} after {READY_TIMEOUT:.0f}s; "
-                     f"log {proc.log}:\n{proc.log_tail()}")
+    raise StackError(
+        f"{proc.name} not ready on port {proc.port} after {READY_TIMEOUT:.0f}s; "
+        f"log {proc.log}:\n{proc.log_tail()}"
+    )
 
 
 def _tcp_ok(port: int) -> bool:
@@ -407,11 +459,11 @@ reporting-disabled = true
 bind-address = "{HOST}:{rpc_port}"
 
 [meta]
-  dir = "{workdir / 'meta'}"
+  dir = "{workdir / "meta"}"
 
 [data]
-  dir = "{workdir / 'data'}"
-  wal-dir = "{workdir / 'wal'}"
+  dir = "{workdir / "data"}"
+  wal-dir = "{workdir / "wal"}"
   query-log-enabled = false
 
 [http]
@@ -499,8 +551,9 @@ def restart(proc: ManagedProcess) -> ManagedProcess:
     Updates and returns the same object, so a fixture holding it stops the new process.
     """
     proc.stop()
-    new = _launch(proc.name, list(proc.cmdline), proc.workdir, proc.log, proc.port,
-                  ready=_READY[proc.name])
+    new = _launch(
+        proc.name, list(proc.cmdline), proc.workdir, proc.log, proc.port, ready=_READY[proc.name]
+    )
     proc.pid, proc.popen = new.pid, new.popen
     proc.create_time, proc.started_at = new.create_time, new.started_at
     return proc
@@ -525,8 +578,7 @@ class LocalStack:
         todo = [name for name in self.ports if name not in running]
         for name in todo:
             ensure_port_free(self.ports[name])
-        report = {name: f"already running (pid {p.pid}) at {p.url}"
-                  for name, p in running.items()}
+        report = {name: f"already running (pid {p.pid}) at {p.url}" for name, p in running.items()}
         started: list[ManagedProcess] = []
         try:
             for name in todo:
@@ -561,11 +613,19 @@ class LocalStack:
             proc = recorded.get(name)
             if proc is None:
                 scheme = "mqtt" if name == "mosquitto" else "http"
-                out[name] = {"running": False, "pid": None, "port": port,
-                             "url": f"{scheme}://{HOST}:{port}"}
+                out[name] = {
+                    "running": False,
+                    "pid": None,
+                    "port": port,
+                    "url": f"{scheme}://{HOST}:{port}",
+                }
             else:
-                out[name] = {"running": proc.alive(), "pid": proc.pid, "port": proc.port,
-                             "url": proc.url}
+                out[name] = {
+                    "running": proc.alive(),
+                    "pid": proc.pid,
+                    "port": proc.port,
+                    "url": proc.url,
+                }
         return out
 
     def _start(self, name: str) -> ManagedProcess:

@@ -10,6 +10,7 @@ that the data is bad: they are retried too, loudly, so fixing the config loses n
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -17,7 +18,6 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,12 @@ class Failure(StrEnum):
 
 
 class WriteError(Exception):
-    def __init__(self, failure: Failure, status: int | None, detail: str, retry_after_s: float | None = None) -> None:
-        super().__init__(f"{failure.value}: HTTP {status}: {detail}" if status else f"{failure.value}: {detail}")
+    def __init__(
+        self, failure: Failure, status: int | None, detail: str, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(
+            f"{failure.value}: HTTP {status}: {detail}" if status else f"{failure.value}: {detail}"
+        )
         self.failure = failure
         self.status = status
         self.detail = detail
@@ -75,6 +79,8 @@ class V1Target:
     username: str | None = None
     password: str | None = None
     timeout_s: float = 10.0
+    create_database: bool = False
+    """Create the database when a write finds it missing (InfluxDB may come up empty)."""
 
 
 class InfluxV1Writer:
@@ -91,15 +97,28 @@ class InfluxV1Writer:
             self._params["rp"] = target.retention_policy
 
     async def write(self, payload: bytes) -> None:
-        try:
-            resp = await self._client.post("/write", params=self._params, content=payload)
-        except httpx.HTTPError as exc:
-            raise WriteError(Failure.RETRY, None, f"{type(exc).__name__}: {exc}") from exc
+        resp = await self._post_write(payload)
+        if (
+            resp.status_code == 404
+            and self._target.create_database
+            and "database not found" in resp.text
+        ):
+            await self.ensure_database()
+            resp = await self._post_write(payload)
         if resp.status_code in (200, 204):
             return
         raise WriteError(
-            classify(resp.status_code), resp.status_code, _error_text(resp.text), _retry_after(resp.headers)
+            classify(resp.status_code),
+            resp.status_code,
+            _error_text(resp.text),
+            _retry_after(resp.headers),
         )
+
+    async def _post_write(self, payload: bytes) -> httpx.Response:
+        try:
+            return await self._client.post("/write", params=self._params, content=payload)
+        except httpx.HTTPError as exc:
+            raise WriteError(Failure.RETRY, None, f"{type(exc).__name__}: {exc}") from exc
 
     async def ensure_database(self) -> None:
         """CREATE DATABASE is idempotent in InfluxDB 1.x; the hub runs it at start-up."""
@@ -152,17 +171,25 @@ class InfluxV2Writer:
 
     async def write(self, payload: bytes) -> None:
         try:
-            await self._api().write_api().write(
-                bucket=self._target.bucket,
-                org=self._target.org,
-                record=payload.rstrip(b"\n"),
-                write_precision=WritePrecision.NS,
+            await (
+                self._api()
+                .write_api()
+                .write(
+                    bucket=self._target.bucket,
+                    org=self._target.org,
+                    record=payload.rstrip(b"\n"),
+                )
             )
         except ApiException as exc:
             status = int(exc.status or 0)
             failure = classify(status) if status else Failure.RETRY
             headers = exc.headers if hasattr(exc, "headers") else None
-            raise WriteError(failure, status or None, _error_text(str(exc.body or exc.reason)), _retry_after(headers)) from exc
+            raise WriteError(
+                failure,
+                status or None,
+                _error_text(str(exc.body or exc.reason)),
+                _retry_after(headers),
+            ) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WriteError(Failure.RETRY, None, f"{type(exc).__name__}: {exc}") from exc
 
@@ -176,7 +203,8 @@ class InfluxV2Writer:
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            close: Callable[[], Awaitable[None]] = self._client.close  # untyped in the library
+            await close()
             self._client = None
 
 

@@ -60,7 +60,9 @@ def _parse(resp: httpx.Response) -> list[Series]:
         if "error" in result:
             raise InfluxQLError(str(result["error"]))
         for s in result.get("series", []):
-            out.append(Series(s.get("name", ""), s["columns"], s.get("values", []), s.get("tags", {})))
+            out.append(
+                Series(s.get("name", ""), s["columns"], s.get("values", []), s.get("tags", {}))
+            )
     return out
 
 
@@ -70,7 +72,9 @@ def query(target: QueryTarget, influxql: str, *, epoch: str = "ns") -> list[Seri
     try:
         # POST: InfluxDB 1.x refuses SELECT INTO / DDL over GET, and long queries fit.
         with httpx.Client(timeout=target.timeout_s, auth=args["auth"]) as client:
-            resp = client.post(f"{target.url.rstrip('/')}/query", params=args["params"], headers=args["headers"])
+            resp = client.post(
+                f"{target.url.rstrip('/')}/query", params=args["params"], headers=args["headers"]
+            )
     except httpx.HTTPError as exc:
         raise InfluxQLError(f"{target.url}: {type(exc).__name__}: {exc}") from exc
     return _parse(resp)

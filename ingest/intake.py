@@ -11,14 +11,15 @@ stops acking: the broker keeps the backlog for our persistent session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingest.deadletter import DeadLetter, DeadLetterStore
-from ingest.decode import Decoder, RejectReason, Rejected
-from ingest.line_protocol import LineProtocolError, encode_reading
+from ingest.decode import Decoder, Rejected, RejectReason
+from ingest.line_protocol import LineEncoder, LineProtocolError
 from ingest.spool import Spool, encode_frame
 from ingest.stats import IngestStats
 
@@ -35,9 +36,8 @@ class _Batch:
     rejects: list[Rejected] = field(default_factory=list)
     packet_ids: list[int] = field(default_factory=list)
     first_ns: int = 0
-
-    def __len__(self) -> int:
-        return len(self.lines) + len(self.rejects)
+    size: int = 0
+    """Messages and points in the batch (lines + rejects)."""
 
 
 class Intake:
@@ -72,34 +72,42 @@ class Intake:
         self._waiting_messages = 0
         self._reading_paused = False
         self._stopping = False
+        self._encoder = LineEncoder()
 
     # -- called by the MQTT client for every PUBLISH --------------------------------
-    def on_publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int) -> None:
+    def on_publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
+    ) -> None:
         now_ns = time.time_ns()
+        if not self._stats.received:
+            self._stats.first_received_ns = now_ns
         self._stats.received += 1
         generation = self._generation()
         batch = self._batch
-        if batch.generation != generation and len(batch):
+        if batch.size and batch.generation != generation:
             self._seal()
             batch = self._batch
         batch.generation = generation
-        if not len(batch):
+        if not batch.size:
             batch.first_ns = now_ns
             self._wake.set()  # start the linger clock
+        batch.size += 1
         result = self._decoder.decode(topic, payload, now_ns)
         if isinstance(result, Rejected):
             batch.rejects.append(result)
             self._stats.rejected[result.reason.value] += 1
         else:
             try:
-                batch.lines.append(encode_reading(result))
+                batch.lines.append(self._encoder.encode(result))
             except LineProtocolError as exc:
-                batch.rejects.append(Rejected(RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns))
+                batch.rejects.append(
+                    Rejected(RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns)
+                )
                 self._stats.rejected[RejectReason.INVALID_PAYLOAD.value] += 1
         if qos:
             batch.packet_ids.append(packet_id)
         self._waiting_messages += 1
-        if len(batch) >= self._batch_max:
+        if batch.size >= self._batch_max:
             self._seal()
         if self._waiting_messages >= self._high_water and not self._reading_paused:
             # Only QoS 0 floods or MQTT 3.1.1 without Receive Maximum get here.
@@ -108,9 +116,10 @@ class Intake:
 
     def add_point(self, line: bytes) -> None:
         """Spool a hub-generated point (hub_stats) through the same durable path."""
-        if not len(self._batch):
+        if not self._batch.size:
             self._batch.first_ns = time.time_ns()
             self._wake.set()
+        self._batch.size += 1
         self._batch.lines.append(line)
         self._waiting_messages += 1
 
@@ -143,7 +152,7 @@ class Intake:
 
     async def drain(self) -> None:
         """Persist and ack everything received so far (graceful shutdown)."""
-        if len(self._batch):
+        if self._batch.size:
             self._seal()
         while self._sealed:
             await self.persist(self._sealed.pop(0))
@@ -152,7 +161,7 @@ class Intake:
         await asyncio.to_thread(self._write_durably, batch)
         self._stats.dead_lettered += len(batch.rejects)
         self._stats.acked += self._ack(batch.generation, batch.packet_ids)
-        self._waiting_messages -= len(batch)
+        self._waiting_messages -= batch.size
         if self._reading_paused and self._waiting_messages < self._high_water // 2:
             self._reading_paused = False
             self._set_reading(True)
@@ -160,7 +169,9 @@ class Intake:
     def _write_durably(self, batch: _Batch) -> None:
         """Worker thread: append + fsync spool and dead letters; no event-loop state here."""
         if batch.lines:
-            self._spool.append(encode_frame(batch.lines, batch.first_ns // 1_000_000), len(batch.lines))
+            self._spool.append(
+                encode_frame(batch.lines, batch.first_ns // 1_000_000), len(batch.lines)
+            )
             self._spool.sync()
         if batch.rejects:
             for rejected in batch.rejects:
@@ -181,7 +192,7 @@ class Intake:
             if self._sealed:
                 return self._sealed.pop(0)
             batch = self._batch
-            if len(batch):
+            if batch.size:
                 age_s = (time.time_ns() - batch.first_ns) / 1e9
                 if age_s >= self._linger_s:
                     self._seal()
@@ -190,10 +201,8 @@ class Intake:
             else:
                 timeout = None
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
         return None
 
     def _seal(self) -> None:

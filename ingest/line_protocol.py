@@ -23,11 +23,8 @@ class LineProtocolError(ValueError):
 
 
 def _field(value: FieldValue) -> str:
-    # bool first: it is a subclass of int.
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
+    if isinstance(value, bool):  # before int: bool is a subclass of int
+        return "true" if value else "false"
     if isinstance(value, int):
         return f"{value}i"
     if isinstance(value, float):
@@ -37,20 +34,23 @@ def _field(value: FieldValue) -> str:
     return '"' + value.translate(_STRING_ESCAPES) + '"'
 
 
-def encode_point(
-    measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts_ns: int
-) -> bytes:
-    """One line, newline-terminated. Empty tag values are dropped (InfluxDB refuses them)."""
-    if not fields:
-        raise LineProtocolError(f"{measurement}: a point needs at least one field")
-    head = measurement.translate(_MEASUREMENT_ESCAPES)
-    tag_part = "".join(
+def _series_key(measurement: str, tags: Mapping[str, str]) -> str:
+    """Measurement and sorted tags, escaped; empty tag values dropped (InfluxDB refuses them)."""
+    return measurement.translate(_MEASUREMENT_ESCAPES) + "".join(
         f",{k.translate(_KEY_ESCAPES)}={v.translate(_KEY_ESCAPES)}"
         for k, v in sorted(tags.items())
         if v
     )
+
+
+def encode_point(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts_ns: int
+) -> bytes:
+    """One line, newline-terminated."""
+    if not fields:
+        raise LineProtocolError(f"{measurement}: a point needs at least one field")
     field_part = ",".join(f"{k.translate(_KEY_ESCAPES)}={_field(v)}" for k, v in fields.items())
-    return f"{head}{tag_part} {field_part} {ts_ns}\n".encode()
+    return f"{_series_key(measurement, tags)} {field_part} {ts_ns}\n".encode()
 
 
 def reading_tags(reading: Reading) -> dict[str, str]:
@@ -69,7 +69,55 @@ def reading_tags(reading: Reading) -> dict[str, str]:
 
 def encode_reading(reading: Reading) -> bytes:
     """The stored form of a reading; `seq` is a field, so redeliveries fold into one point."""
-    fields = dict(reading.fields)
-    if reading.seq is not None:
-        fields.setdefault("seq", reading.seq)
-    return encode_point(reading.measurement, reading_tags(reading), fields, reading.ts_ns)
+    return LineEncoder().encode(reading)
+
+
+class LineEncoder:
+    """`encode_reading` for the hot path: series keys (measurement + escaped, sorted tags)
+    and escaped field keys are cached, since a device sends the same ones every time.
+    Bounded: the caches start over when they reach `max_entries`."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._series: dict[tuple[object, ...], str] = {}
+        self._keys: dict[str, str] = {}
+        self._max = max_entries
+
+    def encode(self, reading: Reading) -> bytes:
+        tags = reading.tags
+        key = (
+            reading.measurement,
+            reading.site,
+            reading.kind,
+            reading.device,
+            reading.channel,
+            reading.cell,
+            tuple(tags.items()) if tags else (),
+        )
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= self._max:
+                self._series.clear()
+            series = self._series[key] = _series_key(reading.measurement, reading_tags(reading))
+        parts = []
+        keys = self._keys
+        for name, value in reading.fields.items():
+            escaped = keys.get(name)
+            if escaped is None:
+                if len(keys) >= self._max:
+                    keys.clear()
+                escaped = keys[name] = name.translate(_KEY_ESCAPES)
+            # Exact-type fast paths inline (this runs for every field of every message).
+            kind = type(value)
+            if kind is float and math.isfinite(value):  # type: ignore[arg-type]
+                parts.append(f"{escaped}={value!r}")
+            elif kind is bool:
+                parts.append(f"{escaped}={'true' if value else 'false'}")
+            elif kind is int:
+                parts.append(f"{escaped}={value}i")
+            else:
+                parts.append(f"{escaped}={_field(value)}")
+        if reading.seq is not None and "seq" not in reading.fields:
+            parts.append(f"seq={reading.seq}i")
+        if not parts:
+            raise LineProtocolError(f"{reading.measurement}: a point needs at least one field")
+        return f"{series} {','.join(parts)} {reading.ts_ns}\n".encode()

@@ -23,7 +23,7 @@ import ssl
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,41 @@ _PROP_SERVER_KEEP_ALIVE: Final = 0x13
 # Property id -> wire shape, to skip properties we do not read (MQTT 5 §2.2.2.2).
 _BYTE, _TWO, _FOUR, _VARINT, _UTF8, _BINARY, _PAIR = range(7)
 _PROPERTY_SHAPES: Final = {
-    0x01: _BYTE, 0x02: _FOUR, 0x03: _UTF8, 0x08: _UTF8, 0x09: _BINARY, 0x0B: _VARINT,
-    0x11: _FOUR, 0x12: _UTF8, 0x13: _TWO, 0x15: _UTF8, 0x16: _BINARY, 0x17: _BYTE,
-    0x18: _FOUR, 0x19: _BYTE, 0x1A: _UTF8, 0x1C: _UTF8, 0x1F: _UTF8, 0x21: _TWO,
-    0x22: _TWO, 0x23: _TWO, 0x24: _BYTE, 0x25: _BYTE, 0x26: _PAIR, 0x27: _FOUR,
-    0x28: _BYTE, 0x29: _BYTE, 0x2A: _BYTE,
+    0x01: _BYTE,
+    0x02: _FOUR,
+    0x03: _UTF8,
+    0x08: _UTF8,
+    0x09: _BINARY,
+    0x0B: _VARINT,
+    0x11: _FOUR,
+    0x12: _UTF8,
+    0x13: _TWO,
+    0x15: _UTF8,
+    0x16: _BINARY,
+    0x17: _BYTE,
+    0x18: _FOUR,
+    0x19: _BYTE,
+    0x1A: _UTF8,
+    0x1C: _UTF8,
+    0x1F: _UTF8,
+    0x21: _TWO,
+    0x22: _TWO,
+    0x23: _TWO,
+    0x24: _BYTE,
+    0x25: _BYTE,
+    0x26: _PAIR,
+    0x27: _FOUR,
+    0x28: _BYTE,
+    0x29: _BYTE,
+    0x2A: _BYTE,
 }
 
 _CONNACK_V311_REASONS: Final = {
-    1: "unacceptable protocol version", 2: "client identifier rejected",
-    3: "server unavailable", 4: "bad user name or password", 5: "not authorized",
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
 }
 
 # Packets we accept from the broker; bigger ones are dropped by the broker (MQTT 5).
@@ -107,6 +132,9 @@ class ConnectOptions:
     username: str | None = None
     password: str | None = None
     will: Will | None = None
+    maximum_packet_size: int = MAX_INBOUND_PACKET
+    """MQTT 5: the broker drops bigger messages for us. With Receive Maximum it bounds
+    the memory unacked messages can hold (receive_maximum x maximum_packet_size)."""
 
 
 def _varint(value: int) -> bytes:
@@ -201,9 +229,12 @@ def encode_connect(opts: ConnectOptions) -> bytes:
     header = _utf8("MQTT") + bytes([opts.protocol, flags]) + struct.pack("!H", opts.keepalive_s)
     if opts.protocol == MQTT_V5:
         props = (
-            bytes([_PROP_SESSION_EXPIRY]) + struct.pack("!I", opts.session_expiry_s)
-            + bytes([_PROP_RECEIVE_MAXIMUM]) + struct.pack("!H", opts.receive_maximum)
-            + bytes([_PROP_MAXIMUM_PACKET_SIZE]) + struct.pack("!I", MAX_INBOUND_PACKET)
+            bytes([_PROP_SESSION_EXPIRY])
+            + struct.pack("!I", opts.session_expiry_s)
+            + bytes([_PROP_RECEIVE_MAXIMUM])
+            + struct.pack("!H", opts.receive_maximum)
+            + bytes([_PROP_MAXIMUM_PACKET_SIZE])
+            + struct.pack("!I", opts.maximum_packet_size)
         )
         header += _varint(len(props)) + props
     return _packet(CONNECT << 4, header + payload)
@@ -260,7 +291,12 @@ class MqttProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         error = ConnectionLost(str(exc) if exc else "connection closed")
-        for fut in [self.connack, *self._subacks.values(), *self._puback_waiters.values()]:
+        waiters: list[asyncio.Future[Any]] = [
+            self.connack,
+            *self._subacks.values(),
+            *self._puback_waiters.values(),
+        ]
+        for fut in waiters:
             if not fut.done():
                 fut.set_exception(error)
                 fut.exception()  # mark retrieved: the owner learns through `closed`
@@ -308,8 +344,11 @@ class MqttProtocol(asyncio.Protocol):
             return
         finally:
             del buf[:pos]
-        if len(buf) > MAX_INBOUND_PACKET + 8:
-            log.error("closing MQTT connection: packet larger than %d bytes", MAX_INBOUND_PACKET)
+        if len(buf) > self._opts.maximum_packet_size + 8:
+            log.error(
+                "closing MQTT connection: packet larger than %d bytes",
+                self._opts.maximum_packet_size,
+            )
             self.abort()
 
     # -- inbound ----------------------------------------------------------------------
@@ -387,7 +426,9 @@ class MqttProtocol(asyncio.Protocol):
         self._transport.write(data)
         return True
 
-    def subscribe(self, packet_id: int, filters: Sequence[tuple[str, int]]) -> asyncio.Future[list[int]]:
+    def subscribe(
+        self, packet_id: int, filters: Sequence[tuple[str, int]]
+    ) -> asyncio.Future[list[int]]:
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._subacks[packet_id] = fut
         if not self.write(encode_subscribe(packet_id, filters, self._opts.protocol)):
@@ -401,7 +442,9 @@ class MqttProtocol(asyncio.Protocol):
         if qos:
             fut = asyncio.get_running_loop().create_future()
             self._puback_waiters[packet_id] = fut
-        sent = self.write(encode_publish(topic, payload, qos, retain, packet_id, self._opts.protocol))
+        sent = self.write(
+            encode_publish(topic, payload, qos, retain, packet_id, self._opts.protocol)
+        )
         if not sent and fut is not None and not fut.done():
             self._puback_waiters.pop(packet_id, None)
             fut.set_exception(ConnectionLost("not connected"))
@@ -500,7 +543,9 @@ class MqttClient:
             return 0
         return len(packet_ids) if proto.write(encode_pubacks(packet_ids)) else 0
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
         """Publish and, for QoS 1, wait for the broker's PUBACK (raises ConnectionLost)."""
         await self.connected.wait()
         proto = self._protocol
@@ -510,7 +555,9 @@ class MqttClient:
         if fut is not None:
             await fut
 
-    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> asyncio.Future[None] | None:
+    def publish_nowait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[None] | None:
         """Send without waiting; QoS 1 returns a future done on PUBACK (for pipelined senders)."""
         proto = self._protocol
         if proto is None:
@@ -574,7 +621,9 @@ class MqttClient:
             self._connect_timeout,
         )
         self._protocol = proto
-        session_present = await asyncio.wait_for(asyncio.shield(proto.connack), self._connect_timeout)
+        session_present = await asyncio.wait_for(
+            asyncio.shield(proto.connack), self._connect_timeout
+        )
         self.counters.connects += 1
         if self.counters.connects > 1:
             self.counters.reconnects += 1
@@ -588,7 +637,10 @@ class MqttClient:
                 raise ConnectRefused(f"broker refused subscriptions {refused} (codes {codes})")
         log.info(
             "MQTT connected to %s:%d as %s (session present: %s)",
-            self.host, self.port, self.opts.client_id, session_present,
+            self.host,
+            self.port,
+            self.opts.client_id,
+            session_present,
         )
         self.connected.set()
         if self._on_connected is not None:

@@ -88,7 +88,9 @@ class Spool:
             self._lock_fd = None
             raise SpoolError(f"spool {self.directory} is in use by another hub process") from exc
         self._cursor = self._load_cursor()
-        segments = sorted(int(p.stem) for p in self.directory.glob(f"*{_SUFFIX}") if p.stem.isdigit())
+        segments = sorted(
+            int(p.stem) for p in self.directory.glob(f"*{_SUFFIX}") if p.stem.isdigit()
+        )
         for seg in segments:
             if seg < self._cursor.segment:
                 self._segment_path(seg).unlink()
@@ -99,11 +101,20 @@ class Spool:
         if not self._sizes:
             self._sizes[self._cursor.segment] = 0
             self._cursor = Cursor(self._cursor.segment, 0)
+        elif self._cursor.segment not in self._sizes:
+            # `commit` deletes finished segments before it writes the cursor: a crash in
+            # between leaves the cursor in a deleted segment. Resume at the first live one
+            # (re-sent points fold in InfluxDB); otherwise `read` would never find a frame.
+            self._cursor = Cursor(min(self._sizes), 0)
         self._write_segment = max(self._sizes)
         self._write_offset = self._sizes[self._write_segment]
         self._open_write_fd()
         if self._pending_lines:
-            log.info("spool %s: %d lines waiting from a previous run", self.directory, self._pending_lines)
+            log.info(
+                "spool %s: %d lines waiting from a previous run",
+                self.directory,
+                self._pending_lines,
+            )
 
     def close(self) -> None:
         for fd in [*self._read_fds.values(), self._write_fd, self._lock_fd]:
@@ -256,7 +267,8 @@ class Spool:
         if offset != len(data):
             log.warning(
                 "spool %s: cutting %d bytes of torn tail (unacked, the broker re-sends them)",
-                path.name, len(data) - offset,
+                path.name,
+                len(data) - offset,
             )
             with path.open("r+b") as f:
                 f.truncate(offset)

@@ -50,6 +50,8 @@ class IngestStats:
     lag_s: float = 0.0
     reconnects: int = 0
     connected: bool = False
+    first_received_ns: int = 0
+    last_stored_ns: int = 0
     latency: LatencyWindow = field(default_factory=LatencyWindow)
 
     def fields(self) -> dict[str, FieldValue]:
@@ -82,5 +84,7 @@ class IngestStats:
         data["rejected_by_reason"] = dict(self.rejected)
         data["write_failures_by_kind"] = dict(self.write_failures)
         data["latency_p50_ms"] = p50
+        data["first_received_ns"] = self.first_received_ns
+        data["last_stored_ns"] = self.last_stored_ns
         data["latency_p99_ms"] = p99
         return data

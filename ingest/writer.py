@@ -35,6 +35,7 @@ class SpoolWriter:
         flush_interval_s: float = 1.0,
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
+        idle_s: float = 0.05,
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._spool = spool
@@ -46,25 +47,37 @@ class SpoolWriter:
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self._on_commit = on_commit
+        self._idle_s = idle_s
+        self._poll_s = min(0.01, flush_interval_s, idle_s)
         self._failing_since: float | None = None
 
     async def run(self) -> None:
-        """Write forever; wait for the batch to fill or for the linger to pass."""
-        waiting_since: float | None = None
+        """Write when a batch is full, when the linger has passed, or as soon as the input
+        goes quiet (no new lines for `idle_s`): bursts are batched, their tails not delayed."""
+        waiting_since = grew_at = 0.0
+        seen = 0
         while True:
             pending = self._spool.pending_lines
-            if pending == 0:
-                waiting_since = None
-                await asyncio.sleep(min(0.05, self._flush_interval_s))
-                continue
             now = time.monotonic()
-            if waiting_since is None:
-                waiting_since = now
-            if pending < self._batch_size and now - waiting_since < self._flush_interval_s:
-                await asyncio.sleep(min(0.01, self._flush_interval_s))
+            if pending == 0:
+                seen = 0
+                await asyncio.sleep(self._poll_s)
                 continue
-            await self.write_once()
-            waiting_since = None
+            if seen == 0:
+                waiting_since = grew_at = now
+            if pending != seen:
+                seen, grew_at = pending, now
+            ready = (
+                pending >= self._batch_size
+                or now - waiting_since >= self._flush_interval_s
+                or now - grew_at >= self._idle_s
+            )
+            if not ready:
+                await asyncio.sleep(self._poll_s)
+                continue
+            if not await self.write_once():
+                await asyncio.sleep(self._poll_s)  # counted lines but nothing readable: no spin
+            seen = 0
 
     async def write_once(self) -> bool:
         """Send the next batch from the cursor until it is stored or dead-lettered."""
@@ -73,8 +86,12 @@ class SpoolWriter:
             return False
         delay = self._retry_min_s
         while True:
+            # Refused lines are dead-lettered only once the whole batch got through: a
+            # retryable failure later in the bisection re-sends the batch from the start,
+            # and must not dead-letter (and count) the same lines again.
+            refused_lines: list[tuple[bytes, WriteError]] = []
             try:
-                refused = await self._deliver(batch.payload)
+                await self._deliver(batch.payload, refused_lines)
                 break
             except WriteError as exc:
                 self._stats.write_failures[exc.failure.value] += 1
@@ -87,14 +104,18 @@ class SpoolWriter:
                 "InfluxDB writes recovered after %.0f s", time.monotonic() - self._failing_since
             )
             self._failing_since = None
+        for line, refusal in refused_lines:
+            await asyncio.to_thread(self._dead_letter, line, refusal)
+        refused = len(refused_lines)
         self._spool.commit(batch.end, batch.lines)
         self._stats.stored += batch.lines - refused
+        self._stats.last_stored_ns = time.time_ns()
         self._record_latency(batch.payload)
         self._on_commit()
         return True
 
-    async def _deliver(self, payload: bytes) -> int:
-        """Write; on a data refusal bisect and dead-letter the refused lines. Return their count."""
+    async def _deliver(self, payload: bytes, refused: list[tuple[bytes, WriteError]]) -> None:
+        """Write; on a data refusal bisect, collecting the refused lines in `refused`."""
         try:
             await self._sink.write(payload)
         except WriteError as exc:
@@ -102,17 +123,17 @@ class SpoolWriter:
                 raise
             lines = payload.splitlines(keepends=True)
             if len(lines) == 1:
-                await asyncio.to_thread(self._dead_letter, payload, exc)
-                return 1
+                refused.append((payload, exc))
+                return
             middle = len(lines) // 2
-            return await self._deliver(b"".join(lines[:middle])) + await self._deliver(
-                b"".join(lines[middle:])
-            )
-        return 0
+            await self._deliver(b"".join(lines[:middle]), refused)
+            await self._deliver(b"".join(lines[middle:]), refused)
 
     def _dead_letter(self, line: bytes, exc: WriteError) -> None:
         self._dead.add(
-            DeadLetter("influx", f"influx_{exc.status or 'error'}", exc.detail, "", line, time.time_ns())
+            DeadLetter(
+                "influx", f"influx_{exc.status or 'error'}", exc.detail, "", line, time.time_ns()
+            )
         )
         self._dead.sync()
         self._stats.dead_lettered += 1
@@ -132,7 +153,8 @@ class SpoolWriter:
         """publish→stored from each line's timestamp (device time when the device sent one)."""
         now_ns = time.time_ns()
         window = self._stats.latency
-        for line in payload.splitlines():
+        # Every 8th line: percentiles need samples, not every point, and this is per line.
+        for line in payload.splitlines()[::8]:
             ts = line[line.rfind(b" ") + 1 :]
             if ts:
                 window.add((now_ns - int(ts)) / 1e6)

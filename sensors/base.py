@@ -137,8 +137,10 @@ def declared_values(
     """Copy each declared field the payload carries; ints become floats for float fields
     (so InfluxDB never sees `21` and `21.5` as a type conflict)."""
     values: dict[str, FieldValue] = {}
+    # The model's own dict: getattr on a name the model lacks takes pydantic's slow path.
+    carried = payload.__dict__
     for spec in fields:
-        value = getattr(payload, spec.name, None)
+        value = carried.get(spec.name)
         if value is None:
             continue
         if spec.type is float and type(value) is int:

@@ -42,7 +42,6 @@ SmokeEventType = Literal[
 class SmokeTelemetry(Envelope):
     """Measured values; every one optional, but at least one must be present."""
 
-
     obscuration: NonNegative | None = Field(default=None, le=100)
     temperature: float | None = Field(default=None, ge=-273.15)
     co: NonNegative | None = None
@@ -65,15 +64,17 @@ class SmokeTelemetry(Envelope):
     @model_validator(mode="after")
     def _has_a_measurement(self) -> SmokeTelemetry:
         """Refuse telemetry without values: it would store nothing, silently."""
-        own = type(self).model_fields.keys() - Envelope.model_fields.keys()
-        if all(getattr(self, name) is None for name in own):
+        carried = self.__dict__
+        if all(carried[name] is None for name in _MEASUREMENTS):
             raise ValueError("smoke telemetry carries no measurement")
         return self
 
 
+_MEASUREMENTS: Final = tuple(SmokeTelemetry.model_fields.keys() - Envelope.model_fields.keys())
+
+
 class SmokeEvent(Envelope):
     """An alarm, fault, test or tamper transition reported by the detector."""
-
 
     event: SmokeEventType
     detail: ShortText | None = None

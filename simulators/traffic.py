@@ -35,7 +35,9 @@ class SimDevice:
         return self.last_ts_ms
 
 
-def make_fleet(n_devices: int, *, site: str = "bench", cells: int = 10, seed: int = 1) -> list[SimDevice]:
+def make_fleet(
+    n_devices: int, *, site: str = "bench", cells: int = 10, seed: int = 1
+) -> list[SimDevice]:
     """Devices split evenly over the three kinds and `cells` grid cells."""
     rng = random.Random(seed)
     fleet = []
@@ -82,7 +84,10 @@ def _parking(dev: SimDevice, rng: random.Random) -> tuple[str, dict[str, object]
         }
     if rng.random() < 0.2:
         dev.state["occupied"] = not dev.state["occupied"]
-    return "telemetry", {"bay_id": f"bay-{dev.device[-5:]}", "occupied": bool(dev.state["occupied"])}
+    return "telemetry", {
+        "bay_id": f"bay-{dev.device[-5:]}",
+        "occupied": bool(dev.state["occupied"]),
+    }
 
 
 def _access(dev: SimDevice, rng: random.Random) -> tuple[str, dict[str, object]]:
@@ -97,13 +102,18 @@ def _access(dev: SimDevice, rng: random.Random) -> tuple[str, dict[str, object]]
             "credential": f"{rng.randint(10_000_000, 10_000_999)}",
             "direction": rng.choice(["in", "out"]),
         }
-    return "telemetry", {"door_open": bool(dev.state["door_open"]), "locked": not dev.state["door_open"]}
+    return "telemetry", {
+        "door_open": bool(dev.state["door_open"]),
+        "locked": not dev.state["door_open"],
+    }
 
 
 _MAKERS = {"smoke": _smoke, "parking": _parking, "access": _access}
 
 
-def message(dev: SimDevice, rng: random.Random, now_ms: int, prefix: str = "gw/v1") -> tuple[str, bytes]:
+def message(
+    dev: SimDevice, rng: random.Random, now_ms: int, prefix: str = "gw/v1"
+) -> tuple[str, bytes]:
     """Next message of a device: (topic, JSON payload) with ts and seq."""
     channel, body = _MAKERS[dev.kind](dev, rng)
     dev.seq += 1
@@ -111,7 +121,9 @@ def message(dev: SimDevice, rng: random.Random, now_ms: int, prefix: str = "gw/v
     return dev.topic(channel, prefix), json.dumps(payload, separators=(",", ":")).encode()
 
 
-def stream(fleet: list[SimDevice], *, seed: int = 1, start_ms: int, step_ms: float = 0.0) -> Iterator[tuple[str, bytes]]:
+def stream(
+    fleet: list[SimDevice], *, seed: int = 1, start_ms: int, step_ms: float = 0.0
+) -> Iterator[tuple[str, bytes]]:
     """Endless round-robin-with-jitter traffic; device time advances by step_ms per message."""
     rng = random.Random(seed)
     now = float(start_ms)

@@ -72,21 +72,35 @@ def make_settings(
 ) -> Settings:
     """Hub settings for a test: its own spool, dead letters, data dir and client id."""
     values: dict[str, object] = {
-        "mqtt": MqttSettings(url=f"mqtt://127.0.0.1:{mqtt_port}", client_id=f"hub-{database}",
-                             reconnect_min_s=0.1, reconnect_max_s=1.0),
-        "influx": InfluxSettings(url=f"http://127.0.0.1:{influx_port}", database=database,
-                                 flush_interval_s=0.2, retry_max_s=2.0),
+        "mqtt": MqttSettings(
+            url=f"mqtt://127.0.0.1:{mqtt_port}",
+            client_id=f"hub-{database}",
+            reconnect_min_s=0.1,
+            reconnect_max_s=1.0,
+        ),
+        "influx": InfluxSettings(
+            url=f"http://127.0.0.1:{influx_port}",
+            database=database,
+            flush_interval_s=0.2,
+            retry_max_s=2.0,
+        ),
         "spool": SpoolSettings(directory=tmp_path / "spool"),
         "deadletters": DeadLetterSettings(directory=tmp_path / "dead"),
-        "hub": HubSettings(data_dir=tmp_path / "data", stats_interval_s=0.5, status_interval_s=0.2,
-                           credential_hash_key="test-credential-key-0123456789"),
+        "hub": HubSettings(
+            data_dir=tmp_path / "data",
+            stats_interval_s=0.5,
+            status_interval_s=0.2,
+            credential_hash_key="test-credential-key-0123456789",
+        ),
     }
     values.update(sections)
     return Settings.model_validate(values)
 
 
 @pytest.fixture
-def settings(tmp_path: Path, mosquitto: ManagedProcess, influxdb: ManagedProcess, database: str) -> Settings:
+def settings(
+    tmp_path: Path, mosquitto: ManagedProcess, influxdb: ManagedProcess, database: str
+) -> Settings:
     return make_settings(tmp_path, mosquitto.port, influxdb.port, database)
 
 

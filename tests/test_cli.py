@@ -108,9 +108,9 @@ def test_config_example_mentions_every_key(runner: CliRunner) -> None:
         following = [i for i, line in enumerate(lines) if line.startswith("[") and i > start]
         body = lines[start + 1 : following[0] if following else len(lines)]
         for key in model.model_fields:
-            assert any(
-                line.startswith((f"{key} = ", f"# {key} = ")) for line in body
-            ), f"[{section}] {key} is not in the example"
+            assert any(line.startswith((f"{key} = ", f"# {key} = ")) for line in body), (
+                f"[{section}] {key} is not in the example"
+            )
 
 
 def test_config_example_keeps_secrets_commented_out(runner: CliRunner) -> None:
@@ -137,8 +137,12 @@ def test_status_without_a_status_file(
 
 def dead_pid() -> int:
     """A pid that surely belongs to no process: one that has just exited and been reaped."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(proc.stdout)
 
 

@@ -81,7 +81,7 @@ def test_string_values_never_break_the_line() -> None:
 def test_output_is_utf8_bytes() -> None:
     raw = encode_point("m", {"zone": "北"}, {"s": "京"}, TS)
     assert isinstance(raw, bytes)
-    assert raw.decode("utf-8") == f"m,zone=北 s=\"京\" {TS}\n"
+    assert raw.decode("utf-8") == f'm,zone=北 s="京" {TS}\n'
 
 
 # ---------------------------------------------------------------- field types
@@ -287,8 +287,8 @@ def parse_line(
     pos += 1
     while True:
         key, pos = _unescape_until(text, pos, "=")
-        value, pos = _parse_value(text, pos + 1)
-        fields[key] = value
+        field_value, pos = _parse_value(text, pos + 1)
+        fields[key] = field_value
         if text[pos] == " ":
             break
         assert text[pos] == ","
@@ -300,7 +300,7 @@ def parse_line(
 # Keys: printable, no backslash (line protocol cannot express a trailing one) and no
 # newline (keys never carry one: they come from declared names and identifiers).
 keys = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"),
+    st.characters(exclude_categories=["Cs", "Cc"], exclude_characters="\\"),
     min_size=1,
     max_size=12,
 )
@@ -308,7 +308,7 @@ field_values: st.SearchStrategy[FieldValue] = (
     st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+    | st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 )
 
 

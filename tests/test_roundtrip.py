@@ -8,6 +8,8 @@ import json
 import random
 import time
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +32,9 @@ def _traffic(kind: str, n: int, site: str = "rt") -> list[tuple[str, bytes]]:
 
 
 @pytest.mark.parametrize("kind", ["access", "smoke", "parking"])
-async def test_round_trip_per_kind(kind: str, settings: Settings, influxdb: ManagedProcess, database: str) -> None:
+async def test_round_trip_per_kind(
+    kind: str, settings: Settings, influxdb: ManagedProcess, database: str
+) -> None:
     sent = _traffic(kind, 300)
     async with running_hub(settings) as hub:
         pub = Publisher(int(settings.mqtt.port), f"pub-{kind}")
@@ -44,7 +48,9 @@ async def test_round_trip_per_kind(kind: str, settings: Settings, influxdb: Mana
     topic, payload = sent[-1]
     body = json.loads(payload)
     device = topic.split("/")[4]
-    rows = query(tgt, f"SELECT * FROM \"{kind}\" WHERE device='{device}' AND seq={body['seq']}")[0].records()
+    rows = query(tgt, f"SELECT * FROM \"{kind}\" WHERE device='{device}' AND seq={body['seq']}")[
+        0
+    ].records()
     assert len(rows) == 1
     row = rows[0]
     assert row["time"] == body["ts"] * 1_000_000
@@ -54,10 +60,14 @@ async def test_round_trip_per_kind(kind: str, settings: Settings, influxdb: Mana
             continue
         assert row[key] == value, key
     if "credential" in body:
-        assert row["credential_hash"] == keyed_hash(b"test-credential-key-0123456789", body["credential"])
+        assert row["credential_hash"] == keyed_hash(
+            b"test-credential-key-0123456789", body["credential"]
+        )
 
 
-async def test_clear_card_numbers_never_reach_influxdb(settings: Settings, influxdb: ManagedProcess, database: str) -> None:
+async def test_clear_card_numbers_never_reach_influxdb(
+    settings: Settings, influxdb: ManagedProcess, database: str
+) -> None:
     sent = _traffic("access", 200)
     cards = {json.loads(p)["credential"] for _, p in sent if b"credential" in p}
     assert cards
@@ -66,12 +76,16 @@ async def test_clear_card_numbers_never_reach_influxdb(settings: Settings, influ
         pub.publish_all(sent)
         await asyncio.to_thread(pub.wait)
         pub.close()
-        await until(lambda: count_points(target(influxdb, database), "access") == 200, 20, "access points")
+        await until(
+            lambda: count_points(target(influxdb, database), "access") == 200, 20, "access points"
+        )
     dump = json.dumps([s.values for s in query(target(influxdb, database), "SELECT * FROM /.*/")])
     assert not [c for c in cards if c in dump]
 
 
-async def test_status_will_and_rejects_are_recorded(settings: Settings, influxdb: ManagedProcess, database: str) -> None:
+async def test_status_will_and_rejects_are_recorded(
+    settings: Settings, influxdb: ManagedProcess, database: str
+) -> None:
     tgt = target(influxdb, database)
     async with running_hub(settings) as hub:
         status_topic = "gw/v1/rt/smoke/sd-will/status"
@@ -103,13 +117,23 @@ async def test_status_will_and_rejects_are_recorded(settings: Settings, influxdb
 
         await until(lambda: stats_rejected() == 3, 10, "hub_stats with the rejections")
     letters = (settings.deadletters.directory / "deadletters.jsonl").read_text().splitlines()
-    assert sorted(json.loads(x)["reason"] for x in letters) == ["bad_json", "invalid_payload", "unknown_kind"]
+    assert sorted(json.loads(x)["reason"] for x in letters) == [
+        "bad_json",
+        "invalid_payload",
+        "unknown_kind",
+    ]
 
 
-async def test_shared_subscription_splits_load(tmp_path, mosquitto: ManagedProcess, influxdb: ManagedProcess, database: str) -> None:  # type: ignore[no-untyped-def]
+async def test_shared_subscription_splits_load(
+    tmp_path: Path, mosquitto: ManagedProcess, influxdb: ManagedProcess, database: str
+) -> None:
     def hub_settings(name: str) -> Settings:
         base = make_settings(tmp_path / name, mosquitto.port, influxdb.port, database)
-        return base.model_copy(update={"mqtt": base.mqtt.model_copy(update={"client_id": name, "shared_group": "hubs"})})
+        return base.model_copy(
+            update={
+                "mqtt": base.mqtt.model_copy(update={"client_id": name, "shared_group": "hubs"})
+            }
+        )
 
     sent = _traffic("smoke", 600, site="shared")
     async with running_hub(hub_settings("hub-a")) as a, running_hub(hub_settings("hub-b")) as b:
@@ -117,16 +141,29 @@ async def test_shared_subscription_splits_load(tmp_path, mosquitto: ManagedProce
         pub.publish_all(sent)
         await asyncio.to_thread(pub.wait)
         pub.close()
-        await until(lambda: count_points(target(influxdb, database), "smoke") == 600, 20, "600 points")
+        await until(
+            lambda: count_points(target(influxdb, database), "smoke") == 600, 20, "600 points"
+        )
         assert a.stats.received + b.stats.received == 600
         assert a.stats.received > 0 and b.stats.received > 0
 
 
-async def test_v2_write_path_into_victoria_metrics(tmp_path, mosquitto: ManagedProcess, victoria: ManagedProcess) -> None:  # type: ignore[no-untyped-def]
+async def test_v2_write_path_into_victoria_metrics(
+    tmp_path: Path, mosquitto: ManagedProcess, victoria: ManagedProcess
+) -> None:
     settings = make_settings(
-        tmp_path, mosquitto.port, victoria.port, "unused",
-        influx=InfluxSettings(url=f"http://127.0.0.1:{victoria.port}", api="v2", org="gw", bucket="telemetry",
-                              token="vm-accepts-any-token", flush_interval_s=0.2),
+        tmp_path,
+        mosquitto.port,
+        victoria.port,
+        "unused",
+        influx=InfluxSettings(
+            url=f"http://127.0.0.1:{victoria.port}",
+            api="v2",
+            org="gw",
+            bucket="telemetry",
+            token="vm-accepts-any-token",
+            flush_interval_s=0.2,
+        ),
     )
     sent = _traffic("smoke", 120, site="vmsite")
     async with running_hub(settings) as hub:
@@ -137,16 +174,22 @@ async def test_v2_write_path_into_victoria_metrics(tmp_path, mosquitto: ManagedP
         await until(lambda: hub.stats.stored >= 120, 20, "120 points written")
         assert not hub.stats.write_failures
 
-    def exported() -> list[dict[str, object]]:
-        url = (f"http://127.0.0.1:{victoria.port}/api/v1/export?"
-               "match[]=%7B__name__%3D%22smoke_temperature%22%2Csite%3D%22vmsite%22%7D")
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (loopback test server)
+    def exported() -> list[dict[str, Any]]:
+        url = (
+            f"http://127.0.0.1:{victoria.port}/api/v1/export?"
+            "match[]=%7B__name__%3D%22smoke_temperature%22%2Csite%3D%22vmsite%22%7D"
+        )
+        with urllib.request.urlopen(url, timeout=5) as resp:
             return [json.loads(line) for line in resp.read().splitlines() if line]
 
-    await until(lambda: sum(len(s["values"]) for s in exported()) == 120, 30, "120 samples in VictoriaMetrics")  # type: ignore[arg-type]
+    await until(
+        lambda: sum(len(s["values"]) for s in exported()) == 120,
+        30,
+        "120 samples in VictoriaMetrics",
+    )
     series = exported()
-    by_ts = {ts: v for s in series for ts, v in zip(s["timestamps"], s["values"], strict=True)}  # type: ignore[call-overload]
+    by_ts = {ts: v for s in series for ts, v in zip(s["timestamps"], s["values"], strict=True)}
     for _, payload in sent:
         body = json.loads(payload)
         assert by_ts[body["ts"]] == pytest.approx(body["temperature"])
-    assert {s["metric"]["device"] for s in series} == {json.loads(p) and t.split("/")[4] for t, p in sent}  # type: ignore[index]
+    assert {s["metric"]["device"] for s in series} == {t.split("/")[4] for t, _ in sent}

@@ -171,8 +171,12 @@ def test_placeholder_secrets_are_refused(
 
 @pytest.mark.parametrize(
     ("section", "key"),
-    [("mqtt", "password"), ("influx", "token"), ("influx", "password"),
-     ("hub", "credential_hash_key")],
+    [
+        ("mqtt", "password"),
+        ("influx", "token"),
+        ("influx", "password"),
+        ("hub", "credential_hash_key"),
+    ],
 )
 def test_placeholder_secrets_in_the_file_are_refused(
     tmp_path: Path, section: str, key: str
@@ -223,8 +227,9 @@ def test_api_v2_complete_is_accepted(tmp_path: Path) -> None:
     assert influx.token.get_secret_value() == "a-real-token-value"
 
 
-@pytest.mark.parametrize("url", ["http://broker:1883", "tcp://broker:1883", "broker:1883",
-                                 "mqtt://"])
+@pytest.mark.parametrize(
+    "url", ["http://broker:1883", "tcp://broker:1883", "broker:1883", "mqtt://"]
+)
 def test_bad_mqtt_url_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("GRIDWATCH_MQTT__URL", url)
     with pytest.raises(SettingsError, match=r"mqtt\.url"):

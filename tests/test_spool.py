@@ -341,3 +341,37 @@ def test_corrupt_cursor_file_is_a_spool_error(tmp_path: Path, content: str) -> N
     with pytest.raises(SpoolError, match="corrupt"):
         spool.open()
     spool.close()
+
+
+def test_cursor_left_in_a_deleted_segment_resumes_at_the_first_live_one(tmp_path: Path) -> None:
+    """`commit` unlinks finished segments, then writes the cursor: a crash in between must
+    not leave a spool whose lines are counted but can never be read."""
+    directory = tmp_path / "spool"
+    spool = open_spool(directory, segment_bytes=100)
+    frames = [lines_of(str(i), 2) for i in range(10)]
+    for lines in frames:
+        put(spool, lines)
+    batch = spool.read(9)
+    assert batch is not None and batch.end.segment > 0
+    spool.commit(batch.end, batch.lines)
+    spool.close()
+    (directory / "cursor").write_text("0 0\n")  # the cursor update never reached the disk
+    assert not (directory / f"{0:016d}.seg").exists()
+
+    again = open_spool(directory, segment_bytes=100)
+    try:
+        live = segment_files(directory)
+        first_live = int(live[0].stem)
+        per_segment = {int(p.stem): p.read_bytes() for p in live}
+        assert again.pending_bytes == sum(len(data) for data in per_segment.values())
+        resent = read_all(again)
+        # Everything from the first live segment on is re-sent (InfluxDB folds repeats).
+        assert resent.lines == again.pending_lines
+        assert resent.payload.endswith(b"".join(frames[-1]))
+        assert resent.end.segment == max(per_segment)
+        assert first_live == min(per_segment)
+        again.commit(resent.end, resent.lines)
+        assert again.pending_lines == 0
+        assert again.read(100) is None
+    finally:
+        again.close()

@@ -34,8 +34,11 @@ integration = pytest.mark.integration
 def listening_addresses(pid: int) -> list[tuple[str, int]]:
     """Every TCP listener and bound UDP socket of the process."""
     conns = psutil.Process(pid).net_connections(kind="inet")
-    return [(str(c.laddr.ip), int(c.laddr.port)) for c in conns
-            if c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)]
+    return [
+        (str(c.laddr.ip), int(c.laddr.port))
+        for c in conns
+        if c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)
+    ]
 
 
 def assert_loopback_only(proc: ManagedProcess) -> None:
@@ -108,20 +111,53 @@ def test_mosquitto_conf_keeps_deep_queue_and_appends_extra(tmp_path: Path) -> No
 
 @integration
 def test_mosquitto_starts_on_loopback_and_keeps_retained_across_restart(
-        tmp_path: Path, mqtt_clients: None) -> None:
+    tmp_path: Path, mqtt_clients: None
+) -> None:
     with running_mosquitto(tmp_path) as proc:
         assert proc.alive()
         assert_loopback_only(proc)
         port = str(proc.port)
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-r",
-                        "-t", "gw/test/retained", "-m", "survives"], check=True, timeout=10)
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-q",
+                "1",
+                "-r",
+                "-t",
+                "gw/test/retained",
+                "-m",
+                "survives",
+            ],
+            check=True,
+            timeout=10,
+        )
         old_pid = proc.pid
         restart(proc)
         assert proc.pid != old_pid and not psutil.pid_exists(old_pid)
         assert proc.port == int(port)
-        out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-C", "1",
-                              "-W", "10", "-t", "gw/test/retained"],
-                             check=True, timeout=15, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-C",
+                "1",
+                "-W",
+                "10",
+                "-t",
+                "gw/test/retained",
+            ],
+            check=True,
+            timeout=15,
+            capture_output=True,
+            text=True,
+        )
         assert out.stdout.strip() == "survives"
     assert not proc.alive()
     assert "running" in proc.log.read_text()
@@ -148,13 +184,25 @@ def test_influxdb_loopback_only_write_and_query(tmp_path: Path) -> None:
     with running_influxdb(tmp_path) as proc:
         assert_loopback_only(proc)
         influx_query(proc.port, "CREATE DATABASE gw")
-        status, body = http_call(proc.port, "POST", "/write?db=gw&precision=s",
-                                 b"access,site=s1 opened=1i 1700000000")
+        status, body = http_call(
+            proc.port, "POST", "/write?db=gw&precision=s", b"access,site=s1 opened=1i 1700000000"
+        )
         assert status == 204, body
         res = influx_query(proc.port, "SELECT opened FROM access", db="gw")
-        assert res == {"results": [{"statement_id": 0, "series": [{
-            "name": "access", "columns": ["time", "opened"],
-            "values": [["2023-11-14T22:13:20Z", 1]]}]}]}
+        assert res == {
+            "results": [
+                {
+                    "statement_id": 0,
+                    "series": [
+                        {
+                            "name": "access",
+                            "columns": ["time", "opened"],
+                            "values": [["2023-11-14T22:13:20Z", 1]],
+                        }
+                    ],
+                }
+            ]
+        }
         assert all((tmp_path / d).is_dir() for d in ("meta", "data", "wal"))
 
 
@@ -163,8 +211,12 @@ def test_victoria_metrics_loopback_only_and_accepts_v2_write(tmp_path: Path) -> 
     with running_victoria_metrics(tmp_path) as proc:
         assert_loopback_only(proc)
         ts = time.time_ns()
-        status, body = http_call(proc.port, "POST", "/api/v2/write?org=o&bucket=b",
-                                 f"smoke,device=d1 level=3 {ts}".encode())
+        status, body = http_call(
+            proc.port,
+            "POST",
+            "/api/v2/write?org=o&bucket=b",
+            f"smoke,device=d1 level=3 {ts}".encode(),
+        )
         assert status == 204, body
         http_call(proc.port, "GET", "/internal/force_flush")
         time.sleep(1.2)  # 1.79 makes fresh rows searchable about once per second
@@ -231,10 +283,16 @@ def test_local_stack_down_never_kills_a_reused_pid(stack: LocalStack) -> None:
     stranger = subprocess.Popen(["sleep", "60"])
     try:
         stack.root.mkdir(parents=True)
-        record = {"name": "mosquitto", "pid": stranger.pid, "port": 1, "workdir": "/x",
-                  "log": "/x/log", "cmdline": ["/usr/sbin/mosquitto", "-c", "/x"],
-                  "create_time": psutil.Process(stranger.pid).create_time(),
-                  "started_at": 0.0}
+        record = {
+            "name": "mosquitto",
+            "pid": stranger.pid,
+            "port": 1,
+            "workdir": "/x",
+            "log": "/x/log",
+            "cmdline": ["/usr/sbin/mosquitto", "-c", "/x"],
+            "create_time": psutil.Process(stranger.pid).create_time(),
+            "started_at": 0.0,
+        }
         stack.state_file.write_text(json.dumps({"services": {"mosquitto": record}}))
         assert stack.down() == []
         assert stranger.poll() is None
