@@ -252,28 +252,17 @@ def _mode_result(hub: _HubProcess, n: int, count: int, cpu0: float) -> dict[str,
     }
 
 
+def _sub_argv(mqtt_port: int, client_id: str, *extra: str) -> list[str]:
+    """mosquitto_sub with a persistent session (-c, fixed id) at QoS 1 on all telemetry."""
+    return [
+        "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mqtt_port),
+        "-c", "-i", client_id, "-q", "1", "-t", "gw/v1/#", *extra,
+    ]  # fmt: skip
+
+
 def _register_session(client_id: str, mqtt_port: int) -> None:
     """A subscriber connects once so the broker queues for it while it is away."""
-    subprocess.run(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(mqtt_port),
-            "-c",
-            "-i",
-            client_id,
-            "-q",
-            "1",
-            "-t",
-            "gw/v1/#",
-            "-W",
-            "1",
-        ],
-        check=False,
-        capture_output=True,
-    )
+    subprocess.run(_sub_argv(mqtt_port, client_id, "-W", "1"), check=False, capture_output=True)
 
 
 def _mosquitto_sub_limit(mqtt_port: int, n: int, devices: int, progress: bool) -> float:
@@ -284,24 +273,7 @@ def _mosquitto_sub_limit(mqtt_port: int, n: int, devices: int, progress: bool) -
     _log(progress, f"limit: {n:,} queued; draining with mosquitto_sub -q 1")
     start = time.perf_counter()
     subprocess.run(
-        [
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(mqtt_port),
-            "-c",
-            "-i",
-            "bench-limit",
-            "-q",
-            "1",
-            "-t",
-            "gw/v1/#",
-            "-C",
-            str(n),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
+        _sub_argv(mqtt_port, "bench-limit", "-C", str(n)), check=True, stdout=subprocess.DEVNULL
     )
     return n / (time.perf_counter() - start)
 

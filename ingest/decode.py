@@ -183,14 +183,7 @@ class Decoder:
         raw = message.ts
         if raw is None:
             return received_ns, False
-        if isinstance(raw, datetime):
-            if raw.tzinfo is None:
-                raise _Refused(RejectReason.INVALID_PAYLOAD, "ts: RFC 3339 time needs an offset")
-            # Integer arithmetic: float seconds would lose microseconds at today's epoch.
-            delta = raw - _EPOCH
-            ts_ns = (delta.days * 86400 + delta.seconds) * _NS_PER_S + delta.microseconds * 1000
-        else:
-            ts_ns = raw * _NS_PER_MS
+        ts_ns = _rfc3339_ns(raw) if isinstance(raw, str) else raw * _NS_PER_MS
         if ts_ns > received_ns + int(self._limits.max_future_s * _NS_PER_S):
             ahead = (ts_ns - received_ns) / _NS_PER_S
             raise _Refused(
@@ -243,6 +236,22 @@ class Decoder:
         )
 
 
+def _rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch; the envelope's pattern already checked the shape."""
+    head, dot, rest = text.partition(".")
+    fraction = ""
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        fraction, rest = rest[:digits], rest[digits:]
+    try:
+        # Integer arithmetic: float seconds would lose microseconds at today's epoch.
+        delta = datetime.fromisoformat(head + rest) - _EPOCH
+    except ValueError as exc:
+        raise _Refused(RejectReason.INVALID_PAYLOAD, f"ts: {exc}") from exc
+    seconds = delta.days * 86400 + delta.seconds
+    return seconds * _NS_PER_S + int(fraction.ljust(9, "0")) if fraction else seconds * _NS_PER_S
+
+
 class _Refused(Exception):
     """Internal: a check deep in decoding refuses the message."""
 
@@ -278,6 +287,10 @@ def _explain(exc: ValidationError) -> tuple[RejectReason, str]:
         return RejectReason.BAD_JSON, f"not JSON: {first['msg']}"[:300]
     if first["type"] in {"model_type", "model_attributes_type", "dict_type"} and not first["loc"]:
         return RejectReason.BAD_JSON, "payload is not a JSON object"
+    if first["loc"][:1] == ("ts",):
+        return RejectReason.INVALID_PAYLOAD, (
+            "ts: expected epoch milliseconds (a JSON integer) or an RFC 3339 time with an offset"
+        )
     where = ".".join(str(p) for p in first["loc"]) or "payload"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return RejectReason.INVALID_PAYLOAD, f"{where}: {first['msg']}{more}"[:300]

@@ -7,11 +7,11 @@ Nothing here does I/O; ingest, simulators and dashboards all read these names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -36,6 +36,14 @@ Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 ]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
+# RFC 3339 with a mandatory offset. Kept as text (the decoder parses it, keeping up to
+# nanoseconds): a numeric string like "1740788130" must not pass as a time.
+Rfc3339 = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    ),
+]
 
 
 class Envelope(BaseModel):
@@ -51,8 +59,9 @@ class Envelope(BaseModel):
         extra="ignore", strict=True, frozen=True, allow_inf_nan=False, hide_input_in_errors=True
     )
 
-    ts: int | datetime | None = None
-    """Device time: epoch milliseconds or RFC 3339. Missing: the hub's receive time."""
+    ts: int | Rfc3339 | None = None
+    """Device time: epoch milliseconds (a JSON integer) or RFC 3339 with an offset.
+    Missing: the hub's receive time."""
     seq: int | None = Field(default=None, ge=0, le=2**63 - 1)  # InfluxDB integers are int64
     """Per-device message counter."""
     site: Identifier | None = None
@@ -139,8 +148,8 @@ def declared_values(
     values: dict[str, FieldValue] = {}
     # The model's own dict: getattr on a name the model lacks takes pydantic's slow path.
     carried = payload.__dict__
-    for spec in fields:
-        value = carried.get(spec.name)
+    for spec in _specs_on_model(type(payload), fields):
+        value = carried[spec.name]
         if value is None:
             continue
         if spec.type is float and type(value) is int:
@@ -149,6 +158,13 @@ def declared_values(
             raise TypeError(f"{kind}.{spec.name}: {type(value).__name__}, not {spec.type.__name__}")
         values[spec.name] = value
     return values
+
+
+@functools.cache
+def _specs_on_model(model: type[Envelope], fields: tuple[FieldSpec, ...]) -> tuple[FieldSpec, ...]:
+    """The declared fields this payload model can carry (a kind declares them for all
+    its channels; each message only needs its own channel's)."""
+    return tuple(spec for spec in fields if spec.name in model.model_fields)
 
 
 def keyed_hash(key: bytes, value: str) -> str:

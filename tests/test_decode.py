@@ -10,9 +10,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +29,8 @@ from sensors.base import (
     keyed_hash,
 )
 from sensors.registry import KINDS
+from tests.golden import GoldenCase, load_cases
 
-CASES_DIR = Path(__file__).parent / "cases"
 GOLDEN_KEY = b"golden-test-key"
 CTX = DecodeContext(hash_identifier=lambda value: keyed_hash(GOLDEN_KEY, value))
 DECODER = Decoder(KINDS, CTX)
@@ -47,55 +45,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # ---------------------------------------------------------------- golden cases
 
 
-@dataclass(frozen=True)
-class Case:
-    kind: str
-    name: str
-    topic: str
-    payload: bytes
-    expected: Mapping[str, Any] | None
-    rejected: str | None
-
-    @property
-    def channel(self) -> str:
-        return self.topic.split("/")[-1]
-
-    def payload_object(self) -> dict[str, Any] | None:
-        try:
-            obj = json.loads(self.payload)
-        except ValueError:
-            return None
-        return obj if isinstance(obj, dict) else None
-
-
-def load_cases() -> list[Case]:
-    cases = []
-    for case_dir in sorted(p for p in CASES_DIR.glob("*/*") if p.is_dir()):
-        (payload_file,) = [
-            p for p in (case_dir / "payload.json", case_dir / "payload.bin") if p.exists()
-        ]
-        expected_file, rejected_file = case_dir / "expected.json", case_dir / "rejected.txt"
-        cases.append(
-            Case(
-                kind=case_dir.parent.name,
-                name=case_dir.name,
-                topic=(case_dir / "topic.txt").read_text(encoding="utf-8").strip(),
-                payload=payload_file.read_bytes(),
-                expected=(
-                    json.loads(expected_file.read_text(encoding="utf-8"))
-                    if expected_file.exists()
-                    else None
-                ),
-                rejected=(
-                    rejected_file.read_text(encoding="utf-8").strip()
-                    if rejected_file.exists()
-                    else None
-                ),
-            )
-        )
-    return cases
-
-
 def iso_to_ns(text: str) -> int:
     """RFC 3339 → integer ns, independently of the decoder's arithmetic."""
     parsed = datetime.fromisoformat(text)
@@ -108,7 +57,7 @@ def iso_to_ns(text: str) -> int:
     return whole * NS_PER_S + parsed.microsecond * 1000
 
 
-def device_ts_ns(case: Case) -> int | None:
+def device_ts_ns(case: GoldenCase) -> int | None:
     obj = case.payload_object()
     ts = obj.get("ts") if obj else None
     if isinstance(ts, int):
@@ -129,7 +78,7 @@ def typed(values: Mapping[str, object]) -> dict[str, tuple[type, object]]:
     return {k: (type(v), v) for k, v in values.items()}
 
 
-def decode_case(case: Case) -> tuple[Reading | Rejected, int, int | None]:
+def decode_case(case: GoldenCase) -> tuple[Reading | Rejected, int, int | None]:
     ts = device_ts_ns(case)
     received = ts + 1_500 * NS_PER_MS if ts is not None else time.time_ns()
     return DECODER.decode(case.topic, case.payload, received), received, ts
@@ -141,7 +90,7 @@ def test_golden_cases_exist() -> None:
 
 
 @pytest.mark.parametrize("case", VALID)
-def test_golden_valid_case_decodes(case: Case) -> None:
+def test_golden_valid_case_decodes(case: GoldenCase) -> None:
     assert case.expected is not None
     result, received, ts = decode_case(case)
     assert isinstance(result, Reading), result
@@ -167,7 +116,7 @@ def test_golden_valid_case_decodes(case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", REJECTED)
-def test_golden_rejected_case_is_rejected(case: Case) -> None:
+def test_golden_rejected_case_is_rejected(case: GoldenCase) -> None:
     result, received, _ = decode_case(case)
     assert isinstance(result, Rejected), result
     assert result.reason.value == case.rejected, result.detail
@@ -177,7 +126,7 @@ def test_golden_rejected_case_is_rejected(case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", VALID)
-def test_golden_reading_encodes_without_clear_secrets(case: Case) -> None:
+def test_golden_reading_encodes_without_clear_secrets(case: GoldenCase) -> None:
     result, _, _ = decode_case(case)
     assert isinstance(result, Reading)
     encoded = encode_reading(result)
@@ -742,3 +691,21 @@ def test_golden_bases_still_decode() -> None:
         result = DECODER.decode(topic, json.dumps(obj).encode(), NOW_NS)
         assert isinstance(result, Reading), (topic, result)
         check_reading(result)
+
+
+def test_numeric_string_ts_is_refused_not_read_as_seconds() -> None:
+    decoder = Decoder(KINDS, DecodeContext(hash_identifier=str))
+    result = decoder.decode(
+        "gw/v1/s/smoke/d/telemetry", b'{"temperature": 1.5, "ts": "1795700000"}', 1795700000 * 10**9
+    )
+    assert isinstance(result, Rejected)
+    assert result.reason is RejectReason.INVALID_PAYLOAD
+    assert "JSON integer" in result.detail
+
+
+def test_rfc3339_keeps_nanoseconds() -> None:
+    decoder = Decoder(KINDS, DecodeContext(hash_identifier=str))
+    payload = b'{"temperature": 1.5, "ts": "2026-11-26T20:00:00.123456789+08:00"}'
+    result = decoder.decode("gw/v1/s/smoke/d/telemetry", payload, 1795694400 * 10**9)
+    assert isinstance(result, Reading)
+    assert result.ts_ns == 1795694400_123456789

@@ -13,7 +13,6 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -34,8 +33,8 @@ from sensors.base import (
     keyed_hash,
 )
 from sensors.registry import KINDS
+from tests.golden import CASES_DIR, GoldenCase, load_cases
 
-CASES_DIR = Path(__file__).parent / "cases"
 SENSORS_DIR = Path(sensors.__file__).parent
 NOT_PLUGINS = frozenset({"__init__", "base", "registry"})
 GOLDEN_KEY = b"golden-test-key"
@@ -51,51 +50,6 @@ CHANNEL_PARAMS = [
     for name, kind in KINDS.items()
     for channel in kind.channels
 ]
-
-
-@dataclass(frozen=True)
-class GoldenCase:
-    """One directory under tests/cases/<kind>/."""
-
-    kind: str
-    name: str
-    topic: str
-    payload: bytes
-    expected: Mapping[str, Any] | None
-    rejected: str | None
-
-    @property
-    def channel(self) -> str:
-        return self.topic.split("/")[-1]
-
-
-def load_cases() -> list[GoldenCase]:
-    """Read every case directory; a malformed one fails collection loudly."""
-    cases = []
-    for case_dir in sorted(p for p in CASES_DIR.glob("*/*") if p.is_dir()):
-        payload_files = [case_dir / n for n in ("payload.json", "payload.bin")]
-        (payload_file,) = [p for p in payload_files if p.exists()]
-        expected_file, rejected_file = case_dir / "expected.json", case_dir / "rejected.txt"
-        assert expected_file.exists() != rejected_file.exists(), case_dir
-        cases.append(
-            GoldenCase(
-                kind=case_dir.parent.name,
-                name=case_dir.name,
-                topic=(case_dir / "topic.txt").read_text(encoding="utf-8").strip(),
-                payload=payload_file.read_bytes(),
-                expected=(
-                    json.loads(expected_file.read_text(encoding="utf-8"))
-                    if expected_file.exists()
-                    else None
-                ),
-                rejected=(
-                    rejected_file.read_text(encoding="utf-8").strip()
-                    if rejected_file.exists()
-                    else None
-                ),
-            )
-        )
-    return cases
 
 
 CASES = load_cases()
