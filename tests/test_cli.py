@@ -200,3 +200,27 @@ def test_status_json(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert result.exit_code == 0, result.output
     assert '"alive": false' in result.output
     assert '"received": 10' in result.output
+
+
+def test_site_generate_is_deterministic_and_valid(runner: CliRunner, tmp_path: Path) -> None:
+    args = ["site", "generate", "--cells", "3", "--devices", "30", "--seed", "5"]
+    first = runner.invoke(main, args)
+    again = runner.invoke(main, args)
+    other = runner.invoke(main, [*args[:-1], "6"])
+    assert first.exit_code == 0, first.output
+    assert first.output == again.output != other.output
+    out = tmp_path / "site.yaml"
+    written = runner.invoke(main, [*args, "--out", str(out)])
+    assert written.exit_code == 0
+    assert out.read_text(encoding="utf-8") == first.output
+    checked = runner.invoke(main, ["site", "validate", str(out)])
+    assert checked.exit_code == 0 and "3 cells" in checked.output
+
+
+def test_site_validate_names_the_line_of_an_error(runner: CliRunner, tmp_path: Path) -> None:
+    good = runner.invoke(main, ["site", "generate", "--cells", "1", "--devices", "12"]).output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.replace("timezone: Asia/Shanghai", "timezone: Asia/Shanghai\nbogus: 1"))
+    result = runner.invoke(main, ["site", "validate", str(bad)])
+    assert result.exit_code != 0
+    assert "bogus" in result.output and "line 4" in result.output

@@ -1,0 +1,1 @@
+"""Hub: composition root (settings, CLI, runtime wiring, local stack, benchmarks)."""

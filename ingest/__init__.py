@@ -1,0 +1,1 @@
+"""Ingest: MQTT consumer, decoding, durable spool, InfluxDB writers, dead letters, metrics."""

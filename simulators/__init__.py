@@ -1,0 +1,1 @@
+"""Simulators: sites, device behaviour and traffic, with ground truth for scoring."""
