@@ -280,5 +280,9 @@ def site_validate(path: Path) -> None:
         loaded = load_site(path)
     except SiteError as exc:
         raise click.ClickException(str(exc)) from exc
-    kinds = {k: len(loaded.devices_of(k)) for k in ("access", "smoke", "parking")}
+    kinds = {
+        "access": len(loaded.devices_of("access")),
+        "smoke": len(loaded.devices_of("smoke")),
+        "parking": len(loaded.devices_of("parking")),
+    }
     click.echo(f"{path}: site {loaded.site}, {len(loaded.cells)} cells, devices {kinds}")

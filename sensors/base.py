@@ -72,7 +72,9 @@ class Envelope(BaseModel):
     """Grid cell of the device, when the device (or its gateway) knows it."""
 
 
-@dataclass(frozen=True, slots=True)
+# eq=False: specs are module constants; identity hashing keeps the per-message lookup of
+# a model's specs (functools.cache below) from hashing every spec's fields.
+@dataclass(frozen=True, slots=True, eq=False)
 class FieldSpec:
     """One InfluxDB field a kind may write: the name dashboards and rules reuse."""
 

@@ -344,3 +344,19 @@ async def test_retry_during_bisection_dead_letters_each_line_once(
     assert set(sink.stored) == {line for i, line in enumerate(lines) if i != 1}
     assert stats.write_failures == {"retry": 1}
     assert spool.pending_lines == 0
+
+
+def test_latency_histogram_percentiles_within_two_percent() -> None:
+    from ingest.stats import LatencyHistogram
+
+    hist = LatencyHistogram()
+    assert hist.percentiles(0.5) == [None]
+    values = [float(v) for v in range(1, 1001)]  # 1..1000 ms
+    for v in values:
+        hist.add(v)
+    p50, p99 = hist.percentiles(0.5, 0.99)
+    assert p50 is not None and p99 is not None
+    assert 500 <= p50 <= 500 * 1.02 + 1e-9
+    assert 990 <= p99 <= 990 * 1.02 + 1e-9
+    hist.add(-5.0)  # a device clock ahead of the hub's: counted at the floor, never an error
+    assert hist.percentiles(0.0)[0] == pytest.approx(0.1)
