@@ -1,4 +1,4 @@
-"""`gridwatch` command line: run, config, status, stack, deadletters, bench."""
+"""`gridwatch` command line: run, config, status, stack, deadletters, bench, site, simulate."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,10 +49,20 @@ def main() -> None:
 @main.command()
 @CONFIG_OPTION
 @click.option(
-    "--demo", is_flag=True, help="Also publish demo traffic from 1,000 simulated devices."
+    "--demo",
+    is_flag=True,
+    help="Also run the Yingyang demo site: its devices publish as themselves (one MQTT "
+    "connection each).",
 )
-@click.option("--demo-rate", default=50.0, show_default=True, help="Demo messages per second.")
-def run(config_path: Path | None, demo: bool, demo_rate: float) -> None:
+@click.option(
+    "--demo-speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Simulated seconds per real second for the demo's catch-up on the last hour; "
+    "then it keeps to real time (the hub refuses timestamps from the future).",
+)
+def run(config_path: Path | None, demo: bool, demo_speed: float) -> None:
     """Run the hub until Ctrl-C / SIGTERM."""
     from hub.runtime import run_hub
 
@@ -60,7 +71,7 @@ def run(config_path: Path | None, demo: bool, demo_rate: float) -> None:
     if demo:
         from hub.demo import run_with_demo
 
-        asyncio.run(run_with_demo(settings, demo_rate))
+        asyncio.run(run_with_demo(settings, demo_speed))
     else:
         asyncio.run(run_hub(settings))
 
@@ -286,3 +297,154 @@ def site_validate(path: Path) -> None:
         "parking": len(loaded.devices_of("parking")),
     }
     click.echo(f"{path}: site {loaded.site}, {len(loaded.cells)} cells, devices {kinds}")
+
+
+# -- simulate --------------------------------------------------------------------------
+def _speed(_ctx: click.Context, _param: click.Parameter, value: str) -> float | None:
+    """A positive factor of real time, or `max` (None: as fast as the broker takes it)."""
+    text = value.strip().lower()
+    if text == "max":
+        return None
+    try:
+        speed = float(text.removesuffix("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number nor 'max'") from None
+    if not 0 < speed < float("inf"):
+        raise click.BadParameter(f"speed must be positive, not {value!r}")
+    return speed
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    from hub.simulate import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    from datetime import datetime
+
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time like 2026-01-05T08:00:00Z"
+        ) from None
+    if instant.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no offset: add Z or +08:00")
+    return instant
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--site",
+    "site_ref",
+    required=True,
+    help="A site file, or a demo site: yingyang, melbourne_bays.",
+)
+@click.option(
+    "--speed",
+    callback=_speed,
+    default="1",
+    show_default=True,
+    help="Simulated seconds per real second (1 real time, 60 a minute per second), or max.",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--duration", "duration_s", callback=_duration, required=True, help="90s, 10m, 2h, 1d."
+)
+@click.option(
+    "--start",
+    callback=_instant,
+    default=None,
+    help="Simulated start (default: now, UTC, to the second). Fixed start + seed = same bytes.",
+)
+@click.option("--broker", default=None, help="mqtt://host:port (default: the settings' mqtt.url).")
+@click.option(
+    "--gateways",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Multiplex devices over N connections (no per-device wills); for ~5,000+ devices.",
+)
+def simulate(
+    config_path: Path | None,
+    site_ref: str,
+    speed: float | None,
+    seed: int,
+    duration_s: float,
+    start: Any,
+    broker: str | None,
+    gateways: int | None,
+) -> None:
+    """Simulate a site's devices on the broker, each under its own MQTT identity."""
+    from hub.runtime import tls_context
+    from hub.settings import MqttSettings
+    from hub.simulate import SimulationError, format_summary, now_utc_second, run_simulation
+    from simulators.site import DEMO_SITES, SiteError, demo_site_path, load_site
+
+    settings = _settings(config_path)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if broker is not None:
+        try:
+            mqtt = MqttSettings.model_validate({**settings.mqtt.model_dump(), "url": broker})
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--broker") from exc
+        settings = settings.model_copy(update={"mqtt": mqtt})
+    path = Path(site_ref)
+    try:
+        if site_ref in DEMO_SITES and not path.exists():
+            path = demo_site_path(site_ref)
+        loaded = load_site(path)
+    except SiteError as exc:
+        raise click.ClickException(str(exc)) from exc
+    start = start or now_utc_second()
+    mqtt = settings.mqtt
+    ahead_s = (start.timestamp() + duration_s) - time.time()
+    if speed != 1 and ahead_s > settings.hub.max_future_s:
+        click.echo(
+            f"note: simulated time runs up to {ahead_s / 3600:.1f} h past now; a hub refuses "
+            f"readings more than {settings.hub.max_future_s:.0f} s ahead of its clock "
+            "(choose --start in the past for accelerated runs)",
+            err=True,
+        )
+    with click.progressbar(
+        length=1000, label=f"simulating {loaded.site}", file=sys.stderr, show_eta=True
+    ) as bar:
+        done = 0
+
+        def on_progress(progress: Any) -> None:
+            nonlocal done
+            reached = round(progress.fraction * 1000)
+            if reached > done:
+                bar.update(reached - done)
+                done = reached
+
+        try:
+            summary = asyncio.run(
+                run_simulation(
+                    loaded,
+                    broker_host=mqtt.host,
+                    broker_port=mqtt.port,
+                    username=mqtt.username,
+                    password=mqtt.password.get_secret_value() if mqtt.password else None,
+                    tls=tls_context(settings),
+                    speed=speed,
+                    duration_s=duration_s,
+                    seed=seed,
+                    start=start,
+                    gateways=gateways,
+                    progress=on_progress,
+                )
+            )
+        except (OSError, SimulationError) as exc:
+            raise click.ClickException(f"simulation failed: {exc}") from exc
+    click.echo(format_summary(summary))

@@ -1,7 +1,12 @@
-"""`gridwatch run --demo`: the hub plus a steady trickle of simulated device traffic.
+"""`gridwatch run --demo`: the hub plus the Yingyang demo site, simulated live.
 
-Lets a newcomer see data flow within a minute of `stack up`; the full site simulators
-with scenarios and ground truth replace this publisher when they land.
+Every device of the site connects as itself (client id = device id, a last will on its
+status topic) and publishes what the simulators' engine says, so a newcomer sees real
+device behaviour within a minute of `stack up`.
+
+Time: the hub refuses readings more than `hub.max_future_s` ahead of its clock, so the
+demo cannot run ahead of the wall clock for long. It starts `DEMO_HISTORY_S` in the past,
+replays that at `speed` x real time, and from then on keeps to real time.
 """
 
 from __future__ import annotations
@@ -9,67 +14,73 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
-import time
+from datetime import timedelta
+from typing import Final
 
-from hub.runtime import Hub
+from hub.runtime import Hub, tls_context
 from hub.settings import Settings
-from ingest.mqtt_client import ConnectionLost, ConnectOptions, MqttClient
-from simulators.traffic import make_fleet, message
+from hub.simulate import SimProgress, Simulation, SimulationError, now_utc_second
+from simulators.site import demo_site_path, load_site
 
 log = logging.getLogger(__name__)
 
+DEMO_SITE: Final = "yingyang"
+DEMO_SEED: Final = 7
+DEMO_HISTORY_S: Final = 3600.0
+"""How far back the demo starts: an hour of data in 6-7 minutes at 10x, then live."""
+LOG_EVERY: Final = 1000
 
-async def publish_demo(
-    settings: Settings, rate: float, *, devices: int = 1000, seed: int = 7
-) -> None:
-    """Publish QoS 1 device messages at about `rate` per second until cancelled."""
-    client = MqttClient(
-        settings.mqtt.host,
-        settings.mqtt.port,
-        ConnectOptions(
-            client_id="gridwatch-demo",
-            clean_start=True,
-            session_expiry_s=0,
-            username=settings.mqtt.username,
-            password=settings.mqtt.password.get_secret_value() if settings.mqtt.password else None,
-        ),
-        subscriptions=[],
-        on_publish=lambda *_: None,
+
+def demo_simulation(settings: Settings, speed: float) -> Simulation:
+    """The demo site on the hub's broker, open-ended, never ahead of the wall clock."""
+    mqtt = settings.mqtt
+    logged = 0
+
+    def progress(report: SimProgress) -> None:
+        nonlocal logged
+        if report.messages - logged >= LOG_EVERY:
+            logged = report.messages
+            log.info("demo: %d messages published", report.messages)
+
+    return Simulation(
+        load_site(demo_site_path(DEMO_SITE)),
+        broker_host=mqtt.host,
+        broker_port=mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        tls=tls_context(settings),
+        speed=speed,
+        duration_s=None,
+        seed=DEMO_SEED,
+        start=now_utc_second() - timedelta(seconds=DEMO_HISTORY_S),
+        progress=progress,
+        max_lead_s=0.0,
+        topic_prefix=settings.mqtt.topic_prefix.strip("/"),
     )
-    fleet = make_fleet(devices, site="demo", seed=seed)
-    rng = random.Random(seed)
-    runner = asyncio.create_task(client.run(), name="demo-mqtt")
-    sent = 0
+
+
+async def _demo(hub: Hub, simulation: Simulation) -> None:
+    """Start once the hub is subscribed (a first run's session would miss earlier data)."""
+    await hub.client.connected.wait()
     try:
-        while True:
-            await client.connected.wait()
-            topic, payload = message(
-                fleet[rng.randrange(len(fleet))], rng, time.time_ns() // 1_000_000
-            )
-            with contextlib.suppress(ConnectionLost):
-                await client.publish(topic, payload, qos=1)
-                sent += 1
-                if sent % 1000 == 0:
-                    log.info("demo: %d messages published", sent)
-            await asyncio.sleep(1.0 / rate)
-    finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        await simulation.run()
+    except (SimulationError, OSError) as exc:
+        log.error("demo traffic stopped (the hub keeps running): %s", exc)
 
 
-async def run_with_demo(settings: Settings, rate: float) -> None:
+async def run_with_demo(settings: Settings, speed: float) -> None:
+    """The hub until SIGINT/SIGTERM, with the demo site publishing alongside."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     hub = Hub(settings)
-    demo = asyncio.create_task(publish_demo(settings, rate), name="demo")
+    demo = asyncio.create_task(_demo(hub, demo_simulation(settings, speed)), name="demo")
     try:
         await hub.run(stop)
     finally:
+        # Devices say offline (retained) and disconnect before the broker goes away.
         demo.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await demo

@@ -518,8 +518,11 @@ class MqttClient:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        log_connects: bool = True,
     ) -> None:
         self.host = host
+        # A simulator with thousands of device clients would drown the log otherwise.
+        self._connect_log_level = logging.INFO if log_connects else logging.DEBUG
         self.port = port
         self.opts = opts
         self.subscriptions = list(subscriptions)
@@ -566,6 +569,14 @@ class MqttClient:
 
     def outstanding(self) -> int:
         return self._protocol.outstanding_publishes() if self._protocol else 0
+
+    def drop(self) -> bool:
+        """Abort the connection without DISCONNECT, as a network failure would: the broker
+        publishes our will and the client reconnects. For fault injection; False if down."""
+        if self._protocol is None:
+            return False
+        self._protocol.abort()
+        return True
 
     def set_reading(self, enabled: bool) -> None:
         if self._protocol is not None:
@@ -635,7 +646,8 @@ class MqttClient:
             refused = [f for f, c in zip(self.subscriptions, codes, strict=False) if c >= 0x80]
             if refused:
                 raise ConnectRefused(f"broker refused subscriptions {refused} (codes {codes})")
-        log.info(
+        log.log(
+            self._connect_log_level,
             "MQTT connected to %s:%d as %s (session present: %s)",
             self.host,
             self.port,
