@@ -270,6 +270,7 @@ class MqttProtocol(asyncio.Protocol):
 
     def __init__(self, opts: ConnectOptions, on_publish: OnPublish) -> None:
         self._opts = opts
+        self._v5 = opts.protocol == MQTT_V5
         self._on_publish = on_publish
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
@@ -361,9 +362,13 @@ class MqttProtocol(asyncio.Protocol):
         if qos:
             packet_id = (buf[j] << 8) | buf[j + 1]
             j += 2
-        if self._opts.protocol == MQTT_V5:
-            prop_len, j = _read_varint(buf, j)
-            j += prop_len
+        if self._v5:
+            prop_len = buf[j]
+            if prop_len < 0x80:  # the usual one-byte length (no properties: 0)
+                j += 1 + prop_len
+            else:
+                prop_len, j = _read_varint(buf, j)
+                j += prop_len
         if j > end:
             raise ProtocolViolation("PUBLISH header overruns packet")
         self._on_publish(topic, bytes(buf[j:end]), qos, bool(header & 0x01), packet_id)
