@@ -371,6 +371,27 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     default=None,
     help="Multiplex devices over N connections (no per-device wills); for ~5,000+ devices.",
 )
+@click.option(
+    "--replay",
+    "replays",
+    type=click.Choice(["smoke", "parking", "doors"]),
+    multiple=True,
+    help="Replay a real dataset onto the site's devices (repeatable); see --labels.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("../shared/data"),
+    show_default=True,
+    help="Where the datasets live.",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the replays' ground truth here (JSON lines).",
+)
 def simulate(
     config_path: Path | None,
     site_ref: str,
@@ -380,6 +401,9 @@ def simulate(
     start: Any,
     broker: str | None,
     gateways: int | None,
+    replays: tuple[str, ...],
+    data_dir: Path,
+    labels_path: Path | None,
 ) -> None:
     """Simulate a site's devices on the broker, each under its own MQTT identity."""
     from hub.runtime import tls_context
@@ -407,6 +431,12 @@ def simulate(
     except SiteError as exc:
         raise click.ClickException(str(exc)) from exc
     start = start or now_utc_second()
+    extra, labels = _replays(loaded, replays, data_dir, start, start.timestamp() + duration_s)
+    if labels_path is not None:
+        from simulators.labels import write_labels
+
+        write_labels(labels_path, labels)
+        click.echo(f"wrote {len(labels)} labels to {labels_path}", err=True)
     mqtt = settings.mqtt
     ahead_s = (start.timestamp() + duration_s) - time.time()
     if speed != 1 and ahead_s > settings.hub.max_future_s:
@@ -443,8 +473,38 @@ def simulate(
                     start=start,
                     gateways=gateways,
                     progress=on_progress,
+                    extra=extra,
                 )
             )
         except (OSError, SimulationError) as exc:
             raise click.ClickException(f"simulation failed: {exc}") from exc
     click.echo(format_summary(summary))
+
+
+def _replays(
+    site: Any, names: tuple[str, ...], data_dir: Path, start: Any, end_s: float
+) -> tuple[list[Any], list[Any]]:
+    """Messages and the labels within the run of each requested dataset replay."""
+    from simulators.replay import replay_doors, replay_parking, replay_smoke
+
+    if names and not data_dir.is_dir():
+        raise click.BadParameter(f"{data_dir} is not a directory", param_hint="--data-dir")
+    messages: list[Any] = []
+    labels: list[Any] = []
+    for name in names:
+        if name == "smoke":
+            replay = replay_smoke(
+                site, data_dir / "smoke" / "smoke_detection_iot_first10080_allcols.csv", start=start
+            )
+        elif name == "parking":
+            replay = replay_parking(
+                site, data_dir / "parking" / "birmingham_parking.csv", start=start
+            )
+        else:
+            replay = replay_doors(site, data_dir / "doors", start=start)
+        messages.extend(replay.messages)
+        # Only incidents that begin within the simulated span can be detected.
+        labels.extend(label for label in replay.labels if label.start_ms < end_s * 1000)
+        for note in replay.notes:
+            click.echo(f"replay {name}: {note}", err=True)
+    return messages, labels

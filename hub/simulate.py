@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import logging
 import math
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
@@ -217,7 +218,10 @@ class Simulation:
         window: int = WINDOW,
         reconnect_min_s: float = 0.2,
         connect_timeout_s: float = 15.0,
+        extra: Sequence[SimMessage] = (),
     ) -> None:
+        """`extra`: messages from elsewhere (dataset replays), merged in by simulated time;
+        their devices produce no background traffic."""
         if speed is not None and not speed > 0:
             raise ValueError(f"speed must be positive or None (as fast as possible), not {speed}")
         if duration_s is not None and not duration_s > 0:
@@ -235,6 +239,7 @@ class Simulation:
         self.progress = progress
         self.max_lead_s = max_lead_s
         self.topic_prefix = topic_prefix
+        self._extra = sorted(extra, key=lambda m: m.sim_ms)
         self.mode: Literal["device", "gateway"] = "device" if gateways is None else "gateway"
         self.connected = asyncio.Event()
         """Set once every connection is up (before the first message is sent)."""
@@ -382,13 +387,18 @@ class Simulation:
                 connecting.create_task(connect(link))
 
     def _messages(self) -> Iterator[SimMessage]:
-        return simulate(
+        background = simulate(
             self.site,
             start=self.start,
             duration_s=self.duration_s,
             seed=self.seed,
             topic_prefix=self.topic_prefix,
+            exclude={m.device_id for m in self._extra},
         )
+        if not self._extra:
+            return background
+        replayed = (m for m in self._extra if self.start_ms <= m.sim_ms < self.end_ms)
+        return heapq.merge(background, replayed, key=lambda m: m.sim_ms)
 
     async def _stream(self, by_kind: Counter[str], by_channel: Counter[str]) -> None:
         loop = asyncio.get_running_loop()
@@ -454,6 +464,7 @@ async def run_simulation(
     gateways: int | None = None,
     progress: Callable[[SimProgress], None] | None = None,
     max_lead_s: float | None = None,
+    extra: Sequence[SimMessage] = (),
 ) -> SimSummary:
     """Simulate `site` on the broker (see the module docstring); the summary at the end.
 
@@ -473,6 +484,7 @@ async def run_simulation(
         gateways=gateways,
         progress=progress,
         max_lead_s=max_lead_s,
+        extra=extra,
     )
     return await simulation.run()
 

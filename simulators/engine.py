@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -77,14 +77,19 @@ def simulate(
     seed: int,
     rates: Rates = DEFAULT_RATES,
     topic_prefix: str = "gw/v1",
+    exclude: Collection[str] = (),
 ) -> Iterator[SimMessage]:
-    """Messages of every device of the site in [start, start + duration), in time order."""
+    """Messages of every device of the site in [start, start + duration), in time order.
+
+    `exclude`: devices driven by something else (a dataset replay), which must not also
+    produce background traffic (their seq and ts would clash)."""
     start_ms = epoch_ms(start)
     end_ms = start_ms + round(duration_s * MS_PER_S)
     clock = LocalClock(site.tz)
     behaviours: list[Behaviour] = [
         behaviour_for(site, device, seed=seed, start_ms=start_ms, clock=clock, rates=rates)
         for device in site.devices
+        if device.id not in exclude
     ]
     prefixes = [f"{topic_prefix}/{site.site}/{b.kind}/{b.device_id}/" for b in behaviours]
     # Device ids are unique in a site: they break ties, the index is never compared.

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -31,7 +32,7 @@ from hub.simulate import (
     status_topic,
 )
 from hub.stack import ManagedProcess, free_port
-from simulators.engine import SimMessage, simulate
+from simulators.engine import SimMessage, epoch_ms, simulate
 from simulators.site import Site, demo_site_path, load_site
 from simulators.site_generate import generate_site
 from tests.publishers import until
@@ -322,3 +323,34 @@ def test_cli_refuses_bad_speed_and_naive_start() -> None:
     assert runner.invoke(main, [*base, "--speed", "0"]).exit_code == 2
     assert runner.invoke(main, [*base, "--start", "2026-01-05T08:00:00"]).exit_code == 2
     assert runner.invoke(main, [*base, "--duration", "soon"]).exit_code == 2
+
+
+def test_cli_simulate_with_a_replay_writes_its_labels(
+    mosquitto: ManagedProcess, tmp_path: Path
+) -> None:
+    """The smoke dataset drives one detector (no background traffic for it); its Fire
+    Alarm run becomes a `fire` label; message counts add up."""
+    from simulators.labels import read_labels
+    from simulators.replay import replay_smoke
+
+    data = Path(__file__).parents[2] / "shared" / "data"
+    labels_file = tmp_path / "labels.jsonl"
+    args = [
+        "simulate", "--speed", "max", "--duration", "3h", "--start", "2026-01-05T08:00:00Z",
+        "--seed", "1", "--site", "yingyang", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}",
+        "--replay", "smoke", "--data-dir", str(data), "--labels", str(labels_file),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    site = load_site(demo_site_path("yingyang"))
+    replay = replay_smoke(
+        site, data / "smoke" / "smoke_detection_iot_first10080_allcols.csv", start=START
+    )
+    replayed = {m.device_id for m in replay.messages}
+    end_ms = epoch_ms(START) + 3 * 3600 * 1000
+    background = list(simulate(site, start=START, duration_s=3 * 3600, seed=1, exclude=replayed))
+    in_window = [m for m in replay.messages if m.sim_ms < end_ms]
+    assert f"messages  {len(background) + len(in_window)} " in result.stdout
+    labels = read_labels(labels_file)
+    assert [label.kind for label in labels] == ["fire"]
+    assert labels[0].devices == tuple(sorted(replayed))
