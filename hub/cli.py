@@ -314,9 +314,11 @@ def _speed(_ctx: click.Context, _param: click.Parameter, value: str) -> float | 
     return speed
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
     from hub.simulate import parse_duration
 
+    if value is None:
+        return None
     try:
         return parse_duration(value)
     except ValueError as exc:
@@ -344,8 +346,8 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option(
     "--site",
     "site_ref",
-    required=True,
-    help="A site file, or a demo site: yingyang, melbourne_bays.",
+    default=None,
+    help="A site file, or a demo site: yingyang, melbourne_bays (required unless --list).",
 )
 @click.option(
     "--speed",
@@ -356,8 +358,19 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
-    "--duration", "duration_s", callback=_duration, required=True, help="90s, 10m, 2h, 1d."
+    "--duration",
+    "duration_s",
+    callback=_duration,
+    default=None,
+    help="90s, 10m, 2h, 1d (required unless --list).",
 )
+@click.option(
+    "--scenario",
+    "scenario_names",
+    default=None,
+    help="Incident scenarios to inject: NAME[,NAME...] or all (see --list); labels via --labels.",
+)
+@click.option("--list", "list_scenarios", is_flag=True, help="Describe every scenario and exit.")
 @click.option(
     "--start",
     callback=_instant,
@@ -394,10 +407,12 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 )
 def simulate(
     config_path: Path | None,
-    site_ref: str,
+    site_ref: str | None,
     speed: float | None,
     seed: int,
-    duration_s: float,
+    duration_s: float | None,
+    scenario_names: str | None,
+    list_scenarios: bool,
     start: Any,
     broker: str | None,
     gateways: int | None,
@@ -409,8 +424,25 @@ def simulate(
     from hub.runtime import tls_context
     from hub.settings import MqttSettings
     from hub.simulate import SimulationError, format_summary, now_utc_second, run_simulation
+    from simulators.scenarios import SCENARIOS, ScenarioError, run_scenarios
     from simulators.site import DEMO_SITES, SiteError, demo_site_path, load_site
 
+    if list_scenarios:
+        for name, scenario in SCENARIOS.items():
+            click.echo(f"{name:<24} {scenario.kind.value:<24} {scenario.description}")
+        return
+    if site_ref is None or duration_s is None:
+        raise click.UsageError("--site and --duration are required (unless --list)")
+    names: list[str] = []
+    if scenario_names:
+        names = list(SCENARIOS) if scenario_names == "all" else scenario_names.split(",")
+        unknown = [n for n in names if n not in SCENARIOS]
+        if unknown:
+            raise click.BadParameter(
+                f"unknown scenario(s) {unknown}; see --list", param_hint="--scenario"
+            )
+        if replays:
+            raise click.UsageError("--scenario and --replay cannot be combined yet")
     settings = _settings(config_path)
     logging.basicConfig(
         level=logging.WARNING,
@@ -432,6 +464,15 @@ def simulate(
         raise click.ClickException(str(exc)) from exc
     start = start or now_utc_second()
     extra, labels = _replays(loaded, replays, data_dir, start, start.timestamp() + duration_s)
+    source = None
+    if names:
+        try:
+            source, scenario_labels = run_scenarios(
+                loaded, names, start=start, duration_s=duration_s, seed=seed
+            )
+        except ScenarioError as exc:
+            raise click.ClickException(f"scenario: {exc}") from exc
+        labels.extend(scenario_labels)
     if labels_path is not None:
         from simulators.labels import write_labels
 
@@ -474,6 +515,7 @@ def simulate(
                     gateways=gateways,
                     progress=on_progress,
                     extra=extra,
+                    source=source,
                 )
             )
         except (OSError, SimulationError) as exc:

@@ -219,9 +219,11 @@ class Simulation:
         reconnect_min_s: float = 0.2,
         connect_timeout_s: float = 15.0,
         extra: Sequence[SimMessage] = (),
+        source: Iterable[SimMessage] | None = None,
     ) -> None:
         """`extra`: messages from elsewhere (dataset replays), merged in by simulated time;
-        their devices produce no background traffic."""
+        their devices produce no background traffic. `source`: the whole stream to publish
+        instead of the site's background (incident scenarios already applied)."""
         if speed is not None and not speed > 0:
             raise ValueError(f"speed must be positive or None (as fast as possible), not {speed}")
         if duration_s is not None and not duration_s > 0:
@@ -240,6 +242,7 @@ class Simulation:
         self.max_lead_s = max_lead_s
         self.topic_prefix = topic_prefix
         self._extra = sorted(extra, key=lambda m: m.sim_ms)
+        self._source = source
         self.mode: Literal["device", "gateway"] = "device" if gateways is None else "gateway"
         self.connected = asyncio.Event()
         """Set once every connection is up (before the first message is sent)."""
@@ -387,13 +390,17 @@ class Simulation:
                 connecting.create_task(connect(link))
 
     def _messages(self) -> Iterator[SimMessage]:
-        background = simulate(
-            self.site,
-            start=self.start,
-            duration_s=self.duration_s,
-            seed=self.seed,
-            topic_prefix=self.topic_prefix,
-            exclude={m.device_id for m in self._extra},
+        background = (
+            iter(self._source)
+            if self._source is not None
+            else simulate(
+                self.site,
+                start=self.start,
+                duration_s=self.duration_s,
+                seed=self.seed,
+                topic_prefix=self.topic_prefix,
+                exclude={m.device_id for m in self._extra},
+            )
         )
         if not self._extra:
             return background
@@ -465,6 +472,7 @@ async def run_simulation(
     progress: Callable[[SimProgress], None] | None = None,
     max_lead_s: float | None = None,
     extra: Sequence[SimMessage] = (),
+    source: Iterable[SimMessage] | None = None,
 ) -> SimSummary:
     """Simulate `site` on the broker (see the module docstring); the summary at the end.
 
@@ -485,6 +493,7 @@ async def run_simulation(
         progress=progress,
         max_lead_s=max_lead_s,
         extra=extra,
+        source=source,
     )
     return await simulation.run()
 

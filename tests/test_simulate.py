@@ -354,3 +354,36 @@ def test_cli_simulate_with_a_replay_writes_its_labels(
     labels = read_labels(labels_file)
     assert [label.kind for label in labels] == ["fire"]
     assert labels[0].devices == tuple(sorted(replayed))
+
+
+def test_cli_simulate_with_scenarios_publishes_them_and_writes_labels(
+    mosquitto: ManagedProcess, tmp_path: Path
+) -> None:
+    from simulators.labels import read_labels
+    from simulators.scenarios import run_scenarios
+
+    names = ["door_forced", "fire", "malformed_payloads"]
+    labels_file = tmp_path / "labels.jsonl"
+    night = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # the window includes closed hours
+    args = [
+        "simulate", "--speed", "max", "--duration", "12h", "--start", "2026-01-05T00:00:00Z",
+        "--seed", "3", "--site", "yingyang", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}",
+        "--scenario", ",".join(names), "--labels", str(labels_file),
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    site = load_site(demo_site_path("yingyang"))
+    messages, labels = run_scenarios(site, names, start=night, duration_s=12 * 3600, seed=3)
+    assert f"messages  {len(messages)} " in result.stdout
+    assert read_labels(labels_file) == labels
+    assert {label.kind.value for label in labels} == set(names)
+
+
+def test_cli_simulate_lists_and_refuses_unknown_scenarios() -> None:
+    runner = CliRunner()
+    listed = runner.invoke(main, ["simulate", "--list"])
+    assert listed.exit_code == 0 and "door_forced" in listed.output
+    bad = runner.invoke(
+        main, ["simulate", "--site", "yingyang", "--duration", "1h", "--scenario", "meteor"]
+    )
+    assert bad.exit_code == 2 and "meteor" in bad.output
