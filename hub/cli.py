@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -521,6 +522,11 @@ def simulate(
         except (OSError, SimulationError) as exc:
             raise click.ClickException(f"simulation failed: {exc}") from exc
     click.echo(format_summary(summary))
+    if labels:
+        injected = Counter(label.kind for label in labels)
+        click.echo(f"incidents {len(labels)}")
+        for kind, count in sorted(injected.items()):
+            click.echo(f"  {kind:<24} {count}")
 
 
 def _replays(

@@ -26,6 +26,7 @@ from hub.cli import main
 from hub.simulate import (
     SimSummary,
     Simulation,
+    format_summary,
     gateway_of,
     parse_duration,
     run_simulation,
@@ -387,3 +388,28 @@ def test_cli_simulate_lists_and_refuses_unknown_scenarios() -> None:
         main, ["simulate", "--site", "yingyang", "--duration", "1h", "--scenario", "meteor"]
     )
     assert bad.exit_code == 2 and "meteor" in bad.output
+
+
+def test_ten_thousand_devices_over_gateways_complete_and_report_a_rate(
+    mosquitto: ManagedProcess,
+) -> None:
+    """Scale: one process drives 10,000 devices (over 4 gateway connections)."""
+    site = generate_site(100, 10_000, seed=2)
+    summary = asyncio.run(
+        run_simulation(
+            site,
+            broker_host="127.0.0.1",
+            broker_port=mosquitto.port,
+            speed=None,
+            duration_s=60,
+            seed=2,
+            start=START,
+            gateways=4,
+        )
+    )
+    assert summary.devices == 10_000
+    assert summary.connections == 4
+    expected = sum(1 for _ in simulate(site, start=START, duration_s=60, seed=2))
+    assert summary.messages == expected
+    assert summary.rate > 0
+    print(format_summary(summary))  # the rate, in the test log
