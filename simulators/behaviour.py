@@ -14,6 +14,7 @@ never raises a smoke alarm: alarms belong to scenarios with ground truth.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import heapq
 import math
@@ -156,7 +157,7 @@ class LocalClock:
         return round(wall.timestamp() * MS_PER_S)
 
 
-class Behaviour:
+class Behaviour(abc.ABC):
     """Common machinery: own random stream, agenda of timers, seq, ts, battery, status."""
 
     kind: ClassVar[str]
@@ -203,8 +204,9 @@ class Behaviour:
                 self._act(action, now_ms, out)
         return out
 
+    @abc.abstractmethod
     def _act(self, action: str, now_ms: int, out: list[Emission]) -> None:
-        raise NotImplementedError
+        """Carry out one of the kind's own timed actions, appending what it sends."""
 
     def _at(self, when_ms: int, action: str) -> None:
         self._order += 1
