@@ -422,9 +422,14 @@ def simulate(
     labels_path: Path | None,
 ) -> None:
     """Simulate a site's devices on the broker, each under its own MQTT identity."""
-    from hub.runtime import tls_context
     from hub.settings import MqttSettings
-    from hub.simulate import SimulationError, format_summary, now_utc_second, run_simulation
+    from hub.simulate import (
+        Simulation,
+        SimulationError,
+        broker_options,
+        format_summary,
+        now_utc_second,
+    )
     from simulators.scenarios import SCENARIOS, ScenarioError, run_scenarios
     from simulators.site import DEMO_SITES, SiteError, demo_site_path, load_site
 
@@ -479,7 +484,6 @@ def simulate(
 
         write_labels(labels_path, labels)
         click.echo(f"wrote {len(labels)} labels to {labels_path}", err=True)
-    mqtt = settings.mqtt
     ahead_s = (start.timestamp() + duration_s) - time.time()
     if speed != 1 and ahead_s > settings.hub.max_future_s:
         click.echo(
@@ -501,24 +505,19 @@ def simulate(
                 done = reached
 
         try:
-            summary = asyncio.run(
-                run_simulation(
-                    loaded,
-                    broker_host=mqtt.host,
-                    broker_port=mqtt.port,
-                    username=mqtt.username,
-                    password=mqtt.password.get_secret_value() if mqtt.password else None,
-                    tls=tls_context(settings),
-                    speed=speed,
-                    duration_s=duration_s,
-                    seed=seed,
-                    start=start,
-                    gateways=gateways,
-                    progress=on_progress,
-                    extra=extra,
-                    source=source,
-                )
+            simulation = Simulation(
+                loaded,
+                **broker_options(settings),
+                speed=speed,
+                duration_s=duration_s,
+                seed=seed,
+                start=start,
+                gateways=gateways,
+                progress=on_progress,
+                extra=extra,
+                source=source,
             )
+            summary = asyncio.run(simulation.run())
         except (OSError, SimulationError) as exc:
             raise click.ClickException(f"simulation failed: {exc}") from exc
     click.echo(format_summary(summary))

@@ -18,9 +18,15 @@ import signal
 from datetime import timedelta
 from typing import Final
 
-from hub.runtime import Hub, tls_context
+from hub.runtime import Hub
 from hub.settings import Settings
-from hub.simulate import SimProgress, Simulation, SimulationError, now_utc_second
+from hub.simulate import (
+    SimProgress,
+    Simulation,
+    SimulationError,
+    broker_options,
+    now_utc_second,
+)
 from simulators.site import demo_site_path, load_site
 
 log = logging.getLogger(__name__)
@@ -34,7 +40,6 @@ LOG_EVERY: Final = 1000
 
 def demo_simulation(settings: Settings, speed: float) -> Simulation:
     """The demo site on the hub's broker, open-ended, never ahead of the wall clock."""
-    mqtt = settings.mqtt
     logged = 0
 
     def progress(report: SimProgress) -> None:
@@ -45,18 +50,13 @@ def demo_simulation(settings: Settings, speed: float) -> Simulation:
 
     return Simulation(
         load_site(demo_site_path(DEMO_SITE)),
-        broker_host=mqtt.host,
-        broker_port=mqtt.port,
-        username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password else None,
-        tls=tls_context(settings),
+        **broker_options(settings),
         speed=speed,
         duration_s=None,
         seed=DEMO_SEED,
         start=now_utc_second() - timedelta(seconds=DEMO_HISTORY_S),
         progress=progress,
         max_lead_s=0.0,
-        topic_prefix=settings.mqtt.topic_prefix.strip("/"),
     )
 
 

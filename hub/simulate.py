@@ -38,8 +38,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict
 
+from hub.runtime import tls_context
+from hub.settings import Settings
 from ingest.mqtt_client import ConnectionLost, ConnectOptions, MqttClient, MqttError, Will
 from sensors.base import STATUS
 from simulators.behaviour import Emission
@@ -456,46 +458,28 @@ class Simulation:
         return sent
 
 
-async def run_simulation(
-    site: Site,
-    *,
-    broker_host: str,
-    broker_port: int,
-    username: str | None = None,
-    password: str | None = None,
-    tls: ssl.SSLContext | None = None,
-    speed: float | None,
-    duration_s: float | None,
-    seed: int,
-    start: datetime,
-    gateways: int | None = None,
-    progress: Callable[[SimProgress], None] | None = None,
-    max_lead_s: float | None = None,
-    extra: Sequence[SimMessage] = (),
-    source: Iterable[SimMessage] | None = None,
-) -> SimSummary:
-    """Simulate `site` on the broker (see the module docstring); the summary at the end.
+class BrokerOptions(TypedDict):
+    """The connection keywords of `Simulation`, as the hub's settings give them."""
 
-    `duration_s=None` runs until cancelled (the closing statuses are still sent).
-    """
-    simulation = Simulation(
-        site,
-        broker_host=broker_host,
-        broker_port=broker_port,
-        username=username,
-        password=password,
-        tls=tls,
-        speed=speed,
-        duration_s=duration_s,
-        seed=seed,
-        start=start,
-        gateways=gateways,
-        progress=progress,
-        max_lead_s=max_lead_s,
-        extra=extra,
-        source=source,
+    broker_host: str
+    broker_port: int
+    username: str | None
+    password: str | None
+    tls: ssl.SSLContext | None
+    topic_prefix: str
+
+
+def broker_options(settings: Settings) -> BrokerOptions:
+    """Publish where (and as) the hub listens: same broker, credentials, TLS, topic prefix."""
+    mqtt = settings.mqtt
+    return BrokerOptions(
+        broker_host=mqtt.host,
+        broker_port=mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        tls=tls_context(settings),
+        topic_prefix=mqtt.topic_prefix.strip("/"),
     )
-    return await simulation.run()
 
 
 def now_utc_second() -> datetime:

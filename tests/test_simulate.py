@@ -29,7 +29,6 @@ from hub.simulate import (
     format_summary,
     gateway_of,
     parse_duration,
-    run_simulation,
     status_topic,
 )
 from hub.stack import ManagedProcess, free_port
@@ -121,7 +120,7 @@ async def deliver_and_compare(
     """Run at max speed; a subscriber must see the engine's multiset of (topic, payload)."""
     expected = engine_messages(site, duration_s, seed)
     with subscribed(port) as sub:
-        summary = await run_simulation(
+        summary = await Simulation(
             site,
             broker_host="127.0.0.1",
             broker_port=port,
@@ -131,7 +130,7 @@ async def deliver_and_compare(
             start=START,
             gateways=gateways,
             progress=None,
-        )
+        ).run()
         total = len(expected) + len(site.devices)
         await until(lambda: sub.count() >= total, 15, f"{total} messages")
         await asyncio.sleep(0.2)
@@ -396,7 +395,7 @@ def test_ten_thousand_devices_over_gateways_complete_and_report_a_rate(
     """Scale: one process drives 10,000 devices (over 4 gateway connections)."""
     site = generate_site(100, 10_000, seed=2)
     summary = asyncio.run(
-        run_simulation(
+        Simulation(
             site,
             broker_host="127.0.0.1",
             broker_port=mosquitto.port,
@@ -405,7 +404,7 @@ def test_ten_thousand_devices_over_gateways_complete_and_report_a_rate(
             seed=2,
             start=START,
             gateways=4,
-        )
+        ).run()
     )
     assert summary.devices == 10_000
     assert summary.connections == 4
@@ -413,3 +412,27 @@ def test_ten_thousand_devices_over_gateways_complete_and_report_a_rate(
     assert summary.messages == expected
     assert summary.rate > 0
     print(format_summary(summary))  # the rate, in the test log
+
+
+def test_broker_options_follow_the_hub_settings() -> None:
+    """`gridwatch simulate` and the demo publish where and as the hub listens."""
+    from hub.settings import MqttSettings, Settings
+    from hub.simulate import broker_options
+
+    settings = Settings(
+        mqtt=MqttSettings(
+            url="mqtt://127.0.0.1:2883",
+            username="sim",
+            password="sim-secret-1",
+            topic_prefix="/x/y/",
+        )
+    )
+    options = broker_options(settings)
+    assert options == {
+        "broker_host": "127.0.0.1",
+        "broker_port": 2883,
+        "username": "sim",
+        "password": "sim-secret-1",
+        "tls": None,
+        "topic_prefix": "x/y",
+    }
