@@ -18,6 +18,7 @@ import signal
 import ssl
 import time
 
+from hub.events_wiring import build_events
 from hub.settings import Settings
 from hub.status import write_status
 from ingest.deadletter import DeadLetterStore
@@ -171,6 +172,9 @@ class Hub:
             reconnect_min_s=mqtt.reconnect_min_s,
             reconnect_max_s=mqtt.reconnect_max_s,
         )
+        self.events = (
+            build_events(settings, self.client, self.sink) if settings.events.enabled else None
+        )
         self.intake = Intake(
             self.decoder,
             self.spool,
@@ -182,6 +186,7 @@ class Hub:
             batch_max=settings.spool.fsync_batch,
             linger_s=settings.spool.fsync_linger_ms / 1000,
             high_water=max(settings.mqtt.receive_maximum * 2, settings.spool.fsync_batch * 4),
+            observe=self.events.service.observe if self.events is not None else None,
         )
         self.writer = SpoolWriter(
             self.spool,
@@ -195,12 +200,17 @@ class Hub:
         )
         self._own_status_topic = hub_status_topic(settings)
         self._hub_topics = f"{settings.mqtt.topic_prefix.strip('/')}/_hub/"
+        self._prefix_depth = len(settings.mqtt.topic_prefix.strip("/").split("/"))
 
     def _on_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
     ) -> None:
         if topic.startswith(self._hub_topics):
             # Presence flags of hubs (ours and peers in a shared group): not device data.
+            self.client.ack(self.client.generation, [packet_id] if qos else [])
+            return
+        if topic.endswith("/events") and topic.count("/") == self._prefix_depth + 1:
+            # Our own (or a peer hub's) event stream on <prefix>/<site>/events.
             self.client.ack(self.client.generation, [packet_id] if qos else [])
             return
         self.intake.on_publish(topic, payload, qos, retain, packet_id)
@@ -225,10 +235,19 @@ class Hub:
                     tasks.create_task(self._stats_loop(), name="stats"),
                     tasks.create_task(self._status_loop(), name="status"),
                 ]
+                if self.events is not None:
+                    runners.append(tasks.create_task(self.events.service.run(), name="rules"))
+                    runners.append(
+                        tasks.create_task(self.events.dispatcher.run(), name="event-sinks")
+                    )
                 await stop.wait()
                 log.info("stopping: persisting what was received, then disconnecting")
                 await self._graceful_stop(runners)
         finally:
+            if self.events is not None:
+                for webhook in self.events.webhooks:
+                    await webhook.aclose()
+                self.events.store.close()
             await self.sink.aclose()
             self.dead_letters.close()
             self._refresh_gauges()
@@ -243,6 +262,11 @@ class Hub:
         await self.intake.drain()  # persist + ack what was received: nothing redelivered
         with contextlib.suppress(ConnectionLost):
             self.client.publish_nowait(self._own_status_topic, b"offline", qos=0, retain=True)
+        if self.events is not None:
+            # Decide on what was received, then hand events to the sinks while the
+            # broker connection is still up (what is left stays in the outbox).
+            await self.events.service.flush()
+            await self.events.dispatcher.drain(5.0)
         mqtt_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await mqtt_task

@@ -172,6 +172,26 @@ class HubSettings(_Section):
         return value
 
 
+class EventsSettings(_Section):
+    """Rules, the event store and where events go."""
+
+    enabled: bool = True
+    store_url: str | None = None
+    """SQLAlchemy URL: sqlite:///path (default: <hub.data_dir>/events.db) or
+    postgresql://user@host:port/db."""
+    rules: list[Path] = Field(default_factory=list)
+    """Rule files; empty: the built-in pack."""
+    sites: list[str] = Field(default_factory=lambda: ["yingyang"])
+    """Site files (or demo site names) that tell rules where devices are."""
+    publish_mqtt: bool = True
+    """Publish every transition on <topic_prefix>/<site>/events (QoS 1)."""
+    write_influx: bool = True
+    """Write every transition as a point in security_event."""
+    webhooks: list[str] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    snapshot_interval_s: Positive = 10.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -182,6 +202,7 @@ class Settings(BaseSettings):
     spool: SpoolSettings = SpoolSettings()
     deadletters: DeadLetterSettings = DeadLetterSettings()
     hub: HubSettings = HubSettings()
+    events: EventsSettings = EventsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -22,6 +22,7 @@ from ingest.decode import Decoder, Rejected, RejectReason
 from ingest.line_protocol import LineEncoder, LineProtocolError
 from ingest.spool import Spool, encode_frame
 from ingest.stats import IngestStats
+from sensors.base import Reading
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Intake:
         batch_max: int = 2000,
         linger_s: float = 0.005,
         high_water: int = 20_000,
+        observe: Callable[[Reading | Rejected], None] | None = None,
     ) -> None:
         self._decoder = decoder
         self._spool = spool
@@ -73,6 +75,8 @@ class Intake:
         self._reading_paused = False
         self._stopping = False
         self._encoder = LineEncoder()
+        self._observe = observe
+        """Gets every decoded reading and rejection (the rules engine's queue)."""
 
     # -- called by the MQTT client for every PUBLISH --------------------------------
     def on_publish(
@@ -93,6 +97,8 @@ class Intake:
             self._wake.set()  # start the linger clock
         batch.size += 1
         result = self._decoder.decode(topic, payload, now_ns)
+        if self._observe is not None:
+            self._observe(result)
         if isinstance(result, Rejected):
             batch.rejects.append(result)
             self._stats.rejected[result.reason.value] += 1

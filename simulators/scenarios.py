@@ -1244,3 +1244,75 @@ SCENARIOS: Final[Mapping[str, Scenario]] = MappingProxyType(
     }
 )
 """Every scenario, listed by hand."""
+
+
+_BACKGROUND_KINDS: Final = {
+    "fault": IncidentKind.DEVICE_FAULT,
+    "low_battery": IncidentKind.LOW_BATTERY,
+}
+
+
+def background_labels(
+    site: Site, messages: Iterable[SimMessage], labels: Sequence[Label]
+) -> list[Label]:
+    """Ground truth of the incidents ordinary background traffic contains (device
+    faults and low batteries happen on a normal day too): without these labels a
+    detector that finds them would be charged with false alarms.
+
+    A fault lasts until the device says `fault_cleared` or, for a bay sensor (which
+    has no such event), until its next telemetry. Events already covered by a
+    scenario label of the same kind on the same device are left to that label."""
+    covered: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for label in labels:
+        for device in label.devices:
+            covered.setdefault((device, label.kind.value), []).append(
+                (label.start_ms, label.end_ms)
+            )
+    open_faults: dict[str, int] = {}
+    found: list[Label] = []
+
+    def add(kind: IncidentKind, device_id: str, start_ms: int, end_ms: int) -> None:
+        spans = covered.get((device_id, kind.value), [])
+        if any(lo <= start_ms <= hi for lo, hi in spans):
+            return
+        device = site.device(device_id)
+        found.append(
+            Label(
+                id=f"bg-{kind.value}-{device_id}-{start_ms}",
+                kind=kind,
+                site=site.site,
+                cell=device.cell,
+                devices=(device_id,),
+                start_ms=start_ms,
+                end_ms=end_ms,
+                source="background",
+            )
+        )
+
+    for message in messages:
+        if message.channel == STATUS:
+            continue
+        if b'"fault' not in message.payload and b"low_battery" not in message.payload and (
+            message.device_id not in open_faults
+        ):
+            continue  # most messages: nothing to look at, skip the JSON parse
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            continue  # a malformed-payload scenario's message
+        if not isinstance(body, dict):
+            continue
+        ts = int(body.get("ts", message.sim_ms))
+        event = body.get("event") if message.channel == EVENT else None
+        device_id = message.device_id
+        if event == "fault":
+            open_faults.setdefault(device_id, ts)
+        elif device_id in open_faults and (
+            event == "fault_cleared" or (message.kind == "parking" and message.channel == TELEMETRY)
+        ):
+            add(IncidentKind.DEVICE_FAULT, device_id, open_faults.pop(device_id), ts)
+        elif event == "low_battery":
+            add(IncidentKind.LOW_BATTERY, device_id, ts, ts)
+    for device_id, start in open_faults.items():
+        add(IncidentKind.DEVICE_FAULT, device_id, start, start)
+    return sorted_labels(found)

@@ -8,10 +8,8 @@ models are strict (unknown keys, wrong types and dangling references are errors)
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, overload
@@ -30,10 +28,18 @@ from pydantic import (
 )
 
 from sensors.base import Identifier
+from sensors.geo import haversine_m
 from sensors.parking import LotName
-
-# Earth's mean radius (IUGG): the sphere that keeps haversine within ~0.5 % of WGS 84.
-EARTH_RADIUS_M: Final = 6_371_008.8
+from sensors.yaml_doc import (
+    DocumentError,
+    Loc,
+    Problem,
+    SafeDumper,
+    compose,
+    error_message,
+    format_loc,
+    locate,
+)
 
 DEMO_SITES: Final = ("yingyang", "melbourne_bays")
 
@@ -53,7 +59,6 @@ Kind = Literal["access", "smoke", "parking"]
 WEEKDAYS: Final[tuple[Day, ...]] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 # Loc of a value in the file: keys and list indexes from the document root.
-Loc = tuple[str | int, ...]
 
 
 class _Strict(BaseModel):
@@ -452,12 +457,8 @@ def point_in_polygon(point: tuple[float, float], polygon: Sequence[tuple[float, 
 
 
 def distance_m(a: Location, b: Location) -> float:
-    """Great-circle distance in metres (haversine on the mean-radius sphere)."""
-    lat1, lat2 = math.radians(a.lat), math.radians(b.lat)
-    dlat = lat2 - lat1
-    dlon = math.radians(b.lon - a.lon)
-    h = math.sin(dlat / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(dlon / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+    """Great-circle distance in metres between two locations."""
+    return haversine_m(a.lon, a.lat, b.lon, b.lat)
 
 
 _TOPIC_SEGMENT: Final = re.compile(r"^[^/+#\x00]+$")
@@ -471,114 +472,15 @@ def is_topic_segment(value: str) -> bool:
 # --- YAML ---------------------------------------------------------------------------
 
 
-class SiteError(ValueError):
+class SiteError(DocumentError):
     """A site file that cannot be used; the message lists every problem found."""
-
-    def __init__(self, source: str, problems: list[Problem]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = [f"{source}: {len(problems)} problem(s)"]
-        lines += [f"  {p}" for p in problems]
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One problem: where in the document (path and 1-based line) and what."""
-
-    path: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}" if self.line is not None else "line ?"
-        return f"{where}: {self.path or '(document)'}: {self.message}"
-
-
-def format_loc(loc: Loc) -> str:
-    """`("devices", 3, "attributes", "bay_id")` → `devices[3].attributes.bay_id`."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-def _scalar_key(node: yaml.Node) -> str | None:
-    return node.value if isinstance(node, yaml.ScalarNode) else None
-
-
-def _locate(root: yaml.Node | None, loc: Loc) -> tuple[Loc, int | None]:
-    """Walk the composed YAML tree along a pydantic loc: the clean loc and its line.
-
-    Pydantic adds the tag of a discriminated union (`access`) to the loc; it is not in
-    the file, so it is dropped. A missing key is kept in the path and located at its
-    parent mapping.
-    """
-    node = root
-    clean: list[str | int] = []
-    for part in loc:
-        if isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                node = node.value[part]
-                clean.append(part)
-                continue
-        elif isinstance(node, yaml.MappingNode):
-            found = [v for k, v in node.value if _scalar_key(k) == str(part)]
-            if found:
-                node = found[-1]
-                clean.append(part)
-                continue
-            tags = {_scalar_key(v) for k, v in node.value if _scalar_key(k) == "kind"}
-            if part in tags:
-                continue
-        clean.append(part)
-        break
-    line = node.start_mark.line + 1 if node is not None else None
-    return tuple(clean), line
-
-
-def _duplicate_keys(node: yaml.Node | None, loc: Loc = ()) -> Iterator[Problem]:
-    """Duplicate mapping keys: safe_load silently keeps the last, hiding a typo."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = _scalar_key(key)
-            if name is not None and name in seen:
-                yield Problem(format_loc((*loc, name)), key.start_mark.line + 1, "duplicate key")
-            if name is not None:
-                seen.add(name)
-                yield from _duplicate_keys(value, (*loc, name))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*loc, i))
-
-
-def _error_message(error: Any) -> str:
-    message = str(error["msg"])
-    if error["type"] == "extra_forbidden":
-        return f"unknown key {str(error['loc'][-1])!r}"
-    if error["type"] == "missing":
-        return f"missing key {str(error['loc'][-1])!r}"
-    return message.removeprefix("Value error, ")
 
 
 def parse_site(text: str, source: str = "<site>") -> Site:
     """Validate a site from YAML text; SiteError lists every problem with its line."""
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise SiteError(source, [Problem("", line, f"not valid YAML: {exc}")]) from exc
-    finally:
-        loader.dispose()
-    problems = list(_duplicate_keys(root))
+    root, data, problems = compose(text)
+    if root is None and problems:
+        raise SiteError(source, problems)
     if not isinstance(data, dict):
         problems.append(Problem("", 1, "a site file is a YAML mapping (site, name, ...)"))
         raise SiteError(source, problems)
@@ -590,9 +492,9 @@ def parse_site(text: str, source: str = "<site>") -> Site:
             if isinstance(cause, SiteProblems):
                 located = [(error["loc"] + loc, msg) for loc, msg in cause.problems]
             else:
-                located = [(error["loc"], _error_message(error))]
+                located = [(error["loc"], error_message(error))]
             for loc, msg in located:
-                clean, line = _locate(root, loc)
+                clean, line = locate(root, loc)
                 problems.append(Problem(format_loc(clean), line, msg))
         raise SiteError(source, problems) from None
     if problems:
@@ -618,7 +520,7 @@ class _FlowMap(dict[str, Any]):
     """A mapping dumped on one line: locations and schedule rules."""
 
 
-class _SiteDumper(_Dumper):  # type: ignore[misc]
+class _SiteDumper(SafeDumper):  # type: ignore[misc]
     pass
 
 

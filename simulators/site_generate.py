@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from itertools import combinations
 from typing import Any, Final
 
+from sensors.geo import EARTH_RADIUS_M
 from simulators.site import (
-    EARTH_RADIUS_M,
     WEEKDAYS,
     AccessDevice,
     Location,

@@ -1,8 +1,9 @@
 """Fixtures: real services on free loopback ports, and a hub running in-process.
 
 Mosquitto is per test (cheap, and fault tests restart it); InfluxDB 1.6.7 and
-VictoriaMetrics are per session with a fresh database per test. Any GRIDWATCH_
-variable from the caller's shell is removed so tests see embedded defaults only.
+VictoriaMetrics are per session with a fresh database per test, and so is PostgreSQL
+(the event store's). Any GRIDWATCH_ variable from the caller's shell is removed so tests
+see embedded defaults only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from hub.runtime import Hub
 from hub.settings import (
     DeadLetterSettings,
+    EventsSettings,
     HubSettings,
     InfluxSettings,
     MqttSettings,
@@ -27,7 +30,14 @@ from hub.settings import (
 )
 from hub.stack import CLIENT_PACKAGES, ManagedProcess, ensure_installed
 from ingest.influxql import QueryTarget
-from tests.services import running_influxdb, running_mosquitto, running_victoria_metrics
+from tests.services import (
+    create_database,
+    drop_database,
+    running_influxdb,
+    running_mosquitto,
+    running_postgres,
+    running_victoria_metrics,
+)
 
 _db_counter = itertools.count(1)
 
@@ -92,6 +102,8 @@ def make_settings(
             status_interval_s=0.2,
             credential_hash_key="test-credential-key-0123456789",
         ),
+        # Ingest tests count exactly what they publish; rules/events tests opt in.
+        "events": EventsSettings(enabled=False),
     }
     values.update(sections)
     return Settings.model_validate(values)
@@ -120,3 +132,32 @@ async def running_hub(settings: Settings) -> AsyncIterator[Hub]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL server for the session; its admin database's URL.
+
+    Its directory is made under the system temp dir, not pytest's: the server runs as
+    the `postgres` user when we are root, and pytest's tmp dirs are closed to others.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="gridwatch-pg-") as workdir,
+        running_postgres(Path(workdir)) as url,
+    ):
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def event_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty event database: a SQLite file, or a fresh PostgreSQL database per test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'events.db'}"
+        return
+    admin: str = request.getfixturevalue("postgres_url")
+    name = f"gw_events_{next(_db_counter)}"
+    url = create_database(admin, name)
+    try:
+        yield url
+    finally:
+        drop_database(admin, name)

@@ -1,0 +1,1 @@
+"""Security events: model and lifecycle, store, noise control, sinks."""

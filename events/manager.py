@@ -1,0 +1,336 @@
+"""Turns detections into events and operator requests into transitions, with flood control.
+
+Clock: every time this module writes comes from one clock, the one that drives the rules
+(simulated or real): a detection's `at_ms` for what it causes, the caller's `now_ms` for
+`tick`, the operator's `at_ms` for `act`. The hub must pass that same clock to `tick` and
+`act`, else shelve expiry and flood quiet-down would compare unrelated clocks.
+
+Flood control (ISA-18.2 "alarm flood"): per site, the raise times of new events in the
+last `flood_window_ms`. When a new event makes them exceed `flood_limit`, a parent event
+(`flood_control`, key = site) opens, and every open top-level event of the site raised in
+the window, the new one included, is grouped under it and suppressed. While the parent is
+active, each further new event of the site joins it the same way and repeats the parent,
+so the parent's `last_ms` is the site's last new event. `tick` returns the parent once
+that is `flood_window_ms` old. Children otherwise keep their own lifecycle.
+
+State kept here is only the per-site window (at most `flood_limit + 1` times each),
+rebuilt from the store on start; everything else is read from the store when needed, so
+several managers (or a restart) never act on stale copies: a lost race is a `StaleEvent`,
+retried with fresh reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Final, TypeVar
+
+from events.model import (
+    OPERATOR_ACTIONS,
+    SYSTEM,
+    Action,
+    AuditRecord,
+    Detection,
+    ForbiddenTransition,
+    Mode,
+    SecurityEvent,
+    Severity,
+    Source,
+    State,
+    new_event,
+    transition,
+)
+from events.store import EventStore, StaleEvent, UnknownEvent
+
+FLOOD_RULE: Final = "flood_control"
+FLOOD_INCIDENT: Final = "incident_storm"
+RETRIES: Final = 5
+"""Attempts at one system transition that keeps losing optimistic-lock races."""
+
+_OPEN_STATES: Final = frozenset(State) - {State.CLOSED}
+_PAGE: Final = 500
+
+Change = tuple[SecurityEvent, AuditRecord]
+T = TypeVar("T")
+
+
+class EventManager:
+    """The only writer of events: detections, operator actions and timers go through here."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        workers: Mapping[str, str],
+        sinks: Sequence[str] = (),
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        flood_limit: int = 10,
+        flood_window_ms: int = 600_000,
+    ) -> None:
+        if flood_limit < 1 or flood_window_ms < 1:
+            raise ValueError("flood_limit and flood_window_ms must be positive")
+        self.store = store
+        self.workers = dict(workers)
+        self.sinks = tuple(sinks)
+        self._new_id = new_id
+        self.flood_limit = flood_limit
+        self.flood_window_ms = flood_window_ms
+        # One writer at a time in this process; other processes are caught by the store.
+        self._lock = threading.Lock()
+        self._recent: defaultdict[str, deque[int]] = defaultdict(self._window)
+        self._rebuild_recent()
+
+    # ------------------------------------------------------------------ detections
+
+    def handle(self, detection: Detection, now_ms: int) -> list[SecurityEvent]:
+        """Apply one detection; return the events it changed (latest versions).
+
+        Event times are `detection.at_ms`; `now_ms` stands in only if that is unset (<= 0).
+        """
+        if detection.rule_id == FLOOD_RULE:
+            raise ValueError(f"rule id {FLOOD_RULE!r} is reserved for flood control")
+        if detection.at_ms <= 0:
+            detection = replace(detection, at_ms=now_ms)
+        with self._lock:
+            if detection.raised:
+                return _retry(lambda: self._raise(detection))
+            return _retry(lambda: self._clear(detection))
+
+    def _raise(self, detection: Detection) -> list[SecurityEvent]:
+        at = detection.at_ms
+        existing = self.store.open_event(detection.rule_id, detection.key)
+        if existing is not None:
+            return self._save([_system(existing, Action.REPEAT, at, detection=detection)])
+        event, raised = new_event(self._new_id(), detection, at)
+        changes = [(event, raised)]
+        worker = self.workers.get(detection.cell) if detection.cell else None
+        if worker:
+            note = f"grid worker of cell {detection.cell}"
+            event, assigned = _system(event, Action.ASSIGN, at, assignee=worker, note=note)
+            changes.append((event, assigned))
+        changes += self._flood(event, at)
+        saved = self._save(changes)
+        # Only after the commit: a failed save must not count towards a flood.
+        self._recent[event.site].append(at)
+        return saved
+
+    def _clear(self, detection: Detection) -> list[SecurityEvent]:
+        existing = self.store.open_event(detection.rule_id, detection.key)
+        if existing is None or not existing.active:
+            return []  # cleared before it was raised, or already returned: nothing to do
+        note = detection.message
+        return self._save([_system(existing, Action.RETURN, detection.at_ms, note=note)])
+
+    # ------------------------------------------------------------------ flood control
+
+    def _flood(self, event: SecurityEvent, at: int) -> list[Change]:
+        """The changes that group `event` into its site's flood, if there is one."""
+        site = event.site
+        recent = self._recent[site]
+        while recent and recent[0] <= at - self.flood_window_ms:
+            recent.popleft()
+        parent = self.store.open_event(FLOOD_RULE, site)
+        if parent is not None and parent.active:
+            joining = [event]
+        elif len(recent) + 1 > self.flood_limit:
+            joining = [*self._open_in_window(site, at), event]
+        else:
+            return []
+        # Children so far (a returned parent reopened by a new storm keeps its old ones).
+        n = len(joining) + (_int(parent.values.get("events")) if parent else 0)
+        minutes = f"{self.flood_window_ms / 60_000:g}"
+        storm = Detection(
+            rule_id=FLOOD_RULE,
+            key=site,
+            raised=True,
+            at_ms=at,
+            site=site,
+            severity=_most_severe([e.severity for e in joining]),
+            title=f"Incident storm: {n} events in {minutes} min at {site}",
+            message=f"{n} events grouped at {site}; latest: {event.title or event.rule_id}",
+            incident=FLOOD_INCIDENT,
+            source=Source.RULE,
+            values={"events": n},
+            devices=_devices(joining),
+        )
+        changes: list[Change] = []
+        if parent is None:
+            changes.append(new_event(self._new_id(), storm, at))
+        else:  # active: one more joins; returned: a new storm reopens it
+            changes.append(_system(parent, Action.REPEAT, at, detection=storm))
+        parent_id = changes[0][0].id
+        note = f"flood control: incident storm {parent_id}"
+        for child in joining:
+            grouped, record = _system(child, Action.GROUP, at, parent_id=parent_id, note=note)
+            changes.append((grouped, record))
+            # A shelved or out-of-service child is already not annunciated: leave its mode.
+            if grouped.mode is Mode.NORMAL:
+                changes.append(_system(grouped, Action.SUPPRESS, at, note=note))
+        return changes
+
+    def _open_in_window(self, site: str, at: int) -> list[SecurityEvent]:
+        """Open top-level events of the site raised in the window (not flood parents)."""
+        found: list[SecurityEvent] = []
+        while True:
+            page = self.store.list_events(
+                site=site,
+                states=_OPEN_STATES,
+                since_ms=at - self.flood_window_ms + 1,
+                top_level_only=True,
+                limit=_PAGE,
+                offset=len(found),
+            )
+            found += page
+            if len(page) < _PAGE:
+                return [e for e in reversed(found) if e.rule_id != FLOOD_RULE]
+
+    def _window(self) -> deque[int]:
+        # Enough to tell "more than flood_limit"; once a parent is active, only its
+        # last_ms matters.
+        return deque(maxlen=self.flood_limit + 1)
+
+    def _rebuild_recent(self) -> None:
+        """Refill the flood windows from the store, relative to the newest event."""
+        newest = self.store.list_events(limit=1)
+        if not newest:
+            return
+        since = newest[0].raised_ms - self.flood_window_ms + 1
+        times: defaultdict[str, list[int]] = defaultdict(list)
+        offset = 0
+        while page := self.store.list_events(since_ms=since, limit=_PAGE, offset=offset):
+            offset += len(page)
+            for event in page:
+                if event.rule_id != FLOOD_RULE:
+                    times[event.site].append(event.raised_ms)
+        for site, raised in times.items():
+            self._recent[site].extend(sorted(raised))
+
+    # ------------------------------------------------------------------ timers
+
+    def tick(self, now_ms: int) -> list[SecurityEvent]:
+        """Unshelve expired shelves and return flood parents whose site went quiet."""
+        changed: list[SecurityEvent] = []
+        with self._lock:
+            for shelved in self.store.shelved_expired(now_ms):
+                changed += _retry(functools.partial(self._unshelve, shelved.id, now_ms))
+            parents = self.store.list_events(rule_id=FLOOD_RULE, states=_OPEN_STATES, limit=10_000)
+            for parent in parents:
+                if parent.active and now_ms - parent.last_ms >= self.flood_window_ms:
+                    changed += _retry(functools.partial(self._quiet, parent.id, now_ms))
+        return changed
+
+    def _unshelve(self, event_id: str, now_ms: int) -> list[SecurityEvent]:
+        event = self.store.get(event_id)
+        if event is None or event.state is not State.SHELVED:
+            return []  # unshelved meanwhile
+        if event.shelved_until_ms is None or event.shelved_until_ms > now_ms:
+            return []  # shelved again meanwhile
+        return self._save([_system(event, Action.UNSHELVE, now_ms, note="shelve expired")])
+
+    def _quiet(self, parent_id: str, now_ms: int) -> list[SecurityEvent]:
+        parent = self.store.get(parent_id)
+        if parent is None or not parent.active or parent.closed:
+            return []
+        minutes = f"{self.flood_window_ms / 60_000:g}"
+        note = f"no new event at {parent.site} for {minutes} min"
+        return self._save([_system(parent, Action.RETURN, now_ms, note=note)])
+
+    # ------------------------------------------------------------------ operators
+
+    def act(
+        self,
+        event_id: str,
+        action: Action,
+        *,
+        actor: str,
+        at_ms: int,
+        note: str = "",
+        assignee: str | None = None,
+        until_ms: int | None = None,
+        expected_version: int | None = None,
+    ) -> SecurityEvent:
+        """Apply an operator's action; `expected_version` turns a lost race into StaleEvent."""
+
+        def attempt() -> SecurityEvent:
+            event = self.store.get(event_id)
+            if event is None:
+                raise UnknownEvent(event_id)
+            if action not in OPERATOR_ACTIONS:
+                raise ForbiddenTransition(event, action, "only the system does that")
+            if expected_version is not None and event.version != expected_version:
+                raise StaleEvent(event_id)
+            change = transition(
+                event,
+                action,
+                actor=actor,
+                at_ms=at_ms,
+                note=note,
+                assignee=assignee,
+                until_ms=until_ms,
+            )
+            return self._save([change])[0]
+
+        with self._lock:
+            # With an expected version the operator decided on what they saw: never retry.
+            return attempt() if expected_version is not None else _retry(attempt)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _save(self, changes: list[Change]) -> list[SecurityEvent]:
+        self.store.save(changes, sinks=self.sinks)
+        latest = {event.id: event for event, _ in changes}  # keeps first-seen order
+        return list(latest.values())
+
+
+def _system(
+    event: SecurityEvent,
+    action: Action,
+    at_ms: int,
+    *,
+    note: str = "",
+    assignee: str | None = None,
+    parent_id: str | None = None,
+    detection: Detection | None = None,
+) -> Change:
+    return transition(
+        event,
+        action,
+        actor=SYSTEM,
+        at_ms=at_ms,
+        note=note,
+        assignee=assignee,
+        parent_id=parent_id,
+        detection=detection,
+    )
+
+
+def _retry(attempt: Callable[[], T]) -> T:
+    """Run `attempt` again (it re-reads) when another writer changed an event first."""
+    for _ in range(RETRIES - 1):
+        try:
+            return attempt()
+        except StaleEvent:
+            continue
+    return attempt()
+
+
+def _devices(events: Sequence[SecurityEvent]) -> tuple[str, ...]:
+    """Every device of the events, in first-seen order."""
+    seen: dict[str, None] = {}
+    for event in events:
+        for device in (event.device, *event.devices):
+            if device:
+                seen[device] = None
+    return tuple(seen)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _most_severe(severities: Sequence[Severity]) -> Severity:
+    return min(severities, key=lambda s: s.rank)

@@ -1,0 +1,182 @@
+"""The event store's schema and its versioned migrations.
+
+`MIGRATIONS[i]` takes the schema from version i to i + 1; `schema_version` holds one row
+per applied step. Each step runs in its own transaction together with its version row,
+so a failing step leaves the previous version intact (SQLite and PostgreSQL both have
+transactional DDL; the store makes pysqlite honour it).
+
+Add steps at the end, never edit an applied one. The tables below describe the current
+schema; the day a later step alters one of them, freeze step 1 by copying its DDL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import ExecutableDDLElement
+
+Step = Callable[[Connection], None] | ExecutableDDLElement
+"""One migration: a function of an open connection, or a DDL statement."""
+
+WRITE_OPTION: Final = "gridwatch_write"
+"""Connection execution option: the transaction will write (SQLite: BEGIN IMMEDIATE)."""
+
+_MIGRATE_LOCK: Final = 0x67774D4947  # PostgreSQL advisory lock id: one migrator at a time
+
+metadata = sa.MetaData()
+
+# Millisecond timestamps need 64 bits; SQLite's INTEGER is 64-bit anyway, and only an
+# `INTEGER PRIMARY KEY` autoincrements there.
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_ms", sa.BigInteger, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("rule_id", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("site", sa.Text, nullable=False),
+    sa.Column("cell", sa.Text),
+    sa.Column("device", sa.Text),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("incident", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("raised_ms", sa.BigInteger, nullable=False),
+    sa.Column("last_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("acknowledged", sa.Boolean, nullable=False),
+    sa.Column("mode", sa.Text, nullable=False),
+    sa.Column("shelved_until_ms", sa.BigInteger),
+    sa.Column("closed", sa.Boolean, nullable=False),
+    sa.Column("resolution", sa.Text, nullable=False),
+    sa.Column("assignee", sa.Text),
+    sa.Column("parent_id", sa.Text, sa.ForeignKey("events.id")),
+    sa.Column("values_json", sa.Text, nullable=False),
+    sa.Column("devices_json", sa.Text, nullable=False),
+    sa.Column("location_json", sa.Text),
+    sa.Column("returned_ms", sa.BigInteger),
+    sa.Index("ix_events_site_closed", "site", "closed"),
+    # The open-event lookup, and the dedup rule itself: at most one open event per
+    # condition, so two writers racing to open one cannot both succeed.
+    sa.Index(
+        "ux_events_open_condition",
+        "rule_id",
+        "key",
+        unique=True,
+        sqlite_where=sa.text("closed = 0"),  # as SQLAlchemy renders `not closed` there
+        postgresql_where=sa.text("NOT closed"),
+    ),
+    sa.Index("ix_events_raised", "raised_ms"),
+    sa.Index("ix_events_parent", "parent_id"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("event_id", sa.Text, sa.ForeignKey("events.id"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("from_state", sa.Text),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("sink", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("audit_seq", sa.Integer, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_ms", sa.BigInteger, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=False),
+    sa.Column("failed", sa.Boolean, nullable=False),
+    sa.ForeignKeyConstraint(["event_id", "audit_seq"], ["audit.event_id", "audit.seq"]),
+    sa.Index("ix_outbox_sink_due", "sink", "failed", "next_attempt_ms"),
+)
+
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+
+def _v1_tables(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[events, audit, outbox, snapshots])
+
+
+MIGRATIONS: Final[Sequence[Step]] = (_v1_tables,)
+
+
+class StoreError(Exception):
+    """The event store refused or failed an operation (re-exported by `events.store`)."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer GridWatch than this one."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"the event database is at schema version {found}, this GridWatch knows up to "
+            f"{known}: upgrade GridWatch (or point it at another database)"
+        )
+        self.found = found
+        self.known = known
+
+
+def current_version(conn: Connection) -> int:
+    """The applied version; 0 for an empty database."""
+    if not sa.inspect(conn).has_table(schema_version.name):
+        return 0
+    found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one()
+    return int(found or 0)
+
+
+def migrate(engine: Engine, steps: Sequence[Step] = MIGRATIONS) -> int:
+    """Apply the missing steps, one transaction each; return the version reached."""
+    while True:
+        with engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    # Two hubs starting together must not both run a step.
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK)))
+                schema_version.create(conn, checkfirst=True)
+                version = current_version(conn)
+                if version > len(steps):
+                    raise SchemaTooNew(version, len(steps))
+                if version == len(steps):
+                    return version
+                step = steps[version]
+                if isinstance(step, ExecutableDDLElement):
+                    conn.execute(step)
+                else:
+                    step(conn)
+                conn.execute(
+                    schema_version.insert().values(
+                        version=version + 1, applied_ms=int(time.time() * 1000)
+                    )
+                )

@@ -1,0 +1,279 @@
+"""Where transitions go once stored: InfluxDB, MQTT, webhooks.
+
+A sink delivers a batch of outbox items in order, or says why it could not:
+`SinkUnavailable` (try again later: the items stay) or `SinkRejected` (this item will
+never be accepted: it is marked failed and kept for inspection). Both may name the items
+delivered before the failure, so a retry does not resend them. The dispatcher
+(events/dispatcher.py) owns retries; sinks never loop or sleep.
+
+Transports are injected (an InfluxDB write, an MQTT publish, an httpx client), so this
+package stays below ingest/ and hub/ in the layering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol
+
+import httpx
+from pydantic import SecretStr
+
+from events.model import OutboxItem
+from events.render import event_json, event_point
+
+__all__ = [
+    "InfluxSink",
+    "MqttSink",
+    "Sink",
+    "SinkError",
+    "SinkRejected",
+    "SinkUnavailable",
+    "WebhookSink",
+    "event_json",
+    "event_point",
+]
+
+
+class SinkError(Exception):
+    """A delivery failed; `delivered` lists the ids of the batch that did get through."""
+
+    def __init__(self, reason: str, *, delivered: Sequence[int] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delivered: tuple[int, ...] = tuple(delivered)
+
+
+class SinkUnavailable(SinkError):
+    """Down, unreachable, timed out, throttled or 5xx: retry later, keep the items."""
+
+    def __init__(
+        self, reason: str, *, delivered: Sequence[int] = (), retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(reason, delivered=delivered)
+        self.retry_after_s = retry_after_s
+
+
+class SinkRejected(SinkError):
+    """Refused for good. `item_id` names the refused item; None means the sink refused
+    the batch as a whole and cannot tell which item (the dispatcher then retries the
+    items one by one to find it)."""
+
+    def __init__(
+        self, reason: str, *, item_id: int | None = None, delivered: Sequence[int] = ()
+    ) -> None:
+        super().__init__(reason, delivered=delivered)
+        self.item_id = item_id
+
+
+class Sink(Protocol):
+    name: str
+    """Outbox key: items are queued per sink name, so it must stay stable across restarts."""
+
+    async def deliver(self, items: Sequence[OutboxItem]) -> None:
+        """Deliver in order; raise SinkUnavailable or SinkRejected."""
+        ...
+
+
+def _unavailable(exc: Exception, delivered: Sequence[int] = ()) -> SinkUnavailable:
+    return SinkUnavailable(f"{type(exc).__name__}: {exc}", delivered=delivered)
+
+
+def _json_bytes(item: OutboxItem) -> bytes:
+    return json.dumps(
+        event_json(item.event, item.audit),
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode()
+
+
+class InfluxSink:
+    """One `security_event` point per transition, all items of a batch in one write.
+
+    `write` takes line-protocol lines (no newlines) and raises on failure. The hub adapts
+    its InfluxDB writer: data refused (HTTP 400) -> SinkRejected (no item id: the
+    dispatcher narrows it down); anything not a SinkError counts as unavailable.
+    """
+
+    def __init__(
+        self, write: Callable[[Sequence[str]], Awaitable[None]], *, name: str = "influxdb"
+    ) -> None:
+        self.name = name
+        self._write = write
+
+    async def deliver(self, items: Sequence[OutboxItem]) -> None:
+        lines: list[str] = []
+        bad: tuple[OutboxItem, str] | None = None
+        for item in items:
+            try:
+                lines.append(event_point(item.event, item.audit))
+            except ValueError as exc:
+                bad = (item, str(exc))  # write what comes before it, refuse it
+                break
+        if lines:
+            try:
+                await self._write(lines)
+            except SinkError:
+                raise
+            except Exception as exc:
+                raise _unavailable(exc) from exc
+        if bad is not None:
+            done = [item.id for item in items[: len(lines)]]
+            raise SinkRejected(f"cannot render: {bad[1]}", item_id=bad[0].id, delivered=done)
+
+
+def _topic_safe(site: str) -> bool:
+    return bool(site) and not any(c in site for c in "/+#\x00")
+
+
+class MqttSink:
+    """Each transition as compact JSON (`event_json`) on `{prefix}/{site}/events`.
+
+    `publish(topic, payload)` must return once the broker has the message (QoS 1 PUBACK);
+    it is awaited one item at a time so consumers see transitions in order.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[str, bytes], Awaitable[None]],
+        topic_prefix: str = "gw/v1",
+        *,
+        name: str = "mqtt",
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self._publish = publish
+        self._prefix = topic_prefix.rstrip("/")
+        # A publish that waits for a connection would otherwise hold the sink forever.
+        self._timeout_s = timeout_s
+
+    def topic(self, site: str) -> str:
+        return f"{self._prefix}/{site}/events"
+
+    async def deliver(self, items: Sequence[OutboxItem]) -> None:
+        done: list[int] = []
+        for item in items:
+            if not _topic_safe(item.event.site):
+                raise SinkRejected(
+                    f"site {item.event.site!r} cannot be an MQTT topic level",
+                    item_id=item.id,
+                    delivered=done,
+                )
+            try:
+                payload = _json_bytes(item)
+            except ValueError as exc:
+                raise SinkRejected(
+                    f"cannot render: {exc}", item_id=item.id, delivered=done
+                ) from exc
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await self._publish(self.topic(item.event.site), payload)
+            except SinkRejected as exc:
+                raise SinkRejected(exc.reason, item_id=item.id, delivered=done) from exc
+            except SinkUnavailable as exc:
+                raise SinkUnavailable(
+                    exc.reason, delivered=done, retry_after_s=exc.retry_after_s
+                ) from exc
+            except TimeoutError as exc:
+                raise SinkUnavailable(
+                    f"no PUBACK within {self._timeout_s} s", delivered=done
+                ) from exc
+            except Exception as exc:
+                raise _unavailable(exc, done) from exc
+            done.append(item.id)
+
+
+SIGNATURE_HEADER: Final = "X-GridWatch-Signature"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """Header value receivers recompute: `sha256=<hex HMAC-SHA256 of the raw body>`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def idempotency_key(item: OutboxItem) -> str:
+    """Same for every retry of an item. The outbox id keeps it readable; the digest of
+    event id and version keeps it unique should the outbox ids ever start over."""
+    digest = hashlib.sha256(
+        f"{item.event.id}\x1f{item.event.version}\x1f{item.audit.action.value}".encode()
+    ).hexdigest()[:16]
+    return f"{item.id}-{digest}"
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return float(resp.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None  # absent, or an HTTP date: our own backoff applies
+
+
+class WebhookSink:
+    """POST each transition on its own (body: `event_json`), in order.
+
+    One request per transition, not a batch: the Idempotency-Key then names exactly one
+    transition on every retry (batches change as items arrive), and one refused
+    transition does not take its neighbours with it.
+
+    Status sorting: 2xx delivered; 408, 429 and 5xx retried (Retry-After honoured); 3xx,
+    401, 403 and 404 also retried, because they mean our configuration (URL, secret) is
+    wrong rather than the transition, and fixing the configuration should lose nothing
+    (as ingest/influx.py does for InfluxDB); any other 4xx refuses the transition.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: SecretStr | str | None = None,
+        timeout_s: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+        name: str = "webhook",
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL must be http(s): {url!r}")
+        self.name = name
+        self.url = url
+        self._secret = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+        self._timeout_s = timeout_s
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        """Close the client if this sink made it (a passed-in client is the caller's)."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def deliver(self, items: Sequence[OutboxItem]) -> None:
+        done: list[int] = []
+        for item in items:
+            try:
+                body = _json_bytes(item)
+            except ValueError as exc:
+                raise SinkRejected(
+                    f"cannot render: {exc}", item_id=item.id, delivered=done
+                ) from exc
+            headers = {
+                "Content-Type": "application/json",
+                IDEMPOTENCY_HEADER: idempotency_key(item),
+            }
+            if self._secret:
+                headers[SIGNATURE_HEADER] = sign(self._secret, body)
+            try:
+                resp = await self._client.post(
+                    self.url, content=body, headers=headers, timeout=self._timeout_s
+                )
+            except httpx.HTTPError as exc:
+                raise _unavailable(exc, done) from exc
+            status = resp.status_code
+            if 200 <= status < 300:
+                done.append(item.id)
+                continue
+            detail = f"HTTP {status}: {' '.join(resp.text.split())[:200]}"
+            if status in (408, 429) or status >= 500 or status < 400 or status in (401, 403, 404):
+                raise SinkUnavailable(detail, delivered=done, retry_after_s=_retry_after(resp))
+            raise SinkRejected(detail, item_id=item.id, delivered=done)

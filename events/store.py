@@ -1,0 +1,590 @@
+"""Durable events: lifecycle rows, audit trail, sink outbox and rule snapshots.
+
+SQLAlchemy Core on SQLite (the embedded default) or PostgreSQL. Synchronous: the hub
+calls it from worker threads, so every operation checks a connection out of the
+engine's pool for just that operation and nothing is shared between threads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Final, Self
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from events.migrations import (
+    WRITE_OPTION,
+    SchemaTooNew,
+    StoreError,
+    audit,
+    events,
+    migrate,
+    outbox,
+    snapshots,
+)
+from events.model import (
+    Action,
+    AuditRecord,
+    Location,
+    Mode,
+    OutboxItem,
+    SecurityEvent,
+    Severity,
+    Source,
+    State,
+)
+
+__all__ = [
+    "EventStore",
+    "SchemaTooNew",
+    "StaleEvent",
+    "StoreError",
+    "UnknownEvent",
+    "create_engine",
+]
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+
+
+class StaleEvent(StoreError):
+    """Someone changed the event since it was read: re-read it and decide again."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"event {event_id} was changed by someone else; reload it")
+        self.event_id = event_id
+
+
+class UnknownEvent(StoreError):
+    """No event has this id."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"no event {event_id}")
+        self.event_id = event_id
+
+
+class EventStore:
+    """Events, their audit trail and outbox in one database; call `migrate()` first."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = create_engine(url)
+
+    def migrate(self) -> int:
+        """Bring the schema up to date (idempotent); return its version."""
+        return migrate(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ events
+
+    def save(
+        self, changes: Sequence[tuple[SecurityEvent, AuditRecord]], *, sinks: Sequence[str] = ()
+    ) -> None:
+        """Write transitions atomically: event rows, their audit records, one outbox row per sink.
+
+        Version 1 inserts; later versions update only if the stored row is the version
+        before (optimistic lock), else `StaleEvent`. Nothing is written if anything fails.
+        """
+        with self._write() as conn:
+            for event, record in changes:
+                if record.event_id != event.id:
+                    raise ValueError(f"audit record of {record.event_id} saved with {event.id}")
+                self._write_event(conn, event)
+                # The audit sequence is the version the transition produced: unique per
+                # event, and it orders the trail without another counter.
+                try:
+                    conn.execute(audit.insert().values(_audit_row(record, event.version)))
+                except IntegrityError as err:
+                    raise StaleEvent(event.id) from err
+                if sinks:
+                    payload = json.dumps({"event": _event_doc(event), "audit": _audit_doc(record)})
+                    conn.execute(
+                        outbox.insert(),
+                        [
+                            {
+                                "sink": sink,
+                                "event_id": event.id,
+                                "audit_seq": event.version,
+                                "payload": payload,
+                                "attempts": 0,
+                                # Due at once: sinks poll on their own clock, which need
+                                # not be the detections' (simulated) clock.
+                                "next_attempt_ms": 0,
+                                "last_error": "",
+                                "failed": False,
+                            }
+                            for sink in sinks
+                        ],
+                    )
+
+    def _write_event(self, conn: Connection, event: SecurityEvent) -> None:
+        row = _event_row(event)
+        if event.version == 1:
+            try:
+                conn.execute(events.insert().values(row))
+            except IntegrityError as err:
+                # Saved already, or another writer opened the same condition first.
+                raise StaleEvent(event.id) from err
+            return
+        try:
+            updated = conn.execute(
+                events.update()
+                .where(events.c.id == event.id, events.c.version == event.version - 1)
+                .values(row)
+            )
+        except IntegrityError as err:  # e.g. grouped under a parent that does not exist
+            raise StoreError(f"event {event.id} refused: {err.orig}") from err
+        if updated.rowcount != 1:
+            raise StaleEvent(event.id)
+
+    def get(self, event_id: str) -> SecurityEvent | None:
+        with self._read() as conn:
+            row = conn.execute(events.select().where(events.c.id == event_id)).mappings().first()
+        return None if row is None else _event_from_row(row)
+
+    def open_event(self, rule_id: str, key: str) -> SecurityEvent | None:
+        """The not-closed event of this condition (what a repeat bumps); at most one."""
+        query = (
+            events.select()
+            .where(events.c.rule_id == rule_id, events.c.key == key, sa.not_(events.c.closed))
+            .order_by(events.c.raised_ms.desc(), events.c.id.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _event_from_row(row)
+
+    def audit_trail(self, event_id: str) -> list[AuditRecord]:
+        query = audit.select().where(audit.c.event_id == event_id).order_by(audit.c.seq)
+        with self._read() as conn:
+            return [_audit_from_row(r) for r in conn.execute(query).mappings()]
+
+    def children(self, parent_id: str) -> list[SecurityEvent]:
+        query = (
+            events.select()
+            .where(events.c.parent_id == parent_id)
+            .order_by(events.c.raised_ms, events.c.id)
+        )
+        return self._events(query)
+
+    def list_events(
+        self,
+        *,
+        site: str | None = None,
+        cell: str | None = None,
+        states: Collection[State] | None = None,
+        severity: Collection[Severity] | None = None,
+        rule_id: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        top_level_only: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SecurityEvent]:
+        """Events matching every given filter, newest raised first.
+
+        `since_ms` (inclusive) and `until_ms` (exclusive) bound `raised_ms`.
+        """
+        where = _filters(site, cell, states, severity, rule_id, since_ms, until_ms, top_level_only)
+        query = (
+            events.select()
+            .where(*where)
+            .order_by(events.c.raised_ms.desc(), events.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return self._events(query)
+
+    def count_events(
+        self,
+        *,
+        site: str | None = None,
+        cell: str | None = None,
+        states: Collection[State] | None = None,
+        severity: Collection[Severity] | None = None,
+        rule_id: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        top_level_only: bool = False,
+    ) -> int:
+        """How many events `list_events` would page through with the same filters."""
+        where = _filters(site, cell, states, severity, rule_id, since_ms, until_ms, top_level_only)
+        query = sa.select(sa.func.count()).select_from(events).where(*where)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def shelved_expired(self, now_ms: int) -> list[SecurityEvent]:
+        """Open shelved events whose shelve ran out by `now_ms`."""
+        query = (
+            events.select()
+            .where(
+                sa.not_(events.c.closed),
+                events.c.mode == Mode.SHELVED.value,
+                events.c.shelved_until_ms <= now_ms,
+            )
+            .order_by(events.c.shelved_until_ms, events.c.id)
+        )
+        return self._events(query)
+
+    def _events(self, query: sa.Select[Any]) -> list[SecurityEvent]:
+        with self._read() as conn:
+            return [_event_from_row(r) for r in conn.execute(query).mappings()]
+
+    # ------------------------------------------------------------------ outbox
+
+    def outbox_due(self, sink: str, now_ms: int, limit: int = 100) -> list[OutboxItem]:
+        """Deliveries of one sink whose next attempt is due, oldest first."""
+        query = (
+            outbox.select()
+            .where(
+                outbox.c.sink == sink,
+                sa.not_(outbox.c.failed),
+                outbox.c.next_attempt_ms <= now_ms,
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        return self._outbox(query)
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        """Forget delivered items."""
+        if ids:
+            with self._write() as conn:
+                conn.execute(outbox.delete().where(outbox.c.id.in_(list(ids))))
+
+    def outbox_retry(
+        self, item_id: int, *, error: str, next_attempt_ms: int, failed: bool = False
+    ) -> None:
+        """Record a failed attempt; `failed` parks the item until an operator looks."""
+        with self._write() as conn:
+            updated = conn.execute(
+                outbox.update()
+                .where(outbox.c.id == item_id)
+                .values(
+                    attempts=outbox.c.attempts + 1,
+                    last_error=error,
+                    next_attempt_ms=next_attempt_ms,
+                    failed=failed,
+                )
+            )
+            if updated.rowcount != 1:
+                raise StoreError(f"no outbox item {item_id}")
+
+    def outbox_pending(self) -> dict[str, int]:
+        """Undelivered, not failed items per sink."""
+        query = (
+            sa.select(outbox.c.sink, sa.func.count())
+            .where(sa.not_(outbox.c.failed))
+            .group_by(outbox.c.sink)
+        )
+        with self._read() as conn:
+            return {str(sink): int(n) for sink, n in conn.execute(query)}
+
+    def outbox_failed(self) -> list[OutboxItem]:
+        return self._outbox(outbox.select().where(outbox.c.failed).order_by(outbox.c.id))
+
+    def _outbox(self, query: sa.Select[Any]) -> list[OutboxItem]:
+        with self._read() as conn:
+            return [_outbox_from_row(r) for r in conn.execute(query).mappings()]
+
+    # ------------------------------------------------------------------ snapshots
+
+    def put_snapshot(self, name: str, data: bytes, at_ms: int) -> None:
+        """Store (or replace) a named blob, e.g. the rule engine state."""
+        insert = (
+            pg_dialect.insert(snapshots)
+            if self._engine.dialect.name == "postgresql"
+            else sqlite_dialect.insert(snapshots)
+        )
+        statement = insert.values(name=name, data=data, updated_ms=at_ms)
+        statement = statement.on_conflict_do_update(
+            index_elements=[snapshots.c.name],
+            set_={"data": statement.excluded.data, "updated_ms": statement.excluded.updated_ms},
+        )
+        with self._write() as conn:
+            conn.execute(statement)
+
+    def get_snapshot(self, name: str) -> bytes | None:
+        query = sa.select(snapshots.c.data).where(snapshots.c.name == name)
+        with self._read() as conn:
+            data = conn.execute(query).scalar_one_or_none()
+        return None if data is None else bytes(data)
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+
+# ---------------------------------------------------------------------- engine
+
+
+def create_engine(url: str) -> Engine:
+    """The engine the store uses: psycopg for PostgreSQL; for SQLite, WAL, foreign keys,
+    a busy timeout and real transactions (DDL included)."""
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if parsed.drivername in {"postgresql", "postgres"}:
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; we ship psycopg 3.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        backend = "postgresql"
+    if backend == "postgresql":
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    raise StoreError(f"unsupported event database {parsed.drivername!r}: use sqlite or postgresql")
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if url.database in {None, "", ":memory:"} or url.query.get("mode") == "memory":
+        # Each pooled connection would get its own empty database.
+        raise StoreError("the SQLite event store needs a file: sqlite:///path/to/events.db")
+    # The pool hands each operation its own connection, possibly on another thread.
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling commits before DDL and starts deferred
+        # transactions; we issue BEGIN ourselves (below) so both behave as on PostgreSQL.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A writer takes the write lock up front: upgrading a read lock later can fail
+        # with SQLITE_BUSY at once, whatever the busy timeout.
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+# ---------------------------------------------------------------------- rows
+
+
+def _filters(
+    site: str | None,
+    cell: str | None,
+    states: Collection[State] | None,
+    severity: Collection[Severity] | None,
+    rule_id: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    top_level_only: bool,
+) -> list[sa.ColumnElement[bool]]:
+    c = events.c
+    where: list[sa.ColumnElement[bool]] = []
+    if site is not None:
+        where.append(c.site == site)
+    if cell is not None:
+        where.append(c.cell == cell)
+    if states is not None:
+        where.append(sa.or_(sa.false(), *(_state_predicate(s) for s in states)))
+    if severity is not None:
+        where.append(c.severity.in_([s.value for s in severity]))
+    if rule_id is not None:
+        where.append(c.rule_id == rule_id)
+    if since_ms is not None:
+        where.append(c.raised_ms >= since_ms)
+    if until_ms is not None:
+        where.append(c.raised_ms < until_ms)
+    if top_level_only:
+        where.append(c.parent_id.is_(None))
+    return where
+
+
+def _state_predicate(state: State) -> sa.ColumnElement[bool]:
+    """`state_of` as SQL: the same precedence (closed, then mode, then active/ack)."""
+    c = events.c
+    if state is State.CLOSED:
+        return c.closed.is_(True)
+    open_ = sa.not_(c.closed)
+    modes = {
+        State.SHELVED: Mode.SHELVED,
+        State.SUPPRESSED: Mode.SUPPRESSED,
+        State.OUT_OF_SERVICE: Mode.OUT_OF_SERVICE,
+    }
+    if state in modes:
+        return sa.and_(open_, c.mode == modes[state].value)
+    active, acknowledged = {
+        State.ACTIVE_UNACKNOWLEDGED: (True, False),
+        State.ACTIVE_ACKNOWLEDGED: (True, True),
+        State.RETURNED_UNACKNOWLEDGED: (False, False),
+        State.CLEARED: (False, True),
+    }[state]
+    return sa.and_(
+        open_,
+        c.mode == Mode.NORMAL.value,
+        c.active.is_(active),
+        c.acknowledged.is_(acknowledged),
+    )
+
+
+def _event_doc(event: SecurityEvent) -> dict[str, Any]:
+    """The event as a JSON-ready dict (the outbox payload's `event`)."""
+    return {
+        "id": event.id,
+        "version": event.version,
+        "rule_id": event.rule_id,
+        "key": event.key,
+        "site": event.site,
+        "cell": event.cell,
+        "device": event.device,
+        "severity": event.severity.value,
+        "title": event.title,
+        "message": event.message,
+        "incident": event.incident,
+        "source": event.source.value,
+        "raised_ms": event.raised_ms,
+        "last_ms": event.last_ms,
+        "updated_ms": event.updated_ms,
+        "count": event.count,
+        "active": event.active,
+        "acknowledged": event.acknowledged,
+        "mode": event.mode.value,
+        "shelved_until_ms": event.shelved_until_ms,
+        "closed": event.closed,
+        "resolution": event.resolution,
+        "assignee": event.assignee,
+        "parent_id": event.parent_id,
+        "values": dict(event.values),
+        "devices": list(event.devices),
+        "location": (
+            None
+            if event.location is None
+            else {"lon": event.location.lon, "lat": event.location.lat}
+        ),
+        "returned_ms": event.returned_ms,
+    }
+
+
+def _event_from_doc(doc: Mapping[str, Any]) -> SecurityEvent:
+    loc = doc["location"]
+    return SecurityEvent(
+        id=str(doc["id"]),
+        version=int(doc["version"]),
+        rule_id=str(doc["rule_id"]),
+        key=str(doc["key"]),
+        site=str(doc["site"]),
+        cell=_opt_str(doc["cell"]),
+        device=_opt_str(doc["device"]),
+        severity=Severity(doc["severity"]),
+        title=str(doc["title"]),
+        message=str(doc["message"]),
+        incident=str(doc["incident"]),
+        source=Source(doc["source"]),
+        raised_ms=int(doc["raised_ms"]),
+        last_ms=int(doc["last_ms"]),
+        updated_ms=int(doc["updated_ms"]),
+        count=int(doc["count"]),
+        active=bool(doc["active"]),
+        acknowledged=bool(doc["acknowledged"]),
+        mode=Mode(doc["mode"]),
+        shelved_until_ms=_opt_int(doc["shelved_until_ms"]),
+        closed=bool(doc["closed"]),
+        resolution=str(doc["resolution"]),
+        assignee=_opt_str(doc["assignee"]),
+        parent_id=_opt_str(doc["parent_id"]),
+        values=dict(doc["values"]),
+        devices=tuple(str(d) for d in doc["devices"]),
+        location=None if loc is None else Location(float(loc["lon"]), float(loc["lat"])),
+        returned_ms=_opt_int(doc["returned_ms"]),
+    )
+
+
+def _event_row(event: SecurityEvent) -> dict[str, Any]:
+    row = _event_doc(event)
+    row["values_json"] = json.dumps(row.pop("values"), sort_keys=True)
+    row["devices_json"] = json.dumps(row.pop("devices"))
+    location = row.pop("location")
+    row["location_json"] = None if location is None else json.dumps(location)
+    return row
+
+
+def _event_from_row(row: RowMapping) -> SecurityEvent:
+    doc = dict(row)
+    doc["values"] = json.loads(doc.pop("values_json"))
+    doc["devices"] = json.loads(doc.pop("devices_json"))
+    location = doc.pop("location_json")
+    doc["location"] = None if location is None else json.loads(location)
+    return _event_from_doc(doc)
+
+
+def _audit_doc(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "event_id": record.event_id,
+        "at_ms": record.at_ms,
+        "actor": record.actor,
+        "action": record.action.value,
+        "from_state": None if record.from_state is None else record.from_state.value,
+        "to_state": record.to_state.value,
+        "note": record.note,
+    }
+
+
+def _audit_row(record: AuditRecord, seq: int) -> dict[str, Any]:
+    return _audit_doc(record) | {"seq": seq}
+
+
+def _audit_from_row(doc: Mapping[Any, Any]) -> AuditRecord:
+    return AuditRecord(
+        event_id=str(doc["event_id"]),
+        at_ms=int(doc["at_ms"]),
+        actor=str(doc["actor"]),
+        action=Action(doc["action"]),
+        from_state=None if doc["from_state"] is None else State(doc["from_state"]),
+        to_state=State(doc["to_state"]),
+        note=str(doc["note"]),
+    )
+
+
+def _outbox_from_row(row: RowMapping) -> OutboxItem:
+    payload = json.loads(row["payload"])
+    return OutboxItem(
+        id=int(row["id"]),
+        sink=str(row["sink"]),
+        event=_event_from_doc(payload["event"]),
+        audit=_audit_from_row(payload["audit"]),
+        attempts=int(row["attempts"]),
+        next_attempt_ms=int(row["next_attempt_ms"]),
+        last_error=str(row["last_error"]),
+    )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,372 @@
+"""Alarm quality: the events a rules engine raised, scored against ground-truth labels.
+
+Pure functions, no I/O: give them the simulator's labels (`simulators.labels.Label`) and
+the events the engine raised (`events.model.SecurityEvent`), get precision, recall,
+detection delay and operator load per incident kind.
+
+What is scored is what an operator sees: top-level events only (`parent_id is None`).
+When flood control groups events, the parent (incident `incident_storm`, `devices` = the
+grouped devices) is one event to an operator and is scored as such, against
+`incident_storm` labels; its children are not scored on their own (they are covered by
+the parent, and counting them would credit detections nobody was shown).
+
+Matching. An event E matches a label L when
+
+- `E.incident == L.kind`,
+- E's devices (`E.devices`, plus `E.device` when set) intersect `L.devices`, and
+- `L.start_ms - early_ms <= E.raised_ms <= L.end_ms + grace`, where grace is
+  `grace_ms[kind]` when given, else `default_grace_ms`. Grace lets kinds that can only
+  fire after the incident (an absence rule, a "held open for N minutes" rule) count;
+  `early_ms` forgives clock skew between the label's device time and the detection.
+
+Labels are taken earliest first (by start, then id); each takes the earliest matching
+event (by raised time, then id) that no earlier label took. So each label is detected by
+at most one event and each event detects at most one label. An event left over is a
+*duplicate* when it matches some label of its kind (necessarily one already taken), and
+a *false positive* when it matches none.
+
+Per kind K (every kind seen in labels or events; events with no incident are kind ""):
+
+- precision = TP / (TP + FP + duplicates), None when no event of K;
+- recall = TP / (TP + FN), None when no label of K;
+- delay median / max = (event raised - label start) in seconds over detected labels;
+- false alarms per device-day = FP / (device_count * span_ms / 86_400_000).
+
+Operator load: `peak_events_per_10min` is the most top-level events raised in any
+window `[t, t + 10 min)` (t sliding over event times), divided by the number of operators.
+"""
+
+from __future__ import annotations
+
+import statistics
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from events.model import SecurityEvent
+from simulators.labels import Label
+
+WINDOW_MS: Final = 600_000
+"""The operator-load window: 10 minutes (ISA-18.2's flood threshold is per 10 min)."""
+DAY_MS: Final = 86_400_000
+DEFAULT_GRACE_MS: Final = 120_000
+DEFAULT_EARLY_MS: Final = 2_000
+DELAY_SLACK_S: Final = 2.0
+"""The median delay target of a kind is its expected wait plus this."""
+
+
+@dataclass(frozen=True, slots=True)
+class KindQuality:
+    """The scores of one incident kind."""
+
+    kind: str
+    labels: int
+    events: int
+    tp: int
+    fp: int
+    fn: int
+    duplicates: int
+    precision: float | None
+    """None when the engine raised no event of this kind."""
+    recall: float | None
+    """None when no label has this kind."""
+    delay_median_s: float | None
+    """None when no label of this kind was detected."""
+    delay_max_s: float | None
+    false_alarms_per_device_day: float
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "delay_median_s": self.delay_median_s,
+            "delay_max_s": self.delay_max_s,
+            "false_alarms_per_device_day": self.false_alarms_per_device_day,
+            "labels": self.labels,
+            "events": self.events,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "duplicates": self.duplicates,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QualityReport:
+    by_kind: dict[str, KindQuality]
+    """Keyed and ordered by kind."""
+    peak_events_per_10min: float
+    """Per operator."""
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict (None stays None, i.e. `null`)."""
+        return {
+            "by_kind": {kind: q.to_json() for kind, q in self.by_kind.items()},
+            "peak_events_per_10min": self.peak_events_per_10min,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """What counts as good enough: a figure that misses its target is marked `!`."""
+
+    precision: float = 0.95
+    recall: float = 0.95
+    peak: float = 10.0
+    """Most events per 10 minutes per operator (ISA-18.2: about 10 is a flood)."""
+    wait_s: Mapping[str, float] = field(default_factory=dict)
+    """Per kind, how long the rule must wait before it may fire (e.g. a held-open
+    timer); the median delay target is this (0 when absent) plus 2 s."""
+
+    def delay_target_s(self, kind: str) -> float:
+        return self.wait_s.get(kind, 0.0) + DELAY_SLACK_S
+
+
+# -- matching ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _KindMatch:
+    labels: list[Label] = field(default_factory=list)
+    events: list[SecurityEvent] = field(default_factory=list)
+    detected: list[tuple[Label, SecurityEvent]] = field(default_factory=list)
+    missed: list[Label] = field(default_factory=list)
+    false_positives: list[SecurityEvent] = field(default_factory=list)
+    duplicates: list[SecurityEvent] = field(default_factory=list)
+
+
+def scored_events(events: Sequence[SecurityEvent]) -> list[SecurityEvent]:
+    """The events an operator sees: top-level ones (flood-control children excluded)."""
+    return [e for e in events if e.parent_id is None]
+
+
+def _event_devices(event: SecurityEvent) -> set[str]:
+    devices = set(event.devices)
+    if event.device is not None:
+        devices.add(event.device)
+    return devices
+
+
+def _match(
+    labels: Sequence[Label],
+    events: Sequence[SecurityEvent],
+    *,
+    grace_ms: Mapping[str, int] | None,
+    default_grace_ms: int,
+    early_ms: int,
+) -> dict[str, _KindMatch]:
+    """Match top-level events to labels, per kind (see the module docstring)."""
+    by_kind: dict[str, _KindMatch] = {}
+    for label in labels:
+        by_kind.setdefault(label.kind.value, _KindMatch()).labels.append(label)
+    for event in scored_events(events):
+        by_kind.setdefault(event.incident, _KindMatch()).events.append(event)
+
+    grace = grace_ms or {}
+    for kind, m in by_kind.items():
+        kind_grace = grace.get(kind, default_grace_ms)
+        m.labels.sort(key=lambda label: (label.start_ms, label.id))
+        m.events.sort(key=lambda event: (event.raised_ms, event.id))
+        times = [e.raised_ms for e in m.events]
+        devices = [_event_devices(e) for e in m.events]
+        taken = [False] * len(m.events)
+        matched_any = [False] * len(m.events)
+        for label in m.labels:
+            lo = bisect_left(times, label.start_ms - early_ms)
+            hi = bisect_right(times, label.end_ms + kind_grace)
+            hit: int | None = None
+            for i in range(lo, hi):
+                if devices[i].isdisjoint(label.devices):
+                    continue
+                matched_any[i] = True
+                if hit is None and not taken[i]:
+                    hit = i
+            if hit is None:
+                m.missed.append(label)
+            else:
+                taken[hit] = True
+                m.detected.append((label, m.events[hit]))
+        for i, event in enumerate(m.events):
+            if taken[i]:
+                continue
+            (m.duplicates if matched_any[i] else m.false_positives).append(event)
+    return dict(sorted(by_kind.items()))
+
+
+# -- scoring -------------------------------------------------------------------------------
+
+
+def peak_events_per_window(times_ms: Sequence[int], window_ms: int = WINDOW_MS) -> int:
+    """Most times falling in any window `[t, t + window_ms)`, t sliding over the times."""
+    ordered = sorted(times_ms)
+    peak = 0
+    end = 0
+    for start, t in enumerate(ordered):
+        while end < len(ordered) and ordered[end] < t + window_ms:
+            end += 1
+        peak = max(peak, end - start)
+    return peak
+
+
+def score(
+    labels: Sequence[Label],
+    events: Sequence[SecurityEvent],
+    *,
+    device_count: int,
+    span_ms: int,
+    operators: int = 1,
+    grace_ms: Mapping[str, int] | None = None,
+    default_grace_ms: int = DEFAULT_GRACE_MS,
+    early_ms: int = DEFAULT_EARLY_MS,
+) -> QualityReport:
+    """Score the events raised over `span_ms` on `device_count` devices against labels."""
+    if device_count <= 0 or span_ms <= 0:
+        raise ValueError("device_count and span_ms must be positive")
+    if operators <= 0:
+        raise ValueError("operators must be positive")
+    device_days = device_count * span_ms / DAY_MS
+    by_kind: dict[str, KindQuality] = {}
+    matches = _match(
+        labels, events, grace_ms=grace_ms, default_grace_ms=default_grace_ms, early_ms=early_ms
+    )
+    for kind, m in matches.items():
+        tp, fp, fn, dup = len(m.detected), len(m.false_positives), len(m.missed), len(m.duplicates)
+        delays = [(e.raised_ms - label.start_ms) / 1000 for label, e in m.detected]
+        by_kind[kind] = KindQuality(
+            kind=kind,
+            labels=len(m.labels),
+            events=len(m.events),
+            tp=tp,
+            fp=fp,
+            fn=fn,
+            duplicates=dup,
+            precision=tp / (tp + fp + dup) if m.events else None,
+            recall=tp / (tp + fn) if m.labels else None,
+            delay_median_s=float(statistics.median(delays)) if delays else None,
+            delay_max_s=max(delays) if delays else None,
+            false_alarms_per_device_day=fp / device_days,
+        )
+    peak = peak_events_per_window([e.raised_ms for e in scored_events(events)])
+    return QualityReport(by_kind=by_kind, peak_events_per_10min=peak / operators)
+
+
+def unmatched(
+    labels: Sequence[Label],
+    events: Sequence[SecurityEvent],
+    *,
+    grace_ms: Mapping[str, int] | None = None,
+    default_grace_ms: int = DEFAULT_GRACE_MS,
+    early_ms: int = DEFAULT_EARLY_MS,
+) -> tuple[list[Label], list[SecurityEvent]]:
+    """For diagnosis: the labels nobody detected (FN) and the events matching no label
+    (FP), each in time order; duplicates are in neither."""
+    matches = _match(
+        labels, events, grace_ms=grace_ms, default_grace_ms=default_grace_ms, early_ms=early_ms
+    )
+    missed = [label for m in matches.values() for label in m.missed]
+    false_positives = [e for m in matches.values() for e in m.false_positives]
+    missed.sort(key=lambda label: (label.start_ms, label.id))
+    false_positives.sort(key=lambda e: (e.raised_ms, e.id))
+    return missed, false_positives
+
+
+# -- targets and the table -----------------------------------------------------------------
+
+
+def _precision_missed(q: KindQuality, targets: Targets) -> bool:
+    return q.precision is not None and q.precision < targets.precision
+
+
+def _recall_missed(q: KindQuality, targets: Targets) -> bool:
+    return q.recall is not None and q.recall < targets.recall
+
+
+def _delay_missed(q: KindQuality, targets: Targets) -> bool:
+    return q.delay_median_s is not None and q.delay_median_s > targets.delay_target_s(q.kind)
+
+
+def _peak_missed(report: QualityReport, targets: Targets) -> bool:
+    return report.peak_events_per_10min > targets.peak
+
+
+def misses(report: QualityReport, targets: Targets) -> list[str]:
+    """Each missed target in words, by kind then peak; empty when all are met."""
+    out: list[str] = []
+    for kind, q in report.by_kind.items():
+        name = kind or "(no incident)"
+        if _precision_missed(q, targets):
+            out.append(f"{name}: precision {q.precision:.3f} < {targets.precision:.3f}")
+        if _recall_missed(q, targets):
+            out.append(f"{name}: recall {q.recall:.3f} < {targets.recall:.3f}")
+        if _delay_missed(q, targets):
+            out.append(
+                f"{name}: median delay {q.delay_median_s:.1f} s"
+                f" > {targets.delay_target_s(kind):.1f} s"
+            )
+    if _peak_missed(report, targets):
+        out.append(
+            f"peak {report.peak_events_per_10min:.1f} events per 10 min per operator"
+            f" > {targets.peak:.1f}"
+        )
+    return out
+
+
+_COLUMNS: Final = (
+    ("kind", 24),
+    ("labels", 7),
+    ("events", 7),
+    ("tp", 6),
+    ("fp", 6),
+    ("fn", 6),
+    ("dup", 6),
+    ("precision", 10),
+    ("recall", 10),
+    ("delay_med_s", 12),
+    ("delay_max_s", 12),
+    ("fa/dev-day", 11),
+)
+
+
+def _figure(value: float | None, digits: int, missed: bool) -> str:
+    """A number with a trailing `!` when it misses its target (a space otherwise)."""
+    if value is None:
+        return "- "
+    return f"{value:.{digits}f}" + ("!" if missed else " ")
+
+
+def format_table(report: QualityReport, *, targets: Targets | None = None) -> str:
+    """A fixed-width table, one row per kind (sorted), then the peak; with `targets`,
+    every figure that misses its target ends in `!`."""
+
+    def row(cells: Sequence[str]) -> str:
+        first = f"{cells[0]:<{_COLUMNS[0][1]}}"
+        rest = "".join(f"{c:>{w}}" for c, (_, w) in zip(cells[1:], _COLUMNS[1:], strict=True))
+        return (first + rest).rstrip()
+
+    lines = [row([name for name, _ in _COLUMNS])]
+    for kind in sorted(report.by_kind):
+        q = report.by_kind[kind]
+        lines.append(
+            row(
+                [
+                    kind or "(no incident)",
+                    str(q.labels),
+                    str(q.events),
+                    str(q.tp),
+                    str(q.fp),
+                    str(q.fn),
+                    str(q.duplicates),
+                    _figure(q.precision, 3, targets is not None and _precision_missed(q, targets)),
+                    _figure(q.recall, 3, targets is not None and _recall_missed(q, targets)),
+                    _figure(q.delay_median_s, 1, targets is not None and _delay_missed(q, targets)),
+                    _figure(q.delay_max_s, 1, False),
+                    _figure(q.false_alarms_per_device_day, 3, False),
+                ]
+            )
+        )
+    peak = _figure(
+        report.peak_events_per_10min, 1, targets is not None and _peak_missed(report, targets)
+    )
+    lines.append(f"peak events per 10 min per operator: {peak}".rstrip())
+    return "\n".join(lines) + "\n"

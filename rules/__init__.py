@@ -1,0 +1,1 @@
+"""Rules: YAML rule files, condition kinds, and the pure evaluation engine."""

@@ -1,0 +1,563 @@
+"""The logic of each condition kind, on one slot's state (one rule, one dedup key).
+
+Each `Logic` sees readings (`observe`) and timers (`fire`) and answers with a `Change`
+(raise or clear) or nothing. Slot state is a plain JSON-able dict so the engine can
+snapshot it; times are epoch milliseconds on the reading's own clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rules.directory import DeviceInfo, Directory, distance_m
+from rules.schema import (
+    Condition,
+    CorrelationCondition,
+    CountCondition,
+    GapCondition,
+    LatchCondition,
+    Match,
+    MatchCondition,
+    OfflineCondition,
+    ScheduleCondition,
+    SequenceCondition,
+    SilenceCondition,
+    StuckCondition,
+    ThresholdCondition,
+    TravelCondition,
+    UnprecededCondition,
+)
+from sensors.base import FieldValue, Reading
+
+State = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Obs:
+    """One reading as rules see it: its time in ms and how to look up a name."""
+
+    reading: Reading
+    ts_ms: int
+    device: DeviceInfo | None
+
+    def get(self, name: str) -> FieldValue | None:
+        r = self.reading
+        value = r.fields.get(name)
+        if value is not None:
+            return value
+        tag = r.tags.get(name)
+        if tag is not None:
+            return tag
+        if name in ("site", "kind", "device", "channel"):
+            return str(getattr(r, name))
+        if name == "cell":
+            return r.cell or (self.device.cell if self.device else None)
+        if self.device is not None:
+            attr = self.device.attributes.get(name)
+            if attr is not None:
+                return attr
+        return None
+
+
+def matches(obs: Obs, match: Match) -> bool:
+    r = obs.reading
+    if match.channel is not None and r.channel != match.channel:
+        return False
+    if match.kind is not None and r.kind != match.kind:
+        return False
+    if match.field is None:
+        return True
+    value = obs.get(match.field)
+    if value is None:
+        return False
+    if match.equals is not None and value != match.equals:
+        return False
+    if match.in_ is not None and value not in match.in_:
+        return False
+    if match.not_in is not None and value in match.not_in:
+        return False
+    if match.above is not None or match.below is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if match.above is not None and not value > match.above:
+            return False
+        if match.below is not None and not value < match.below:
+            return False
+    return True
+
+
+def any_match(obs: Obs, options: Sequence[Match] | None) -> bool:
+    """None means "anything"."""
+    return options is None or any(matches(obs, m) for m in options)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    raised: bool
+    at_ms: int
+    values: Mapping[str, FieldValue] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
+
+
+def _number(value: FieldValue | None) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+class Logic(ABC):
+    """A condition kind's behaviour; `due` is the next timer of a slot, if any."""
+
+    instant = False
+    """Raises on single readings and never clears by itself (the rule's `clear` does)."""
+
+    @abstractmethod
+    def observe(self, st: State, obs: Obs) -> Change | None: ...
+
+    def due(self, st: State) -> int | None:
+        value = st.get("due")
+        return int(value) if value is not None else None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        st.pop("due", None)
+        return None
+
+    def relevant(self, obs: Obs) -> bool:
+        """Whether a reading can matter to this condition at all (cheap pre-filter)."""
+        return True
+
+
+class MatchLogic(Logic):
+    instant = True
+
+    def __init__(self, c: MatchCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        return any_match(obs, self.c.when)
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        return Change(True, obs.ts_ms) if any_match(obs, self.c.when) else None
+
+
+class ThresholdLogic(Logic):
+    """phase: normal → pending (beyond, waiting `for`) → raised → clearing → normal."""
+
+    def __init__(self, c: ThresholdCondition) -> None:
+        self.c = c
+        self.limit = c.above if c.above is not None else c.below
+        self.upward = c.above is not None
+
+    def relevant(self, obs: Obs) -> bool:
+        return self.c.field in obs.reading.fields
+
+    def _limits(self, obs: Obs) -> tuple[float, float] | None:
+        """(raise limit, clear limit) for this reading; a field-named limit is read from it."""
+        limit = _number(obs.get(self.limit)) if isinstance(self.limit, str) else self.limit
+        if limit is None:
+            return None
+        return limit, self.c.clear_at if self.c.clear_at is not None else limit
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        v = _number(obs.get(self.c.field))
+        limits = self._limits(obs)
+        if v is None or limits is None:
+            return None
+        limit, back = limits
+        beyond = v > limit if self.upward else v < limit
+        recovered = v <= back if self.upward else v >= back
+        if obs.ts_ms < st.get("last", -1):
+            return None  # out of order: a level is only as new as its latest reading
+        st["last"] = obs.ts_ms
+        st["value"] = v
+        phase = st.get("phase", "normal")
+        values: dict[str, FieldValue] = {"value": v, "limit": limit}
+        if phase in ("normal", "pending"):
+            if not beyond:
+                st.update(phase="normal", due=None)
+                return None
+            if phase == "normal":
+                st.update(phase="pending", since=obs.ts_ms, due=obs.ts_ms + self.c.for_)
+            if obs.ts_ms >= st["since"] + self.c.for_:
+                st.update(phase="raised", due=None)
+                return Change(True, max(obs.ts_ms, st["since"] + self.c.for_), values)
+            return None
+        # raised or clearing
+        if not recovered:
+            st.update(phase="raised", due=None)
+            return None
+        if phase == "raised":
+            st.update(phase="clearing", since=obs.ts_ms, due=obs.ts_ms + self.c.clear_for)
+        if obs.ts_ms >= st["since"] + self.c.clear_for:
+            st.update(phase="normal", due=None)
+            return Change(False, obs.ts_ms, values)
+        return None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        st["due"] = None
+        values: dict[str, FieldValue] = {"value": st.get("value", 0.0)}
+        if st.get("phase") == "pending":
+            st["phase"] = "raised"
+            return Change(True, at_ms, values)
+        if st.get("phase") == "clearing":
+            st["phase"] = "normal"
+            return Change(False, at_ms, values)
+        return None
+
+
+class CountLogic(Logic):
+    def __init__(self, c: CountCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        return any_match(obs, self.c.when)
+
+    def _trim(self, st: State, now_ms: int) -> list[int]:
+        times: list[int] = st.setdefault("times", [])
+        cut = bisect.bisect_right(times, now_ms - self.c.within)
+        del times[:cut]
+        st["due"] = times[0] + self.c.within if times else None
+        return times
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        if not any_match(obs, self.c.when):
+            return None
+        times: list[int] = st.setdefault("times", [])
+        bisect.insort(times, obs.ts_ms)
+        times = self._trim(st, max(obs.ts_ms, times[-1]))
+        if len(times) >= self.c.at_least:
+            return Change(True, obs.ts_ms, {"count": len(times)})
+        return None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        times = self._trim(st, at_ms)
+        if len(times) < self.c.at_least:
+            return Change(False, at_ms, {"count": len(times)})
+        return None
+
+
+class SequenceLogic(Logic):
+    def __init__(self, c: SequenceCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        c = self.c
+        return (
+            any_match(obs, c.after)
+            or any_match(obs, c.then)
+            or (c.reset is not None and any_match(obs, c.reset))
+        )
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        c = self.c
+        start = st.get("start")
+        if any_match(obs, c.then):
+            if start is None or not start <= obs.ts_ms <= start + c.within:
+                return None
+            st["n"] = st.get("n", 0) + 1
+            if c.at_most is not None and st["n"] > c.at_most and not st.get("done"):
+                st["done"] = True
+                return Change(True, obs.ts_ms, {"count": st["n"]})
+            if c.at_least is not None and st["n"] >= c.at_least:
+                st.update(start=None, due=None)
+                return Change(False, obs.ts_ms, {"count": st["n"]})
+            return None
+        if c.reset is not None and any_match(obs, c.reset) and start is not None:
+            st.update(start=None, due=None)
+            return None
+        if any_match(obs, c.after):
+            if start is not None and obs.ts_ms < start:
+                return None  # an older anchor arriving late does not restart the sequence
+            st.update(start=obs.ts_ms, n=0, done=False, due=obs.ts_ms + c.within)
+        return None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        c = self.c
+        st.update(due=None)
+        n = st.get("n", 0)
+        st["start"] = None
+        if c.at_least is not None and n < c.at_least:
+            return Change(True, at_ms, {"count": n, "within_s": c.within / 1000})
+        return None
+
+
+class UnprecededLogic(Logic):
+    instant = True
+
+    def __init__(self, c: UnprecededCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        return any_match(obs, self.c.event) or any_match(obs, self.c.preceded_by)
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        if any_match(obs, self.c.preceded_by):
+            st["last"] = max(st.get("last", obs.ts_ms), obs.ts_ms)
+            return None
+        if any_match(obs, self.c.event):
+            last = st.get("last")
+            if last is None or not 0 <= obs.ts_ms - last <= self.c.within:
+                return Change(True, obs.ts_ms)
+        return None
+
+
+class SilenceLogic(Logic):
+    def __init__(self, c: SilenceCondition) -> None:
+        self.c = c
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        if any_match(obs, self.c.when):
+            if obs.ts_ms < st.get("last", -1):
+                return None
+            st.update(last=obs.ts_ms, due=obs.ts_ms + self.c.within)
+            if st.pop("silent", False):
+                return Change(False, obs.ts_ms)
+        elif "last" not in st:
+            # The clock starts at the first sign of the device, not at engine start.
+            st.update(last=obs.ts_ms, due=obs.ts_ms + self.c.within)
+        return None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        st["due"] = None
+        st["silent"] = True
+        return Change(True, at_ms, {"silent_s": (at_ms - st["last"]) / 1000})
+
+
+class CorrelationLogic(Logic):
+    def __init__(self, c: CorrelationCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        if self.c.confirm_after is not None and obs.reading.channel == "telemetry":
+            return True  # a non-matching reading ends a device's run
+        return any_match(obs, self.c.when)
+
+    def _recent(self, st: State, now_ms: int) -> dict[str, int]:
+        seen: dict[str, int] = st.setdefault("seen", {})
+        for device in [d for d, t in seen.items() if t <= now_ms - self.c.within]:
+            del seen[device]
+            st.get("runs", {}).pop(device, None)
+        st["due"] = min(seen.values()) + self.c.within if seen else None
+        return seen
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        device = obs.reading.device
+        runs: dict[str, int] = st.setdefault("runs", {})
+        if not any_match(obs, self.c.when):
+            runs.pop(device, None)
+            return None
+        seen: dict[str, int] = st.setdefault("seen", {})
+        seen[device] = max(seen.get(device, obs.ts_ms), obs.ts_ms)
+        runs.setdefault(device, obs.ts_ms)
+        seen = self._recent(st, max(seen.values()))
+        if len(seen) >= self.c.at_least:
+            return Change(True, obs.ts_ms, {"devices": len(seen)}, tuple(sorted(seen)))
+        confirm = self.c.confirm_after
+        if confirm is not None and device in runs and obs.ts_ms - runs[device] >= confirm:
+            return Change(True, obs.ts_ms, {"devices": len(seen)}, tuple(sorted(seen)))
+        return None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        seen = self._recent(st, at_ms)
+        persisting = self.c.confirm_after is not None and st.get("runs")
+        if len(seen) < self.c.at_least and not persisting:
+            return Change(False, at_ms, {"devices": len(seen)})
+        return None
+
+
+class TravelLogic(Logic):
+    instant = True
+
+    def __init__(self, c: TravelCondition, directory: Directory) -> None:
+        self.c = c
+        self.directory = directory
+
+    def relevant(self, obs: Obs) -> bool:
+        return any_match(obs, self.c.when) and obs.get(self.c.by) is not None
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        who = obs.get(self.c.by)
+        if who is None or not any_match(obs, self.c.when) or obs.device is None:
+            return None  # no credential: nothing ties this passage to another one
+        previous = st.get("at")
+        st["at"] = [obs.reading.device, obs.ts_ms, str(who)]
+        if previous is None or previous[2:] != [str(who)]:
+            return None  # first sighting, or another credential sharing the slot
+        other_id, then = previous[0], previous[1]
+        other = self.directory.device(other_id)
+        elapsed_s = abs(obs.ts_ms - then) / 1000
+        if other is None or other_id == obs.device.id or elapsed_s * 1000 > self.c.within:
+            return None
+        metres = distance_m(other, obs.device)
+        if metres < self.c.min_distance_m:
+            return None
+        speed = metres / max(elapsed_s, 0.001)
+        if speed <= self.c.max_speed_m_s:
+            return None
+        values: dict[str, FieldValue] = {
+            "distance_m": round(metres, 1),
+            "elapsed_s": elapsed_s,
+            "speed_m_s": round(speed, 1),
+            "other_device": other_id,
+        }
+        return Change(True, obs.ts_ms, values, (other_id, obs.device.id))
+
+
+class ScheduleLogic(Logic):
+    instant = True
+
+    def __init__(self, c: ScheduleCondition, directory: Directory) -> None:
+        self.c = c
+        self.directory = directory
+
+    def relevant(self, obs: Obs) -> bool:
+        return (
+            obs.device is not None and obs.device.hours is not None and any_match(obs, self.c.when)
+        )
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        info = obs.device
+        if info is None or info.hours is None or not any_match(obs, self.c.when):
+            return None
+        site = self.directory.sites.get(info.site)
+        if site is None:
+            return None
+        local = datetime.fromtimestamp(obs.ts_ms / 1000, UTC).astimezone(site.tz)
+        if info.hours.is_open(local):
+            return None
+        return Change(True, obs.ts_ms, {"local_time": local.strftime("%a %H:%M")})
+
+
+class OfflineLogic(Logic):
+    def __init__(self, c: OfflineCondition) -> None:
+        self.c = c
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        r = obs.reading
+        if r.channel == "status" and r.fields.get("online") is False:
+            if "since" not in st:
+                st.update(since=obs.ts_ms, due=obs.ts_ms + self.c.after)
+                if self.c.after == 0:
+                    st["due"] = None
+                    st["raised"] = True
+                    return Change(True, obs.ts_ms)
+            return None  # a repeated will (retained, redelivered) is the same outage
+        if "since" in st and obs.ts_ms >= st["since"]:
+            # Back: a status online, or any message at all, proves it.
+            was_raised = st.pop("raised", False)
+            st.pop("since")
+            st["due"] = None
+            return Change(False, obs.ts_ms) if was_raised else None
+        return None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        st["due"] = None
+        st["raised"] = True
+        return Change(True, at_ms, {"offline_s": (at_ms - st["since"]) / 1000})
+
+
+class LatchLogic(Logic):
+    def __init__(self, c: LatchCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        return any_match(obs, self.c.raise_when) or any_match(obs, self.c.clear_when)
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        if obs.ts_ms < st.get("last", -1):
+            return None
+        if any_match(obs, self.c.clear_when):
+            st["last"] = obs.ts_ms
+            was = st.pop("raised", False)
+            st.update(due=None, pending=False)
+            return Change(False, obs.ts_ms) if was else None
+        if any_match(obs, self.c.raise_when):
+            st["last"] = obs.ts_ms
+            if st.get("raised") or st.get("pending"):
+                return None
+            if self.c.for_ == 0:
+                st["raised"] = True
+                return Change(True, obs.ts_ms)
+            st.update(pending=True, due=obs.ts_ms + self.c.for_)
+        return None
+
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        st.update(due=None, pending=False, raised=True)
+        return Change(True, at_ms)
+
+
+class StuckLogic(Logic):
+    def __init__(self, c: StuckCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        return obs.reading.channel == "telemetry"
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        fields = obs.reading.fields
+        if any(f not in fields for f in self.c.fields) or obs.ts_ms < st.get("last", -1):
+            return None
+        st["last"] = obs.ts_ms
+        values = [fields[f] for f in self.c.fields]
+        if values != st.get("values"):
+            was = st.pop("raised", False)
+            st.update(values=values, n=1, since=obs.ts_ms)
+            return Change(False, obs.ts_ms) if was else None
+        st["n"] += 1
+        if (
+            not st.get("raised")
+            and st["n"] >= self.c.at_least
+            and obs.ts_ms - st["since"] >= self.c.for_
+        ):
+            st["raised"] = True
+            return Change(True, obs.ts_ms, {"repeats": st["n"]})
+        return None
+
+
+class GapLogic(Logic):
+    instant = True
+
+    def __init__(self, c: GapCondition) -> None:
+        self.c = c
+
+    def relevant(self, obs: Obs) -> bool:
+        return obs.reading.seq is not None
+
+    def observe(self, st: State, obs: Obs) -> Change | None:
+        seq = obs.reading.seq
+        if seq is None:
+            return None
+        last = st.get("seq")
+        if last is None or seq <= last:
+            st["seq"] = seq  # first sight, a duplicate or a device restart
+            return None
+        st["seq"] = seq
+        missing = seq - last - 1
+        return (
+            Change(True, obs.ts_ms, {"missing": missing}) if missing > self.c.max_missing else None
+        )
+
+
+def compile_condition(c: Condition, directory: Directory) -> Logic:
+    """The logic object of a validated condition."""
+    table: Mapping[type[Any], Callable[[Any], Logic]] = {
+        MatchCondition: MatchLogic,
+        ThresholdCondition: ThresholdLogic,
+        CountCondition: CountLogic,
+        SequenceCondition: SequenceLogic,
+        UnprecededCondition: UnprecededLogic,
+        SilenceCondition: SilenceLogic,
+        CorrelationCondition: CorrelationLogic,
+        TravelCondition: lambda x: TravelLogic(x, directory),
+        ScheduleCondition: lambda x: ScheduleLogic(x, directory),
+        OfflineCondition: OfflineLogic,
+        LatchCondition: LatchLogic,
+        StuckCondition: StuckLogic,
+        GapCondition: GapLogic,
+    }
+    return table[type(c)](c)

@@ -1,0 +1,365 @@
+"""The event manager on real databases: dedup, assignment, flood control, timers, restarts."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from events.manager import FLOOD_INCIDENT, FLOOD_RULE, EventManager
+from events.model import (
+    SYSTEM,
+    Action,
+    Detection,
+    ForbiddenTransition,
+    Mode,
+    SecurityEvent,
+    Severity,
+    State,
+)
+from events.store import EventStore, StaleEvent, UnknownEvent
+
+T0 = 1_740_000_000_000
+MIN = 60_000
+WINDOW = 10 * MIN
+WORKERS = {"c1": "worker-li", "c2": "worker-wang"}
+SINKS = ("influx", "mqtt")
+OPEN = set(State) - {State.CLOSED}
+
+
+def raise_(key: str = "door-1", at_ms: int = T0, **kw: Any) -> Detection:
+    fields: dict[str, Any] = {
+        "rule_id": "door_forced",
+        "site": "s1",
+        "cell": "c1",
+        "device": key,
+        "severity": Severity.HIGH,
+        "title": f"Door forced: {key}",
+        "message": "opened without access",
+        "incident": "door_forced",
+    }
+    return Detection(key=key, raised=True, at_ms=at_ms, **(fields | kw))
+
+
+def clear(key: str = "door-1", at_ms: int = T0, **kw: Any) -> Detection:
+    return Detection(
+        rule_id=kw.pop("rule_id", "door_forced"),
+        key=key,
+        raised=False,
+        at_ms=at_ms,
+        site="s1",
+        **kw,
+    )
+
+
+@pytest.fixture
+def store(event_db_url: str) -> Iterator[EventStore]:
+    with EventStore(event_db_url) as s:
+        s.migrate()
+        yield s
+
+
+_ids = itertools.count(1)
+
+
+def manager(store: EventStore) -> EventManager:
+    # Readable ids, unique across managers (restarts share the store).
+    return EventManager(
+        store,
+        workers=WORKERS,
+        sinks=SINKS,
+        new_id=lambda: f"ev{next(_ids)}",
+        flood_limit=10,
+        flood_window_ms=WINDOW,
+    )
+
+
+@pytest.fixture
+def events(store: EventStore) -> EventManager:
+    return manager(store)
+
+
+def one(changed: list[SecurityEvent]) -> SecurityEvent:
+    assert len(changed) == 1, changed
+    return changed[0]
+
+
+def must(event: SecurityEvent | None) -> SecurityEvent:
+    assert event is not None
+    return event
+
+
+# ---------------------------------------------------------------------- raise and clear
+
+
+def test_a_raise_opens_an_event_assigned_to_the_cells_grid_worker(
+    events: EventManager, store: EventStore
+) -> None:
+    event = one(events.handle(raise_(at_ms=T0), now_ms=T0 + 5))
+    assert event.state is State.ACTIVE_UNACKNOWLEDGED
+    assert (event.assignee, event.raised_ms, event.updated_ms) == ("worker-li", T0, T0)
+    assert store.get(event.id) == event
+    trail = store.audit_trail(event.id)
+    assert [(r.action, r.actor) for r in trail] == [
+        (Action.RAISE, SYSTEM),
+        (Action.ASSIGN, SYSTEM),
+    ]
+    assert trail[1].note == "grid worker of cell c1"
+    # Every transition went to every sink in the same transaction.
+    assert store.outbox_pending() == {"influx": 2, "mqtt": 2}
+
+
+def test_no_assignment_without_a_known_cell(events: EventManager, store: EventStore) -> None:
+    unknown = one(events.handle(raise_("d1", cell="c9"), T0))
+    no_cell = one(events.handle(raise_("d2", cell=None), T0))
+    assert unknown.assignee is None
+    assert no_cell.assignee is None
+    assert [r.action for r in store.audit_trail(unknown.id)] == [Action.RAISE]
+
+
+def test_the_same_condition_repeats_its_open_event(events: EventManager, store: EventStore) -> None:
+    first = one(events.handle(raise_(at_ms=T0), T0))
+    again = one(events.handle(raise_(at_ms=T0 + 30_000, message="again"), T0 + 30_000))
+    assert again.id == first.id
+    assert (again.count, again.last_ms, again.raised_ms, again.message) == (
+        2,
+        T0 + 30_000,
+        T0,
+        "again",
+    )
+    assert store.count_events() == 1
+    assert store.audit_trail(first.id)[-1].action is Action.REPEAT
+
+
+def test_a_clear_returns_the_event_and_a_stray_clear_is_ignored(
+    events: EventManager, store: EventStore
+) -> None:
+    assert events.handle(clear(at_ms=T0), T0) == []
+    event = one(events.handle(raise_(at_ms=T0), T0))
+    back = one(events.handle(clear(at_ms=T0 + MIN, message="closed again"), T0 + MIN))
+    assert back.id == event.id
+    assert back.state is State.RETURNED_UNACKNOWLEDGED
+    assert back.returned_ms == T0 + MIN
+    assert events.handle(clear(at_ms=T0 + 2 * MIN), T0 + 2 * MIN) == []
+    assert store.audit_trail(event.id)[-1].note == "closed again"
+    # Raised again before anyone closed it: the same event, annunciated again.
+    again = one(events.handle(raise_(at_ms=T0 + 3 * MIN), T0 + 3 * MIN))
+    assert (again.id, again.state, again.count) == (event.id, State.ACTIVE_UNACKNOWLEDGED, 2)
+
+
+def test_a_closed_event_is_not_reopened(events: EventManager) -> None:
+    event = one(events.handle(raise_(at_ms=T0), T0))
+    events.handle(clear(at_ms=T0 + 1), T0 + 1)
+    closed = events.act(event.id, Action.CLOSE, actor="alice", at_ms=T0 + 2, note="repaired")
+    assert closed.state is State.CLOSED
+    fresh = one(events.handle(raise_(at_ms=T0 + 3), T0 + 3))
+    assert fresh.id != event.id
+    assert fresh.count == 1
+
+
+def test_flood_control_rule_id_is_reserved(events: EventManager) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        events.handle(raise_(rule_id=FLOOD_RULE), T0)
+
+
+def test_now_stands_in_for_a_missing_detection_time(events: EventManager) -> None:
+    event = one(events.handle(raise_(at_ms=0), now_ms=T0))
+    assert (event.raised_ms, event.updated_ms) == (T0, T0)
+
+
+# ---------------------------------------------------------------------- operators
+
+
+def test_operator_actions_are_audited_under_their_name(
+    events: EventManager, store: EventStore
+) -> None:
+    event = one(events.handle(raise_(), T0))
+    acked = events.act(event.id, Action.ACKNOWLEDGE, actor="alice", at_ms=T0 + 1)
+    assert acked.state is State.ACTIVE_ACKNOWLEDGED
+    reassigned = events.act(
+        event.id,
+        Action.ASSIGN,
+        actor="alice",
+        at_ms=T0 + 2,
+        assignee="worker-zhao",
+        expected_version=acked.version,
+    )
+    assert reassigned.assignee == "worker-zhao"
+    last = store.audit_trail(event.id)[-1]
+    assert (last.action, last.actor, last.at_ms) == (Action.ASSIGN, "alice", T0 + 2)
+
+
+def test_operator_errors(events: EventManager) -> None:
+    event = one(events.handle(raise_(), T0))
+    with pytest.raises(UnknownEvent):
+        events.act("nope", Action.ACKNOWLEDGE, actor="alice", at_ms=T0)
+    with pytest.raises(ForbiddenTransition, match="only the system"):
+        events.act(event.id, Action.RETURN, actor="alice", at_ms=T0 + 1)
+    with pytest.raises(ForbiddenTransition, match="still active"):
+        events.act(event.id, Action.CLOSE, actor="alice", at_ms=T0 + 1, note="done")
+    with pytest.raises(StaleEvent):
+        events.act(
+            event.id,
+            Action.ACKNOWLEDGE,
+            actor="alice",
+            at_ms=T0 + 1,
+            expected_version=event.version - 1,
+        )
+
+
+def test_shelves_expire_through_tick(events: EventManager, store: EventStore) -> None:
+    event = one(events.handle(raise_(), T0))
+    events.act(event.id, Action.SHELVE, actor="alice", at_ms=T0 + 1, until_ms=T0 + 5 * MIN)
+    assert events.tick(T0 + 5 * MIN - 1) == []
+    back = one(events.tick(T0 + 5 * MIN))
+    assert (back.id, back.state, back.shelved_until_ms) == (
+        event.id,
+        State.ACTIVE_UNACKNOWLEDGED,
+        None,
+    )
+    last = store.audit_trail(event.id)[-1]
+    assert (last.action, last.actor, last.from_state) == (Action.UNSHELVE, SYSTEM, State.SHELVED)
+    assert events.tick(T0 + 10 * MIN) == []
+
+
+# ---------------------------------------------------------------------- flood control
+
+
+def storm(events: EventManager, n: int, *, start: int = T0, step: int = 50_000, **kw: Any) -> int:
+    """n new events (distinct doors) at one site, `step` apart; returns the last time."""
+    at = start
+    for i in range(n):
+        at = start + i * step
+        events.handle(raise_(f"door-{i}", at_ms=at, **kw), at)
+    return at
+
+
+def top_level_open(store: EventStore, site: str = "s1") -> list[SecurityEvent]:
+    return store.list_events(site=site, states=OPEN, top_level_only=True)
+
+
+def test_ten_events_are_not_a_flood(events: EventManager, store: EventStore) -> None:
+    storm(events, 10)
+    assert store.count_events(rule_id=FLOOD_RULE) == 0
+    assert len(top_level_open(store)) == 10
+
+
+def test_eleven_events_in_ten_minutes_open_one_parent(
+    events: EventManager, store: EventStore
+) -> None:
+    storm(events, 9)
+    events.handle(raise_("smoke-1", at_ms=T0 + 9 * 50_000, severity=Severity.CRITICAL), T0)
+    changed = events.handle(raise_("door-10", at_ms=T0 + 10 * 50_000, devices=("cam-1",)), T0)
+
+    [parent] = top_level_open(store)
+    assert (parent.rule_id, parent.key, parent.incident) == (FLOOD_RULE, "s1", FLOOD_INCIDENT)
+    assert parent.title == "Incident storm: 11 events in 10 min at s1"
+    assert parent.severity is Severity.CRITICAL  # the highest of the group
+    assert parent.state is State.ACTIVE_UNACKNOWLEDGED
+    assert {"door-0", "smoke-1", "door-10", "cam-1"} <= set(parent.devices)
+    children = store.children(parent.id)
+    assert len(children) == 11
+    assert all(c.state is State.SUPPRESSED for c in children)
+    assert all(c.parent_id == parent.id for c in children)
+    assert sorted(e.id for e in changed) == sorted([parent.id, *(c.id for c in children)])
+    grouped = store.audit_trail(children[0].id)[-2:]
+    assert [(r.action, r.actor) for r in grouped] == [
+        (Action.GROUP, SYSTEM),
+        (Action.SUPPRESS, SYSTEM),
+    ]
+
+
+def test_further_events_join_the_active_parent(events: EventManager, store: EventStore) -> None:
+    last = storm(events, 11)
+    [parent] = top_level_open(store)
+    at = last + 30_000
+    changed = events.handle(raise_("door-11", at_ms=at, severity=Severity.CRITICAL), at)
+    joined = store.children(parent.id)
+    assert len(joined) == 12
+    newcomer = next(c for c in joined if c.key == "door-11")
+    assert newcomer.state is State.SUPPRESSED
+    now = must(store.get(parent.id))
+    assert (now.count, now.last_ms, now.values["events"]) == (2, at, 12)
+    assert now.severity is Severity.CRITICAL  # escalated by the critical newcomer
+    assert {e.id for e in changed} == {newcomer.id, parent.id}
+    assert len(top_level_open(store)) == 1
+    # A repeat of a child is not a new event: it does not extend the storm.
+    events.handle(raise_("door-3", at_ms=at + 1), at + 1)
+    assert must(store.get(parent.id)).count == 2
+    # Another site is not part of this storm.
+    other = one(events.handle(raise_("door-x", at_ms=at, site="s2"), at))
+    assert other.parent_id is None
+
+
+def test_events_outside_the_window_do_not_count(events: EventManager, store: EventStore) -> None:
+    storm(events, 11, step=61_000)  # 11 raises over 10 min 10 s
+    assert store.count_events(rule_id=FLOOD_RULE) == 0
+
+
+def test_a_shelved_event_is_grouped_but_keeps_its_mode(
+    events: EventManager, store: EventStore
+) -> None:
+    first = one(events.handle(raise_("door-shelved", at_ms=T0), T0))
+    events.act(first.id, Action.SHELVE, actor="alice", at_ms=T0 + 1, until_ms=T0 + 99 * MIN)
+    storm(events, 10, start=T0 + 1_000, step=1_000, device="d")
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    shelved = must(store.get(first.id))
+    assert (shelved.parent_id, shelved.mode) == (parent.id, Mode.SHELVED)
+
+
+def test_the_parent_returns_when_the_site_goes_quiet(
+    events: EventManager, store: EventStore
+) -> None:
+    last = storm(events, 12)
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    assert events.tick(last + WINDOW - 1) == []
+    back = one(events.tick(last + WINDOW))
+    assert (back.id, back.state, back.returned_ms) == (
+        parent.id,
+        State.RETURNED_UNACKNOWLEDGED,
+        last + WINDOW,
+    )
+    assert store.audit_trail(parent.id)[-1].actor == SYSTEM
+    # The children keep their own lifecycle: still active and suppressed.
+    assert all(c.active and c.state is State.SUPPRESSED for c in store.children(parent.id))
+    assert events.tick(last + 2 * WINDOW) == []
+    # Quiet means no new flood: the next event stands alone.
+    after = one(events.handle(raise_("door-99", at_ms=last + WINDOW + 1), last + WINDOW + 1))
+    assert after.parent_id is None
+
+
+def test_a_new_storm_reopens_a_returned_parent(events: EventManager, store: EventStore) -> None:
+    last = storm(events, 11)
+    events.tick(last + WINDOW)
+    start = last + 2 * WINDOW
+    storm(events, 11, start=start, step=1_000, rule_id="tamper")
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    assert parent.active
+    assert (parent.count, parent.values["events"]) == (2, 22)
+    assert len(store.children(parent.id)) == 22
+    assert store.count_events(rule_id=FLOOD_RULE) == 1
+
+
+# ---------------------------------------------------------------------- restarts
+
+
+def test_a_new_manager_keeps_deduplicating(store: EventStore) -> None:
+    first = one(manager(store).handle(raise_(at_ms=T0), T0))
+    again = one(manager(store).handle(raise_(at_ms=T0 + 1), T0 + 1))
+    assert (again.id, again.count) == (first.id, 2)
+    assert store.count_events() == 1
+
+
+def test_a_new_manager_rebuilds_the_flood_window(store: EventStore) -> None:
+    last = storm(manager(store), 10)
+    restarted = manager(store)
+    at = last + 1_000
+    restarted.handle(raise_("door-10", at_ms=at), at)
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    assert len(store.children(parent.id)) == 11
+    # And a third incarnation still joins new events to the active parent.
+    manager(store).handle(raise_("door-11", at_ms=at + 1), at + 1)
+    assert len(store.children(parent.id)) == 12
+    assert len(top_level_open(store)) == 1
