@@ -431,7 +431,6 @@ def simulate(
         now_utc_second,
     )
     from simulators.scenarios import SCENARIOS, ScenarioError, run_scenarios
-    from simulators.site import DEMO_SITES, SiteError, demo_site_path, load_site
 
     if list_scenarios:
         for name, scenario in SCENARIOS.items():
@@ -439,16 +438,9 @@ def simulate(
         return
     if site_ref is None or duration_s is None:
         raise click.UsageError("--site and --duration are required (unless --list)")
-    names: list[str] = []
-    if scenario_names:
-        names = list(SCENARIOS) if scenario_names == "all" else scenario_names.split(",")
-        unknown = [n for n in names if n not in SCENARIOS]
-        if unknown:
-            raise click.BadParameter(
-                f"unknown scenario(s) {unknown}; see --list", param_hint="--scenario"
-            )
-        if replays:
-            raise click.UsageError("--scenario and --replay cannot be combined yet")
+    names = _scenario_names(scenario_names)
+    if names and replays:
+        raise click.UsageError("--scenario and --replay cannot be combined yet")
     settings = _settings(config_path)
     logging.basicConfig(
         level=logging.WARNING,
@@ -461,13 +453,7 @@ def simulate(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--broker") from exc
         settings = settings.model_copy(update={"mqtt": mqtt})
-    path = Path(site_ref)
-    try:
-        if site_ref in DEMO_SITES and not path.exists():
-            path = demo_site_path(site_ref)
-        loaded = load_site(path)
-    except SiteError as exc:
-        raise click.ClickException(str(exc)) from exc
+    loaded = _site(site_ref)
     start = start or now_utc_second()
     extra, labels = _replays(loaded, replays, data_dir, start, start.timestamp() + duration_s)
     source = None
@@ -526,6 +512,32 @@ def simulate(
         click.echo(f"incidents {len(labels)}")
         for kind, count in sorted(injected.items()):
             click.echo(f"  {kind:<24} {count}")
+
+
+def _scenario_names(text: str | None) -> list[str]:
+    """`--scenario NAME[,NAME...]|all` as scenario names, each checked."""
+    from simulators.scenarios import SCENARIOS
+
+    if not text:
+        return []
+    names = list(SCENARIOS) if text == "all" else text.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown scenario(s) {unknown}; see gridwatch simulate --list",
+            param_hint="--scenario",
+        )
+    return names
+
+
+def _site(ref: str) -> Any:
+    """`--site`: a site file or a demo site name; problems listed with their lines."""
+    from simulators.site import SiteError, load_site_ref
+
+    try:
+        return load_site_ref(ref)
+    except SiteError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _replays(
@@ -591,9 +603,9 @@ def rules_check(paths: tuple[Path, ...]) -> None:
 @click.option(
     "--duration",
     "duration_s",
-    type=str,
+    callback=_duration,
     default=None,
-    help="e.g. 6h, 40h (default: what the scenarios need).",
+    help="90s, 10m, 2h, 1d (default: what the scenarios need).",
 )
 @click.option(
     "--start", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]), default=None
@@ -618,7 +630,7 @@ def rules_evaluate(
     scenario_names: str | None,
     replays: tuple[str, ...],
     seed: int,
-    duration_s: str | None,
+    duration_s: float | None,
     start: Any,
     rule_paths: tuple[Path, ...],
     data_dir: Path,
@@ -630,35 +642,22 @@ def rules_evaluate(
     from datetime import UTC, datetime
 
     from hub.alarm_quality import Targets, format_table, misses, unmatched
-    from hub.rules_eval import GRACE_MS, WAIT_S, evaluate
-    from hub.simulate import parse_duration
+    from hub.rules_eval import GRACE_MS, evaluate, wait_s
     from rules.schema import RuleError, load_rules
-    from simulators.scenarios import SCENARIOS, ScenarioError, background_labels, run_scenarios
-    from simulators.site import DEMO_SITES, SiteError, demo_site_path, load_site
+    from simulators.scenarios import ScenarioError, background_labels, run_scenarios
 
     if not scenario_names and not replays:
         raise click.UsageError("give --scenario NAME[,...]|all and/or --replay")
     if scenario_names and replays:
         raise click.UsageError("--scenario and --replay cannot be combined yet")
-    names = []
-    if scenario_names:
-        names = list(SCENARIOS) if scenario_names == "all" else scenario_names.split(",")
-        unknown = [n for n in names if n not in SCENARIOS]
-        if unknown:
-            raise click.BadParameter(f"unknown scenario(s) {unknown}", param_hint="--scenario")
+    names = _scenario_names(scenario_names)
     try:
         rule_list = load_rules(rule_paths)
     except RuleError as exc:
         raise click.ClickException(str(exc)) from exc
-    path = Path(site_ref)
-    try:
-        if site_ref in DEMO_SITES and not path.exists():
-            path = demo_site_path(site_ref)
-        loaded = load_site(path)
-    except SiteError as exc:
-        raise click.ClickException(str(exc)) from exc
+    loaded = _site(site_ref)
     if duration_s is not None:
-        span_s = parse_duration(duration_s)
+        span_s = duration_s
     elif "welfare_check" in names:
         span_s = 40 * 3600.0
     elif "parking_overstay" in names:
@@ -696,7 +695,7 @@ def rules_evaluate(
             on_progress=progress,
         )
         bar.update(len(messages) - done[0])
-    targets = Targets(wait_s=WAIT_S)
+    targets = Targets(wait_s=wait_s(rule_list))
     if as_json:
         click.echo(json.dumps(run.report.to_json(), indent=2, sort_keys=True))
     else:

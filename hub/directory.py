@@ -12,18 +12,11 @@ from rules.directory import DeviceInfo, Directory, OpeningHours, SiteInfo
 from simulators.site import WEEKDAYS, AccessDevice, Schedule, Site
 
 
-def _minutes(clock: str) -> int:
-    hours, minutes = clock.split(":")
-    return int(hours) * 60 + int(minutes)
-
-
 def opening_hours(schedule: Schedule) -> OpeningHours:
     intervals: dict[int, list[tuple[int, int]]] = {}
     for rule in schedule.rules:
         for day in rule.days:
-            intervals.setdefault(WEEKDAYS.index(day), []).append(
-                (_minutes(rule.open), _minutes(rule.close))
-            )
+            intervals.setdefault(WEEKDAYS.index(day), []).append(rule.minutes)
     return OpeningHours({day: tuple(sorted(spans)) for day, spans in intervals.items()})
 
 

@@ -6,6 +6,7 @@ optional (events.enabled) and only the hub knows how ingest's clients feed the s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ingest.influx import Failure, InfluxWriter, WriteError
 from ingest.mqtt_client import MqttClient
 from rules.engine import Engine
 from rules.schema import load_rules
-from simulators.site import DEMO_SITES, Site, demo_site_path, load_site
+from simulators.site import load_site_ref
 
 
 def store_url(settings: Settings) -> str:
@@ -29,16 +30,6 @@ def store_url(settings: Settings) -> str:
     if url:
         return url
     return f"sqlite:///{Path(settings.hub.data_dir).resolve() / 'events.db'}"
-
-
-def load_sites(refs: Sequence[str]) -> list[Site]:
-    sites = []
-    for ref in refs:
-        path = Path(ref)
-        if ref in DEMO_SITES and not path.exists():
-            path = demo_site_path(ref)
-        sites.append(load_site(path))
-    return sites
 
 
 def influx_write(writer: InfluxWriter) -> Callable[[Sequence[str]], Awaitable[None]]:
@@ -83,7 +74,7 @@ def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -
     Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
     store = EventStore(store_url(settings))
     store.migrate()
-    directory = directory_from_sites(load_sites(cfg.sites))
+    directory = directory_from_sites([load_site_ref(ref) for ref in cfg.sites])
     manager = EventManager(store, workers=directory.workers(), sinks=[s.name for s in sinks])
     dispatcher = OutboxDispatcher(store, sinks, clock_ms=_now_ms)
     service = RulesService(
@@ -99,6 +90,4 @@ def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -
 
 
 def _now_ms() -> int:
-    import time
-
     return time.time_ns() // 1_000_000

@@ -22,9 +22,10 @@ from events.model import SecurityEvent
 from events.store import EventStore
 from hub.alarm_quality import QualityReport, score
 from hub.directory import directory_from_sites
+from hub.rules_service import as_reading
 from ingest.decode import Decoder, Rejected
-from rules.engine import Engine, EngineState, rejected_reading
-from rules.schema import Rule
+from rules.engine import Engine, EngineState
+from rules.schema import Rule, rule_wait_ms
 from sensors.base import DecodeContext, keyed_hash
 from sensors.registry import KINDS
 from simulators.engine import SimMessage
@@ -37,23 +38,14 @@ TICK_MS: Final = 1_000
 MANAGER_TICK_MS: Final = 60_000
 """Shelve expiry and flood-window checks (store queries) run this often."""
 
-WAIT_S: Final = {
-    "door_held_open": 45.0,
-    "tailgating": 15.0,
-    "repeated_denials": 120.0,
-    "welfare_check": 108_000.0,
-    "fire": 600.0,
-    "smoke_nuisance": 180.0,
-    "parking_overstay": 86_400.0,
-    "fire_lane_violation": 120.0,
-    "device_offline": 60.0,
-    "stuck_sensor": 540.0,
-    "message_flood": 10.0,
-    "malformed_payloads": 300.0,
-    "cloned_card": 0.0,
-}
-"""Each default rule's own waiting time (its `for`, window or absence span): the
-delay target is this plus 2 s. Figures come from rules/packs/default.yaml."""
+def wait_s(rules: Sequence[Rule]) -> dict[str, float]:
+    """Each incident kind's own waiting time in seconds (the longest of its rules'):
+    the delay target is this plus 2 s."""
+    waits: dict[str, float] = {}
+    for rule in rules:
+        kind = rule.incident_kind
+        waits[kind] = max(waits.get(kind, 0.0), rule_wait_ms(rule) / 1000)
+    return waits
 
 GRACE_MS: Final = {
     "welfare_check": 25 * 3_600_000,
@@ -111,19 +103,12 @@ def run_rules(
                     manager.tick(next_tick)
                 next_tick += TICK_MS
             decoded = decoder.decode(message.topic, message.payload, now * 1_000_000)
-            if isinstance(decoded, Rejected):
-                rejected += 1
-                parts = message.topic.split("/")[prefix_parts:]
-                if len(parts) != 4:
-                    continue
-                reading = rejected_reading(
-                    parts[0], parts[1], parts[2], decoded.reason.value, now * 1_000_000
-                )
-            else:
-                reading = decoded
-            for detection in engine.evaluate(reading, state, now):
-                manager.handle(detection, now)
+            rejected += isinstance(decoded, Rejected)
             count += 1
+            reading = as_reading(decoded, prefix_parts)
+            if reading is not None:
+                for detection in engine.evaluate(reading, state, now):
+                    manager.handle(detection, now)
             if on_progress is not None and count % 10_000 == 0:
                 on_progress(count)
         events = store.list_events(limit=1_000_000)

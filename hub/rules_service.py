@@ -31,6 +31,17 @@ SNAPSHOT_NAME: Final = "rules-engine"
 TICK_S: Final = 1.0
 
 
+def as_reading(item: Reading | Rejected, prefix_parts: int) -> Reading | None:
+    """What rules see of a decoded message: the reading, or for a rejection a pseudo-
+    reading of its device (None when the topic names no device)."""
+    if isinstance(item, Reading):
+        return item
+    parts = item.topic.split("/")[prefix_parts:]
+    if len(parts) != 4:
+        return None
+    return rejected_reading(parts[0], parts[1], parts[2], item.reason.value, item.received_ns)
+
+
 class RulesService:
     def __init__(
         self,
@@ -72,19 +83,11 @@ class RulesService:
         self._queue.append(item)
         self._wake.set()
 
-    def _reading(self, item: Reading | Rejected) -> Reading | None:
-        if isinstance(item, Reading):
-            return item
-        parts = item.topic.split("/")[self._prefix_parts :]
-        if len(parts) != 4:
-            return None  # not attributable to a device
-        return rejected_reading(parts[0], parts[1], parts[2], item.reason.value, item.received_ns)
-
     def _evaluate_queued(self, now_ms: int) -> list[Detection]:
         out = self.engine.tick(self.state, now_ms)
         queue = self._queue
         while queue:
-            reading = self._reading(queue.popleft())
+            reading = as_reading(queue.popleft(), self._prefix_parts)
             if reading is not None:
                 out += self.engine.evaluate(reading, self.state, now_ms)
                 self.evaluated += 1

@@ -17,7 +17,7 @@ from typing import Any, Final
 from events.model import Detection, Location, Source
 from rules.conditions import Change, Logic, Obs, any_match, compile_condition
 from rules.directory import Directory
-from rules.schema import INSTANT_TYPES, Rule, template_names
+from rules.schema import Rule, template_names
 from sensors.base import FieldValue, Reading
 
 REJECTED: Final = "rejected"
@@ -28,6 +28,8 @@ DEFAULT_INSTANT_CLEAR_MS: Final = 5 * 60_000
 """An instant condition with no `clear` returns to normal this long after its last raise."""
 
 SNAPSHOT_VERSION: Final = 1
+
+_NEVER: Final = 2**63
 
 
 def rejected_reading(site: str, kind: str, device: str, reason: str, at_ns: int) -> Reading:
@@ -44,8 +46,9 @@ class EngineState:
     slots: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock_ms: int = 0
     """The latest `now` seen: time never runs backwards for timers (clock jumps)."""
-    stale: int = 0
-    """Readings ignored because they were older than what a slot had already seen."""
+    next_due_ms: int | None = field(default=None, compare=False)
+    """Earliest timer of any slot, or None when unknown (then `tick` scans). Derived,
+    not snapshotted: it spares `evaluate` a scan of every slot per reading."""
 
     def to_json(self) -> bytes:
         body = {"version": SNAPSHOT_VERSION, "clock_ms": self.clock_ms, "slots": self.slots}
@@ -72,7 +75,6 @@ class _Names(dict[str, str]):
 class _Compiled:
     rule: Rule
     logic: Logic
-    instant: bool
     clear_after_ms: int | None
     fingerprint: str
 
@@ -106,19 +108,11 @@ class Engine:
         self.directory = directory or Directory()
         self.rules: list[_Compiled] = []
         for rule in rules:
-            instant = rule.condition.type in INSTANT_TYPES
+            logic = compile_condition(rule.condition, self.directory)
             after = rule.clear.after if rule.clear is not None else None
-            if after is None and instant:
+            if after is None and logic.instant:
                 after = max(rule.cooldown, DEFAULT_INSTANT_CLEAR_MS)
-            self.rules.append(
-                _Compiled(
-                    rule,
-                    compile_condition(rule.condition, self.directory),
-                    instant,
-                    after,
-                    rule.model_dump_json(),
-                )
-            )
+            self.rules.append(_Compiled(rule, logic, after, rule.model_dump_json()))
         self._by_id = {c.rule.id: c for c in self.rules}
 
     # --- the two entry points -----------------------------------------------------
@@ -154,18 +148,20 @@ class Engine:
             if clears and slot["open"]:
                 slot["c"] = {}
                 out += self._apply(compiled, key, slot, Change(False, obs.ts_ms), obs)
-                self._schedule(compiled, slot)
+                self._schedule(compiled, slot, state)
                 continue
             change = compiled.logic.observe(slot["c"], obs)
             if change is not None:
                 out += self._apply(compiled, key, slot, change, obs)
-            self._schedule(compiled, slot)
+            self._schedule(compiled, slot, state)
         return out
 
     def tick(self, state: EngineState, now_ms: int) -> list[Detection]:
         """Fire every timer due by `now` (condition timers and instant auto-clears)."""
         state.clock_ms = max(state.clock_ms, now_ms)
         now = state.clock_ms
+        if state.next_due_ms is not None and now < state.next_due_ms:
+            return []
         out: list[Detection] = []
         # A heap in time order: a slot whose next timer is also due by `now` (a window
         # sliding twice, a window end then an auto-clear) fires again in the same tick.
@@ -192,7 +188,7 @@ class Engine:
                 change = compiled.logic.fire(slot["c"], at_ms)
             if change is not None:
                 out += self._apply(compiled, key, slot, change, None)
-            self._schedule(compiled, slot)
+            self._schedule(compiled, slot, state)
             if not slot["open"] and not slot["c"] and slot.get("due") is None:
                 del state.slots[sid]  # nothing left to remember
                 continue
@@ -201,13 +197,18 @@ class Engine:
             # a timer that does not move on waits for the next tick instead of spinning.
             if following is not None and following <= now and (following > at_ms or auto_clear):
                 heapq.heappush(due, (following, sid))
+        pending = [slot["due"] for slot in state.slots.values() if slot.get("due") is not None]
+        # A timer that did not move on (see above) is due again at the next tick.
+        state.next_due_ms = min(pending) if pending else _NEVER
         return out
 
     # --- helpers ------------------------------------------------------------------
 
-    def _schedule(self, compiled: _Compiled, slot: dict[str, Any]) -> None:
+    def _schedule(self, compiled: _Compiled, slot: dict[str, Any], state: EngineState) -> None:
         times = [t for t in (compiled.logic.due(slot["c"]), slot.get("clear_at")) if t is not None]
-        slot["due"] = min(times) if times else None
+        slot["due"] = due = min(times) if times else None
+        if due is not None and state.next_due_ms is not None:
+            state.next_due_ms = min(state.next_due_ms, due)
 
     def _apply(
         self, compiled: _Compiled, key: str, slot: dict[str, Any], change: Change, obs: Obs | None

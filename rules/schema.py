@@ -8,6 +8,7 @@ its dedup `key`, `cooldown` and `message`. Templates use `{name}` placeholders o
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Sequence
@@ -252,10 +253,6 @@ Condition = Annotated[
     Field(discriminator="type"),
 ]
 
-INSTANT_TYPES: Final = frozenset({"match", "schedule", "travel", "unpreceded", "gap"})
-"""Conditions that raise on one reading and have no state to clear by themselves."""
-
-
 class Scope(_Strict):
     """Where a rule applies; empty lists mean everywhere."""
 
@@ -278,16 +275,18 @@ class Clear(_Strict):
 _TEMPLATE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def template_names(template: str) -> list[str]:
-    """The `{name}` placeholders of a template; anything fancier is an error."""
-    names = []
+@functools.cache
+def template_names(template: str) -> tuple[str, ...]:
+    """The `{name}` placeholders of a template; anything fancier is an error. Cached:
+    the engine renders each rule's key for every reading."""
+    names: list[str] = []
     for _, name, spec, conversion in string.Formatter().parse(template):
         if name is None:
             continue
         if not _TEMPLATE_NAME.match(name) or spec or conversion:
             raise ValueError(f"placeholder {{{name}}} must be a plain name like {{device}}")
         names.append(name)
-    return names
+    return tuple(names)
 
 
 class Rule(_Strict):
@@ -324,6 +323,19 @@ class _DuplicateId(ValueError):
     def __init__(self, rule_id: str, index: int) -> None:
         super().__init__(f"rule id {rule_id!r} is used twice")
         self.index = index
+
+
+def rule_wait_ms(rule: Rule) -> int:
+    """How long the rule itself waits before it can raise: its window, `for` or
+    offline delay (0 for conditions that raise on the reading itself)."""
+    c = rule.condition
+    if isinstance(c, SequenceCondition | CountCondition | CorrelationCondition | SilenceCondition):
+        return c.within
+    if isinstance(c, ThresholdCondition | LatchCondition | StuckCondition):
+        return c.for_
+    if isinstance(c, OfflineCondition):
+        return c.after
+    return 0
 
 
 class RuleFile(_Strict):

@@ -254,6 +254,11 @@ class ScheduleRule(_Strict):
             )
         return self
 
+    @property
+    def minutes(self) -> tuple[int, int]:
+        """Open and close as minutes of the day (close may be 1440)."""
+        return _minutes(self.open), _minutes(self.close)
+
     def covers(self, day: Day, minute: float) -> bool:
         return day in self.days and _minutes(self.open) <= minute < _minutes(self.close)
 
@@ -274,9 +279,7 @@ class Schedule(_Strict):
         """Whether the rules cover the whole week: such a door has no after-hours."""
         for day in WEEKDAYS:
             reached = 0
-            for start, end in sorted(
-                (_minutes(r.open), _minutes(r.close)) for r in self.rules if day in r.days
-            ):
+            for start, end in sorted(r.minutes for r in self.rules if day in r.days):
                 if start > reached:
                     return False
                 reached = max(reached, end)
@@ -568,6 +571,14 @@ def dump_site(site: Site) -> str:
         default_flow_style=False,
     )
     return text
+
+
+def load_site_ref(ref: str) -> Site:
+    """A site file, or the name of a demo site when no such file exists."""
+    path = Path(ref)
+    if ref in DEMO_SITES and not path.exists():
+        path = demo_site_path(ref)
+    return load_site(path)
 
 
 def demo_site_path(name: str) -> Path:

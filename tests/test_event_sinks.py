@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import paho.mqtt.client as paho
@@ -48,8 +48,9 @@ from events.sinks import (
     WebhookSink,
     idempotency_key,
 )
+from hub.events_wiring import influx_write
 from hub.stack import ManagedProcess, free_port
-from ingest.influx import Failure, InfluxV1Writer, V1Target, WriteError
+from ingest.influx import InfluxV1Writer, V1Target
 from ingest.influxql import QueryTarget, query
 from ingest.mqtt_client import ConnectOptions, MqttClient
 
@@ -467,20 +468,6 @@ def test_mismatched_audit_is_refused() -> None:
 
 
 # ---------------------------------------------------------------- InfluxDB 1.6.7
-
-
-def influx_write(writer: InfluxV1Writer) -> Callable[[Sequence[str]], Awaitable[None]]:
-    """The adapter the hub wires: refused data becomes SinkRejected, the rest propagates."""
-
-    async def write(lines: Sequence[str]) -> None:
-        try:
-            await writer.write(("\n".join(lines) + "\n").encode())
-        except WriteError as exc:
-            if exc.failure is Failure.REJECTED:
-                raise SinkRejected(exc.detail) from exc
-            raise
-
-    return write
 
 
 @pytest.mark.integration

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from events.model import Severity
+from rules.conditions import Logic
 from rules.engine import Engine
 from rules.schema import (
     DEFAULT_PACK,
-    INSTANT_TYPES,
     RuleError,
     ThresholdCondition,
     dump_json_schema,
@@ -178,7 +178,7 @@ def test_key_template_is_checked_too() -> None:
 
 
 def test_template_names() -> None:
-    assert template_names("{device} in {cell}: {{literal}} {value}") == ["device", "cell", "value"]
+    assert template_names("{device} in {cell}: {{literal}} {value}") == ("device", "cell", "value")
     with pytest.raises(ValueError, match="plain name"):
         template_names("{a.b}")
 
@@ -278,5 +278,6 @@ def test_durations_in_a_file() -> None:
     assert rule.cooldown == 129_600_000
 
 
-def test_instant_types_are_condition_kinds() -> None:
-    assert {"match", "schedule", "travel", "unpreceded", "gap"} == INSTANT_TYPES
+def test_instant_kinds_are_the_ones_without_state_to_clear() -> None:
+    instant = {cls.__name__ for cls in Logic.__subclasses__() if cls.instant}
+    assert instant == {"MatchLogic", "ScheduleLogic", "TravelLogic", "UnprecededLogic", "GapLogic"}
