@@ -11,7 +11,8 @@ last `flood_window_ms`. When a new event makes them exceed `flood_limit`, a pare
 the window, the new one included, is grouped under it and suppressed. While the parent is
 active, each further new event of the site joins it the same way and repeats the parent,
 so the parent's `last_ms` is the site's last new event. `tick` returns the parent once
-that is `flood_window_ms` old. Children otherwise keep their own lifecycle.
+that is `flood_window_ms` old, and unsuppresses the children it suppressed (they stay
+grouped under it). Children otherwise keep their own lifecycle.
 
 State kept here is only the per-site window (at most `flood_limit + 1` times each),
 rebuilt from the store on start; everything else is read from the store when needed, so
@@ -44,7 +45,7 @@ from events.model import (
     new_event,
     transition,
 )
-from events.store import EventStore, StaleEvent, UnknownEvent
+from events.store import EventFilter, EventStore, StaleEvent, UnknownEvent
 
 FLOOD_RULE: Final = "flood_control"
 FLOOD_INCIDENT: Final = "incident_storm"
@@ -176,14 +177,13 @@ class EventManager:
         """Open top-level events of the site raised in the window (not flood parents)."""
         found: list[SecurityEvent] = []
         while True:
-            page = self.store.list_events(
+            where = EventFilter(
                 site=site,
                 states=_OPEN_STATES,
                 since_ms=at - self.flood_window_ms + 1,
                 top_level_only=True,
-                limit=_PAGE,
-                offset=len(found),
             )
+            page = self.store.list_events(where, limit=_PAGE, offset=len(found))
             found += page
             if len(page) < _PAGE:
                 return [e for e in reversed(found) if e.rule_id != FLOOD_RULE]
@@ -201,7 +201,8 @@ class EventManager:
         since = newest[0].raised_ms - self.flood_window_ms + 1
         times: defaultdict[str, list[int]] = defaultdict(list)
         offset = 0
-        while page := self.store.list_events(since_ms=since, limit=_PAGE, offset=offset):
+        recent = EventFilter(since_ms=since)
+        while page := self.store.list_events(recent, limit=_PAGE, offset=offset):
             offset += len(page)
             for event in page:
                 if event.rule_id != FLOOD_RULE:
@@ -217,7 +218,8 @@ class EventManager:
         with self._lock:
             for shelved in self.store.shelved_expired(now_ms):
                 changed += _retry(functools.partial(self._unshelve, shelved.id, now_ms))
-            parents = self.store.list_events(rule_id=FLOOD_RULE, states=_OPEN_STATES, limit=10_000)
+            open_parents = EventFilter(rule_id=FLOOD_RULE, states=_OPEN_STATES)
+            parents = self.store.list_events(open_parents, limit=10_000)
             for parent in parents:
                 if parent.active and now_ms - parent.last_ms >= self.flood_window_ms:
                     changed += _retry(functools.partial(self._quiet, parent.id, now_ms))
@@ -237,7 +239,14 @@ class EventManager:
             return []
         minutes = f"{self.flood_window_ms / 60_000:g}"
         note = f"no new event at {parent.site} for {minutes} min"
-        return self._save([_system(parent, Action.RETURN, now_ms, note=note)])
+        changes = [_system(parent, Action.RETURN, now_ms, note=note)]
+        # The flood is over: its children are annunciated again, each in its own state
+        # (still grouped under the parent, so the desk shows where they came from).
+        unsuppress = f"flood control: incident storm {parent.id} is over"
+        for child in self.store.children(parent.id):
+            if child.mode is Mode.SUPPRESSED and not child.closed:
+                changes.append(_system(child, Action.UNSUPPRESS, now_ms, note=unsuppress))
+        return self._save(changes)
 
     # ------------------------------------------------------------------ operators
 

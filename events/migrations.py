@@ -1,9 +1,7 @@
-"""The event store's schema and its versioned migrations.
+"""The event store's schema and its versioned migration track.
 
 `MIGRATIONS[i]` takes the schema from version i to i + 1; `schema_version` holds one row
-per applied step. Each step runs in its own transaction together with its version row,
-so a failing step leaves the previous version intact (SQLite and PostgreSQL both have
-transactional DDL; the store makes pysqlite honour it).
+per applied step (see `events.migration_track` for how steps are applied).
 
 Add steps at the end, never edit an applied one. The tables below describe the current
 schema; the day a later step alters one of them, freeze step 1 by copying its DDL.
@@ -11,19 +9,13 @@ schema; the day a later step alters one of them, freeze step 1 by copying its DD
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.schema import ExecutableDDLElement
 
-Step = Callable[[Connection], None] | ExecutableDDLElement
-"""One migration: a function of an open connection, or a DDL statement."""
-
-WRITE_OPTION: Final = "gridwatch_write"
-"""Connection execution option: the transaction will write (SQLite: BEGIN IMMEDIATE)."""
+from events.migration_track import MigrationTrack, Step, version_table
 
 _MIGRATE_LOCK: Final = 0x67774D4947  # PostgreSQL advisory lock id: one migrator at a time
 
@@ -33,12 +25,7 @@ metadata = sa.MetaData()
 # `INTEGER PRIMARY KEY` autoincrements there.
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-schema_version = sa.Table(
-    "schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied_ms", sa.BigInteger, nullable=False),
-)
+schema_version = version_table("schema_version", metadata)
 
 events = sa.Table(
     "events",
@@ -147,36 +134,14 @@ class SchemaTooNew(StoreError):
         self.known = known
 
 
+TRACK: Final = MigrationTrack(schema_version, MIGRATIONS, _MIGRATE_LOCK, SchemaTooNew)
+
+
 def current_version(conn: Connection) -> int:
     """The applied version; 0 for an empty database."""
-    if not sa.inspect(conn).has_table(schema_version.name):
-        return 0
-    found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar_one()
-    return int(found or 0)
+    return TRACK.current_version(conn)
 
 
 def migrate(engine: Engine, steps: Sequence[Step] = MIGRATIONS) -> int:
     """Apply the missing steps, one transaction each; return the version reached."""
-    while True:
-        with engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    # Two hubs starting together must not both run a step.
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK)))
-                schema_version.create(conn, checkfirst=True)
-                version = current_version(conn)
-                if version > len(steps):
-                    raise SchemaTooNew(version, len(steps))
-                if version == len(steps):
-                    return version
-                step = steps[version]
-                if isinstance(step, ExecutableDDLElement):
-                    conn.execute(step)
-                else:
-                    step(conn)
-                conn.execute(
-                    schema_version.insert().values(
-                        version=version + 1, applied_ms=int(time.time() * 1000)
-                    )
-                )
+    return TRACK.migrate(engine, steps)

@@ -8,8 +8,9 @@ engine's pool for just that operation and nothing is shared between threads.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -19,8 +20,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from events.migration_track import WRITE_OPTION, read_transaction, write_transaction
 from events.migrations import (
-    WRITE_OPTION,
     SchemaTooNew,
     StoreError,
     audit,
@@ -42,6 +43,7 @@ from events.model import (
 )
 
 __all__ = [
+    "EventFilter",
     "EventStore",
     "SchemaTooNew",
     "StaleEvent",
@@ -51,6 +53,54 @@ __all__ = [
 ]
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events `list_events` and `count_events` mean: every field given must hold
+    (None: any). One object so a caller (the event desk API) builds the filter once and
+    uses it for a page and for the total."""
+
+    site: str | None = None
+    cell: str | None = None
+    states: Collection[State] | None = None
+    """Any of these derived states (an empty collection matches nothing)."""
+    severity: Collection[Severity] | None = None
+    rule_id: str | None = None
+    since_ms: int | None = None
+    """Inclusive lower bound of `raised_ms`."""
+    until_ms: int | None = None
+    """Exclusive upper bound of `raised_ms`."""
+    top_level_only: bool = False
+    """Leave out flood-control children."""
+    parent_id: str | None = None
+    """Only the children of this flood parent."""
+
+    def predicates(self) -> list[sa.ColumnElement[bool]]:
+        c = events.c
+        where: list[sa.ColumnElement[bool]] = []
+        if self.site is not None:
+            where.append(c.site == self.site)
+        if self.cell is not None:
+            where.append(c.cell == self.cell)
+        if self.states is not None:
+            where.append(sa.or_(sa.false(), *(_state_predicate(s) for s in self.states)))
+        if self.severity is not None:
+            where.append(c.severity.in_([s.value for s in self.severity]))
+        if self.rule_id is not None:
+            where.append(c.rule_id == self.rule_id)
+        if self.since_ms is not None:
+            where.append(c.raised_ms >= self.since_ms)
+        if self.until_ms is not None:
+            where.append(c.raised_ms < self.until_ms)
+        if self.top_level_only:
+            where.append(c.parent_id.is_(None))
+        if self.parent_id is not None:
+            where.append(c.parent_id == self.parent_id)
+        return where
+
+
+_ALL: Final = EventFilter()
 
 
 class StaleEvent(StoreError):
@@ -186,48 +236,21 @@ class EventStore:
         return self._events(query)
 
     def list_events(
-        self,
-        *,
-        site: str | None = None,
-        cell: str | None = None,
-        states: Collection[State] | None = None,
-        severity: Collection[Severity] | None = None,
-        rule_id: str | None = None,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        top_level_only: bool = False,
-        limit: int = 100,
-        offset: int = 0,
+        self, where: EventFilter | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[SecurityEvent]:
-        """Events matching every given filter, newest raised first.
-
-        `since_ms` (inclusive) and `until_ms` (exclusive) bound `raised_ms`.
-        """
-        where = _filters(site, cell, states, severity, rule_id, since_ms, until_ms, top_level_only)
+        """Events matching `where` (everything when None), newest raised first."""
         query = (
             events.select()
-            .where(*where)
+            .where(*(where or _ALL).predicates())
             .order_by(events.c.raised_ms.desc(), events.c.id.desc())
             .limit(limit)
             .offset(offset)
         )
         return self._events(query)
 
-    def count_events(
-        self,
-        *,
-        site: str | None = None,
-        cell: str | None = None,
-        states: Collection[State] | None = None,
-        severity: Collection[Severity] | None = None,
-        rule_id: str | None = None,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        top_level_only: bool = False,
-    ) -> int:
-        """How many events `list_events` would page through with the same filters."""
-        where = _filters(site, cell, states, severity, rule_id, since_ms, until_ms, top_level_only)
-        query = sa.select(sa.func.count()).select_from(events).where(*where)
+    def count_events(self, where: EventFilter | None = None) -> int:
+        """How many events `list_events` would page through with the same filter."""
+        query = sa.select(sa.func.count()).select_from(events).where(*(where or _ALL).predicates())
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -330,17 +353,11 @@ class EventStore:
 
     # ------------------------------------------------------------------ transactions
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
-            yield conn
+    def _read(self) -> AbstractContextManager[Connection]:
+        return read_transaction(self._engine)
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
-            conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                yield conn
+    def _write(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self._engine)
 
 
 # ---------------------------------------------------------------------- engine
@@ -391,37 +408,6 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 
 
 # ---------------------------------------------------------------------- rows
-
-
-def _filters(
-    site: str | None,
-    cell: str | None,
-    states: Collection[State] | None,
-    severity: Collection[Severity] | None,
-    rule_id: str | None,
-    since_ms: int | None,
-    until_ms: int | None,
-    top_level_only: bool,
-) -> list[sa.ColumnElement[bool]]:
-    c = events.c
-    where: list[sa.ColumnElement[bool]] = []
-    if site is not None:
-        where.append(c.site == site)
-    if cell is not None:
-        where.append(c.cell == cell)
-    if states is not None:
-        where.append(sa.or_(sa.false(), *(_state_predicate(s) for s in states)))
-    if severity is not None:
-        where.append(c.severity.in_([s.value for s in severity]))
-    if rule_id is not None:
-        where.append(c.rule_id == rule_id)
-    if since_ms is not None:
-        where.append(c.raised_ms >= since_ms)
-    if until_ms is not None:
-        where.append(c.raised_ms < until_ms)
-    if top_level_only:
-        where.append(c.parent_id.is_(None))
-    return where
 
 
 def _state_predicate(state: State) -> sa.ColumnElement[bool]:

@@ -4,11 +4,20 @@ Pure functions, no I/O: give them the simulator's labels (`simulators.labels.Lab
 the events the engine raised (`events.model.SecurityEvent`), get precision, recall,
 detection delay and operator load per incident kind.
 
-What is scored is what an operator sees: top-level events only (`parent_id is None`).
-When flood control groups events, the parent (incident `incident_storm`, `devices` = the
-grouped devices) is one event to an operator and is scored as such, against
-`incident_storm` labels; its children are not scored on their own (they are covered by
-the parent, and counting them would credit detections nobody was shown).
+What is scored is what an operator sees. When flood control groups events, the parent
+(incident `incident_storm`, `devices` = the grouped devices) is one event to an operator
+and is scored as such, against `incident_storm` labels. Its children:
+
+- raised after the parent (joining the flood as they came) were never shown on their
+  own: not scored (counting them would credit detections nobody was shown);
+- raised before it (the events of the window grouped when the flood began) had been
+  shown on their own, so they are scored as their own kind like top-level events: a
+  cloned card alarmed nine minutes before a power surge was detected. One that matches
+  no label of its kind but lies in an `incident_storm` label (one of its devices, in its
+  span) is part of the storm, scored through the parent, and neither a hit nor a false
+  alarm.
+
+`peak_events_per_10min` counts top-level events only: the desk shows a flood as one row.
 
 Matching. An event E matches a label L when
 
@@ -29,7 +38,12 @@ Per kind K (every kind seen in labels or events; events with no incident are kin
 
 - precision = TP / (TP + FP + duplicates), None when no event of K;
 - recall = TP / (TP + FN), None when no label of K;
-- delay median / max = (event raised - label start) in seconds over detected labels;
+- delay median / max = (event raised - label evident) in seconds over detected labels,
+  where a label is evident from its `detectable_ms` when it has one, else from its start.
+  A label's start is when the incident began; its detectable time is when the devices'
+  messages first show it (a cloned card's second use, a nuisance's alarm, a fire's first
+  alarm, a storm's 11th alarm). Measured from the start, a delay would charge the rule
+  with time in which no detector could have known; matching still uses the start;
 - false alarms per device-day = FP / (device_count * span_ms / 86_400_000).
 
 Operator load: `peak_events_per_10min` is the most top-level events raised in any
@@ -45,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from events.model import SecurityEvent
-from simulators.labels import Label
+from simulators.labels import IncidentKind, Label
 
 WINDOW_MS: Final = 600_000
 """The operator-load window: 10 minutes (ISA-18.2's flood threshold is per 10 min)."""
@@ -141,6 +155,26 @@ def scored_events(events: Sequence[SecurityEvent]) -> list[SecurityEvent]:
     return [e for e in events if e.parent_id is None]
 
 
+def shown_before_grouping(events: Sequence[SecurityEvent]) -> list[SecurityEvent]:
+    """Flood-control children raised before their parent: each was shown on its own
+    until the flood began."""
+    parents = {e.id: e.raised_ms for e in events if e.parent_id is None}
+    return [
+        e
+        for e in events
+        if e.parent_id is not None and e.raised_ms < parents.get(e.parent_id, e.raised_ms)
+    ]
+
+
+def _in_storm(event: SecurityEvent, storms: Sequence[Label], early_ms: int, grace: int) -> bool:
+    devices = _event_devices(event)
+    return any(
+        not devices.isdisjoint(storm.devices)
+        and storm.start_ms - early_ms <= event.raised_ms <= storm.end_ms + grace
+        for storm in storms
+    )
+
+
 def _event_devices(event: SecurityEvent) -> set[str]:
     devices = set(event.devices)
     if event.device is not None:
@@ -156,14 +190,18 @@ def _match(
     default_grace_ms: int,
     early_ms: int,
 ) -> dict[str, _KindMatch]:
-    """Match top-level events to labels, per kind (see the module docstring)."""
+    """Match the events an operator saw to labels, per kind (see the module docstring)."""
     by_kind: dict[str, _KindMatch] = {}
     for label in labels:
         by_kind.setdefault(label.kind.value, _KindMatch()).labels.append(label)
-    for event in scored_events(events):
+    early_children = shown_before_grouping(events)
+    for event in [*scored_events(events), *early_children]:
         by_kind.setdefault(event.incident, _KindMatch()).events.append(event)
 
     grace = grace_ms or {}
+    storms = [label for label in labels if label.kind is IncidentKind.INCIDENT_STORM]
+    storm_grace = grace.get(IncidentKind.INCIDENT_STORM.value, default_grace_ms)
+    child_ids = {e.id for e in early_children}
     for kind, m in by_kind.items():
         kind_grace = grace.get(kind, default_grace_ms)
         m.labels.sort(key=lambda label: (label.start_ms, label.id))
@@ -187,11 +225,18 @@ def _match(
             else:
                 taken[hit] = True
                 m.detected.append((label, m.events[hit]))
+        covered: set[str] = set()
         for i, event in enumerate(m.events):
             if taken[i]:
                 continue
-            (m.duplicates if matched_any[i] else m.false_positives).append(event)
-    return dict(sorted(by_kind.items()))
+            if matched_any[i]:
+                m.duplicates.append(event)
+            elif event.id in child_ids and _in_storm(event, storms, early_ms, storm_grace):
+                covered.add(event.id)  # part of the storm: scored through its parent
+            else:
+                m.false_positives.append(event)
+        m.events = [e for e in m.events if e.id not in covered]
+    return dict(sorted((kind, m) for kind, m in by_kind.items() if m.labels or m.events))
 
 
 # -- scoring -------------------------------------------------------------------------------
@@ -219,8 +264,12 @@ def score(
     grace_ms: Mapping[str, int] | None = None,
     default_grace_ms: int = DEFAULT_GRACE_MS,
     early_ms: int = DEFAULT_EARLY_MS,
+    kinds: Sequence[str] = (),
 ) -> QualityReport:
-    """Score the events raised over `span_ms` on `device_count` devices against labels."""
+    """Score the events raised over `span_ms` on `device_count` devices against labels.
+
+    `kinds` are reported even with no label and no event (a replay whose ground truth
+    has no incident of a kind still shows that nothing was raised for it)."""
     if device_count <= 0 or span_ms <= 0:
         raise ValueError("device_count and span_ms must be positive")
     if operators <= 0:
@@ -230,9 +279,11 @@ def score(
     matches = _match(
         labels, events, grace_ms=grace_ms, default_grace_ms=default_grace_ms, early_ms=early_ms
     )
-    for kind, m in matches.items():
+    for kind in kinds:
+        matches.setdefault(kind, _KindMatch())
+    for kind, m in sorted(matches.items()):
         tp, fp, fn, dup = len(m.detected), len(m.false_positives), len(m.missed), len(m.duplicates)
-        delays = [(e.raised_ms - label.start_ms) / 1000 for label, e in m.detected]
+        delays = [(e.raised_ms - label.evident_ms) / 1000 for label, e in m.detected]
         by_kind[kind] = KindQuality(
             kind=kind,
             labels=len(m.labels),

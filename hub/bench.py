@@ -11,6 +11,10 @@ realistic QoS 1 messages from 1,000 devices of the three kinds from another proc
 
 Rates are first message received → last point stored (InfluxDB acknowledged), read
 from the hub's own counters; loss is N minus the distinct points counted in InfluxDB.
+
+The hub runs with `events.enabled = false` unless `rules=True`: the ratio is the ingest
+pipeline's, and the rules' cost is reported apart, per reading, measured in-process over
+the same messages (`bench_costs`), next to decode and line-protocol costs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from typing import Any
 
 import psutil
 
+from hub.bench_costs import (
+    BENCH_HASH_KEY,
+    bench_messages,
+    bench_readings,
+    decode_encode_cost,
+    rules_cost,
+)
 from hub.stack import (
     CLIENT_PACKAGES,
     INFLUXDB_PACKAGES,
@@ -142,7 +153,9 @@ class _PublisherProcess:
 
 
 # -- hub process ---------------------------------------------------------------------------
-def _hub_config(work: Path, mqtt_port: int, influx_port: int, database: str) -> Path:
+def _hub_config(work: Path, mqtt_port: int, influx_port: int, database: str, rules: bool) -> Path:
+    """Default settings but for ports, paths and `events.enabled` (the rules are measured
+    in-process by default, see `bench_costs`, so the ratio is the ingest pipeline's)."""
     path = work / f"hub-{database}.toml"
     path.write_text(
         f'[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\nclient_id = "{HUB_CLIENT_ID}"\n'
@@ -150,7 +163,8 @@ def _hub_config(work: Path, mqtt_port: int, influx_port: int, database: str) -> 
         f'[spool]\ndirectory = "{work}/spool"\n[deadletters]\ndirectory = "{work}/dead"\n'
         f'[hub]\ndata_dir = "{work}/data-{database}"\nstatus_interval_s = 0.2\n'
         f'log_level = "WARNING"\n'
-        f'credential_hash_key = "benchmark-credential-key-01234"\n'
+        f'credential_hash_key = "{BENCH_HASH_KEY.decode()}"\n'
+        f"[events]\nenabled = {'true' if rules else 'false'}\n"
     )
     return path
 
@@ -242,12 +256,16 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, f
 def _mode_result(hub: _HubProcess, n: int, count: int, cpu0: float) -> dict[str, float]:
     status = hub.status()
     span_s = max((status["last_stored_ns"] - status["first_received_ns"]) / 1e9, 1e-9)
+    cpu_s = hub.cpu_seconds()
     return {
         "msgs_per_s": round(n / span_s, 1),
         "loss": n - count,
         "p50_ms": round(status.get("latency_p50_ms") or 0.0, 1),
         "p99_ms": round(status.get("latency_p99_ms") or 0.0, 1),
-        "cpu_s": round(hub.cpu_seconds() - cpu0, 2),
+        "cpu_s": round(cpu_s - cpu0, 2),
+        # From the first message on: the hub's own cost per message, whatever the box's
+        # load does to the rates (cpu_s of the backlog also holds the hub's start-up).
+        "cpu_us_per_msg": round((cpu_s - status.get("first_received_cpu_s", 0.0)) / n * 1e6, 2),
         "rss_mb": round(hub.peak_rss_mb(), 1),
     }
 
@@ -279,7 +297,41 @@ def _mosquitto_sub_limit(mqtt_port: int, n: int, devices: int, progress: bool) -
 
 
 def run_ingest_bench(
-    n: int, devices: int, workdir: Path | None, *, progress: bool, rate: float | None = None
+    n: int,
+    devices: int,
+    workdir: Path | None,
+    *,
+    progress: bool,
+    rate: float | None = None,
+    rules: bool = False,
+) -> dict[str, Any]:
+    """Both modes and the limit end to end, then the per-message costs in-process."""
+    result = _run_end_to_end(n, devices, workdir, progress=progress, rate=rate, rules=rules)
+    _log(progress, "costs: decode, line protocol, rules and anomaly scoring, in-process")
+    messages = bench_messages(_templates(n, devices, seed=2))
+    result["costs"] = {
+        **decode_encode_cost(messages),
+        "rules_us_per_reading": rules_cost(bench_readings(messages)),
+        **anomaly_cost(),
+    }
+    return result
+
+
+def anomaly_cost() -> dict[str, float]:
+    """Online anomaly scoring per reading: the intake hook (ingest's path) and the worker
+    step (features, detectors, events; on a thread), with a model trained on a simulated
+    day of the Yingyang site (`gridwatch bench anomaly` measures it in more detail)."""
+    from hub.anomaly_bench import run_anomaly_bench
+
+    figures = run_anomaly_bench(train_days=1.0, hours=2.0, detector="median_mad")
+    return {
+        "anomaly_observe_us_per_reading": figures["observe_us_per_reading"],
+        "anomaly_us_per_reading": figures["process_cpu_us_per_reading"],
+    }
+
+
+def _run_end_to_end(
+    n: int, devices: int, workdir: Path | None, *, progress: bool, rate: float | None, rules: bool
 ) -> dict[str, Any]:
     ensure_installed({**MOSQUITTO_PACKAGES, **INFLUXDB_PACKAGES, **CLIENT_PACKAGES})
     work = Path(tempfile.mkdtemp(prefix="gridwatch-bench-")) if workdir is None else workdir
@@ -290,13 +342,18 @@ def run_ingest_bench(
         services.append(mosq)
         influx = start_influxdb(work / "influxdb", free_port())
         services.append(influx)
-        result: dict[str, Any] = {"messages": n, "devices": devices, "live_rate": rate}
+        result: dict[str, Any] = {
+            "messages": n,
+            "devices": devices,
+            "live_rate": rate,
+            "hub_rules": rules,
+        }
 
         # live
         _log(progress, f"live: hub running, publishing {n:,} messages from {devices:,} devices")
         live_target = QueryTarget(f"http://127.0.0.1:{influx.port}", "bench_live")
         hub = _HubProcess(
-            _hub_config(work, mosq.port, influx.port, "bench_live"),
+            _hub_config(work, mosq.port, influx.port, "bench_live", rules),
             work / "data-bench_live",
             work / "hub.log",
         )
@@ -323,7 +380,7 @@ def run_ingest_bench(
         pub.result()
         svc0 = _service_cpu(services)
         hub = _HubProcess(
-            _hub_config(work, mosq.port, influx.port, "bench_backlog"),
+            _hub_config(work, mosq.port, influx.port, "bench_backlog", rules),
             work / "data-bench_backlog",
             work / "hub.log",
         )
@@ -345,9 +402,10 @@ def run_ingest_bench(
 
 
 def format_result(result: dict[str, Any]) -> str:
+    rules = "rules evaluated in the hub" if result["hub_rules"] else "rules off in the hub"
     lines = [
         f"gridwatch ingest benchmark: {result['messages']:,} messages, "
-        f"{result['devices']:,} devices"
+        f"{result['devices']:,} devices ({rules})"
     ]
     for mode in ("live", "backlog"):
         r = result[mode]
@@ -359,8 +417,8 @@ def format_result(result: dict[str, Any]) -> str:
         )
         lines.append(
             f"  {mode:<8} {r['msgs_per_s']:>9,.0f} msg/s stored, loss {r['loss']}, "
-            f"p50 {r['p50_ms']:,.0f} ms, p99 {r['p99_ms']:,.0f} ms, hub CPU {r['cpu_s']} s, "
-            f"peak RSS {r['rss_mb']} MB{extra}"
+            f"p50 {r['p50_ms']:,.0f} ms, p99 {r['p99_ms']:,.0f} ms, hub CPU {r['cpu_s']} s "
+            f"({r['cpu_us_per_msg']} µs/msg), peak RSS {r['rss_mb']} MB{extra}"
         )
         lines.append(
             f"{'':11}service CPU: mosquitto {r.get('mosquitto_cpu_s')} s, "
@@ -370,4 +428,12 @@ def format_result(result: dict[str, Any]) -> str:
         f"  limit    {result['limit_msgs_per_s']:>9,.0f} msg/s (mosquitto_sub -q 1 backlog drain)"
     )
     lines.append(f"  ratio    {result['ratio']:.3f} (backlog / limit; target >= 0.4)")
+    costs = result["costs"]
+    lines.append(
+        f"  costs    decode {costs['decode_us_per_msg']} µs/msg, decode + line protocol "
+        f"{costs['decode_encode_us_per_msg']} µs/msg, default rule pack "
+        f"{costs['rules_us_per_reading']} µs/reading, anomaly scoring "
+        f"{costs['anomaly_us_per_reading']} µs/reading on its worker thread "
+        f"(+{costs['anomaly_observe_us_per_reading']} µs on ingest's path) (CPU, in-process)"
+    )
     return "\n".join(lines)

@@ -66,13 +66,19 @@ def main() -> None:
 def run(config_path: Path | None, demo: bool, demo_speed: float) -> None:
     """Run the hub until Ctrl-C / SIGTERM."""
     from hub.runtime import run_hub
+    from hub.stack import StackError
+    from hub.stack_dynsec import stack_logins
 
     settings = _settings(config_path)
     _setup_logging(settings.hub.log_level)
+    try:  # `stack up --dynsec`: its broker wants logins, which it wrote for us
+        settings, simulator = stack_logins(settings)
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
     if demo:
         from hub.demo import run_with_demo
 
-        asyncio.run(run_with_demo(settings, demo_speed))
+        asyncio.run(run_with_demo(settings, demo_speed, simulator))
     else:
         asyncio.run(run_hub(settings))
 
@@ -192,13 +198,25 @@ STACK_DIR = click.option(
 @stack.command("up")
 @CONFIG_OPTION
 @STACK_DIR
-def stack_up(config_path: Path | None, root: Path | None) -> None:
+@click.option(
+    "--dynsec",
+    is_flag=True,
+    help="Broker with the dynamic-security plugin (no anonymous clients); provision the "
+    "hub's and the demo's logins for `gridwatch run` (docs/registry.md).",
+)
+def stack_up(config_path: Path | None, root: Path | None, dynsec: bool) -> None:
     """Install if missing and start Mosquitto and InfluxDB on 127.0.0.1."""
     from hub.stack import StackError
 
     settings = _settings(config_path)
     try:
-        started = _local_stack(settings, root).up()
+        if dynsec:
+            from hub.stack_dynsec import dynsec_up
+
+            prefix = settings.mqtt.topic_prefix.strip("/")
+            started = dynsec_up(_local_stack(settings, root), prefix)
+        else:
+            started = _local_stack(settings, root).up()
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     for name, info in started.items():
@@ -237,13 +255,25 @@ def bench() -> None:
     "--rate", type=float, default=None, help="Pace the live publisher (msg/s); default flat out."
 )
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--rules/--no-rules",
+    default=False,
+    help="Evaluate the rules in the hub too (default: off; their cost is measured apart).",
+)
 def bench_ingest(
-    n_messages: int, devices: int, as_json: bool, rate: float | None, workdir: Path | None
+    n_messages: int,
+    devices: int,
+    as_json: bool,
+    rate: float | None,
+    workdir: Path | None,
+    rules: bool,
 ) -> None:
     """Publish N realistic messages and measure the full pipeline, live and backlog."""
     from hub.bench import run_ingest_bench
 
-    result = run_ingest_bench(n_messages, devices, workdir, progress=not as_json, rate=rate)
+    result = run_ingest_bench(
+        n_messages, devices, workdir, progress=not as_json, rate=rate, rules=rules
+    )
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     else:
@@ -697,20 +727,47 @@ def rules_evaluate(
         bar.update(len(messages) - done[0])
     targets = Targets(wait_s=wait_s(rule_list))
     if as_json:
-        click.echo(json.dumps(run.report.to_json(), indent=2, sort_keys=True))
+        click.echo(json.dumps(run.to_json(), indent=2, sort_keys=True))
     else:
         click.echo(format_table(run.report, targets=targets))
         click.echo(
             f"{run.messages} messages ({run.rejected} rejected), {len(run.labels)} labels, "
             f"{len(run.events)} events, {run.elapsed_s:.1f} s"
         )
+        if run.doors is not None:
+            click.echo(run.doors.describe())
         for line in misses(run.report, targets):
             click.echo(f"target missed: {line}")
     if show_misses:
-        missed, false_alarms = unmatched(labels, run.events, grace_ms=GRACE_MS)
+        missed, false_alarms = unmatched(run.labels, run.events, grace_ms=GRACE_MS)
         for label in missed:
             click.echo(
                 f"missed  {label.kind.value} {','.join(label.devices[:3])} {label.id}", err=True
             )
         for event in false_alarms:
             click.echo(f"false   {event.incident} {event.device} {event.message}", err=True)
+
+
+from hub.cli_dashboards import dashboards as _dashboards  # noqa: E402
+
+main.add_command(_dashboards)
+
+from hub.cli_anomaly import anomaly as _anomaly  # noqa: E402
+
+main.add_command(_anomaly)
+
+from hub.cli_registry import registry_group as _registry  # noqa: E402
+
+main.add_command(_registry)
+
+from hub.cli_anomaly_train import bench_anomaly_command, scenarios_command, train_command  # noqa: E402
+
+_anomaly.add_command(train_command)
+_anomaly.add_command(scenarios_command)
+bench.add_command(bench_anomaly_command)
+
+from hub.cli_api import serve as _serve  # noqa: E402
+from hub.cli_api import users as _users  # noqa: E402
+
+main.add_command(_serve)
+main.add_command(_users)

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import signal
 from datetime import timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from hub.runtime import Hub
 from hub.settings import Settings
@@ -29,6 +29,9 @@ from hub.simulate import (
 )
 from simulators.site import demo_site_path, load_site
 
+if TYPE_CHECKING:
+    from hub.stack_dynsec import Login
+
 log = logging.getLogger(__name__)
 
 DEMO_SITE: Final = "yingyang"
@@ -38,8 +41,12 @@ DEMO_HISTORY_S: Final = 3600.0
 LOG_EVERY: Final = 1000
 
 
-def demo_simulation(settings: Settings, speed: float) -> Simulation:
-    """The demo site on the hub's broker, open-ended, never ahead of the wall clock."""
+def demo_simulation(settings: Settings, speed: float, login: Login | None = None) -> Simulation:
+    """The demo site on the hub's broker, open-ended, never ahead of the wall clock;
+    as `login` when given (a simulator login of `stack up --dynsec`), else as the hub."""
+    broker = broker_options(settings)
+    if login is not None:
+        broker["username"], broker["password"] = login.username, login.password
     logged = 0
 
     def progress(report: SimProgress) -> None:
@@ -50,7 +57,7 @@ def demo_simulation(settings: Settings, speed: float) -> Simulation:
 
     return Simulation(
         load_site(demo_site_path(DEMO_SITE)),
-        **broker_options(settings),
+        **broker,
         speed=speed,
         duration_s=None,
         seed=DEMO_SEED,
@@ -69,14 +76,27 @@ async def _demo(hub: Hub, simulation: Simulation) -> None:
         log.error("demo traffic stopped (the hub keeps running): %s", exc)
 
 
-async def run_with_demo(settings: Settings, speed: float) -> None:
+def register_demo_site(settings: Settings) -> None:
+    """Put the demo site in the registry (idempotent), so the map layers and the desk know it."""
+    from hub.registry_import import import_sites, open_registry
+
+    store = open_registry(settings)
+    try:
+        summary = import_sites(store, [load_site(demo_site_path(DEMO_SITE))])
+    finally:
+        store.close()
+    log.info("demo site %s in the registry: %s", DEMO_SITE, summary.counts())
+
+
+async def run_with_demo(settings: Settings, speed: float, login: Login | None = None) -> None:
     """The hub until SIGINT/SIGTERM, with the demo site publishing alongside."""
+    register_demo_site(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     hub = Hub(settings)
-    demo = asyncio.create_task(_demo(hub, demo_simulation(settings, speed)), name="demo")
+    demo = asyncio.create_task(_demo(hub, demo_simulation(settings, speed, login)), name="demo")
     try:
         await hub.run(stop)
     finally:

@@ -10,19 +10,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from events.dispatcher import OutboxDispatcher
 from events.manager import EventManager
 from events.sinks import InfluxSink, MqttSink, Sink, SinkRejected, WebhookSink
 from events.store import EventStore
-from hub.directory import directory_from_sites
 from hub.rules_service import RulesService
 from hub.settings import Settings
 from ingest.influx import Failure, InfluxWriter, WriteError
 from ingest.mqtt_client import MqttClient
 from rules.engine import Engine
 from rules.schema import load_rules
-from simulators.site import load_site_ref
+
+if TYPE_CHECKING:
+    from hub.rules_directory import DirectorySource
 
 
 def store_url(settings: Settings) -> str:
@@ -52,6 +54,8 @@ class EventsSide:
     service: RulesService
     dispatcher: OutboxDispatcher
     webhooks: list[WebhookSink]
+    directory: DirectorySource | None = None
+    """Keeps the rules' directory in step with the registry (run it as a task)."""
 
 
 def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -> EventsSide:
@@ -74,19 +78,24 @@ def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -
     Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
     store = EventStore(store_url(settings))
     store.migrate()
-    directory = directory_from_sites([load_site_ref(ref) for ref in cfg.sites])
+    from hub.rules_directory import directory_source  # imports registry_import (uses us)
+
+    rules = load_rules(cfg.rules)
+    source = directory_source(settings, rules)  # the registry's sites, else the site files
+    directory = source.current
     manager = EventManager(store, workers=directory.workers(), sinks=[s.name for s in sinks])
     dispatcher = OutboxDispatcher(store, sinks, clock_ms=_now_ms)
     service = RulesService(
-        Engine(load_rules(cfg.rules), directory),
+        Engine(rules, directory),
         store,
         manager,
         topic_prefix=settings.mqtt.topic_prefix,
+        rule_paths=cfg.rules,
         snapshot_interval_s=cfg.snapshot_interval_s,
         on_events=dispatcher.wake,
     )
     service.restore()
-    return EventsSide(store, service, dispatcher, webhooks)
+    return EventsSide(store, service, dispatcher, webhooks, source)
 
 
 def _now_ms() -> int:

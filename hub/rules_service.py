@@ -1,11 +1,21 @@
 """Rules inside the running hub: readings in, events out, state snapshotted.
 
 Intake hands every decoded reading (and every rejection) to `observe`, which only
-queues it: the ingest path never waits for rules. `run` evaluates the queue on the
-event loop (pure CPU, microseconds per reading), persists detections through the
-event manager on a worker thread (SQL), wakes the outbox dispatcher, and snapshots the
+queues it: the ingest path never waits for rules reading by reading. The queue is
+bounded without losing anything: when it holds `max_queue` items, `observe` still
+queues the item in hand but tells the intake to stop reading from the broker (the
+`pause_intake` callback, counted in `queue_waits`) until `run` has drained it to half;
+unread messages wait at the broker, so memory stays bounded under overload. `run`
+evaluates the queue on the event loop in chunks (pure CPU, microseconds per reading;
+between chunks the intake gets the loop), persists detections through the event
+manager on a worker thread (SQL), wakes the outbox dispatcher, and snapshots the
 engine state after every change and every `snapshot_interval_s`, so a restart resumes
 open conditions instead of forgetting or repeating them.
+
+`reload_rules` (SIGHUP in `gridwatch run`; the hub API calls it too) re-reads the rule
+files and swaps the engine without a restart: conditions of unchanged rules carry on,
+those of changed or removed rules start afresh, and their open events return to normal
+(nothing would clear them otherwise).
 """
 
 from __future__ import annotations
@@ -13,22 +23,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore
 from ingest.decode import Rejected
+from rules.directory import Directory
 from rules.engine import Engine, EngineState, rejected_reading
+from rules.schema import RuleError, load_rules
 from sensors.base import Reading
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME: Final = "rules-engine"
 TICK_S: Final = 1.0
+MAX_QUEUE: Final = 20_000
+"""Readings queued for rules before the intake stops reading (a fraction of a second
+of rules work; the broker keeps the rest)."""
+CHUNK: Final = 2_000
+"""Readings evaluated per turn of `run` before the event loop goes to other tasks."""
 
 
 def as_reading(item: Reading | Rejected, prefix_parts: int) -> Reading | None:
@@ -42,6 +62,28 @@ def as_reading(item: Reading | Rejected, prefix_parts: int) -> Reading | None:
     return rejected_reading(parts[0], parts[1], parts[2], item.reason.value, item.received_ns)
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did (for the log line and the API's answer)."""
+
+    rules: int
+    """Rules now running."""
+    kept: int
+    """Condition slots carried over (their rules did not change)."""
+    dropped: int
+    """Slots of changed or removed rules, started afresh."""
+    returned: int
+    """Open events of those slots, returned to normal."""
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "rules": self.rules,
+            "kept": self.kept,
+            "dropped": self.dropped,
+            "returned": self.returned,
+        }
+
+
 class RulesService:
     def __init__(
         self,
@@ -50,11 +92,16 @@ class RulesService:
         manager: EventManager,
         *,
         topic_prefix: str,
+        rule_paths: Sequence[Path] = (),
         snapshot_interval_s: float = 10.0,
         on_events: Callable[[], None] = lambda: None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        max_queue: int = MAX_QUEUE,
+        pause_intake: Callable[[bool], None] = lambda _full: None,
     ) -> None:
         self.engine = engine
+        self.rule_paths = tuple(rule_paths)
+        """Where `reload_rules` reads rules from (empty: the built-in pack)."""
         self.store = store
         self.manager = manager
         self._prefix_parts = len(topic_prefix.strip("/").split("/"))
@@ -62,10 +109,24 @@ class RulesService:
         self._on_events = on_events
         self._clock_ms = clock_ms
         self._queue: deque[Reading | Rejected] = deque()
+        self.max_queue = max_queue
+        self.pause_intake = pause_intake
+        """Called with True when the queue is full (stop reading), False when it has
+        drained to half (read again). The hub wires it to `Intake.consumer_full`."""
+        self.queue_full = False
+        self.queue_waits = 0
+        """Times the queue filled and the intake was told to stop reading."""
         self._wake = asyncio.Event()
         self.state = EngineState()
         self.detections = 0
         self.evaluated = 0
+        self.reloads = 0
+        # Evaluation runs on the event loop, a reload may come from an API worker
+        # thread: the engine and its state change hands under this lock only.
+        self._lock = threading.Lock()
+        self._owed: list[Detection] = []
+        """Clears a reload owes, persisted with the next evaluation."""
+        self._dirty = False
 
     def restore(self) -> None:
         """Load the last snapshot (a corrupt or foreign one is logged and ignored)."""
@@ -80,35 +141,115 @@ class RulesService:
         log.info("rules: resumed %d condition slots from the snapshot", len(self.state.slots))
 
     def observe(self, item: Reading | Rejected) -> None:
+        """Queue an item; never drops one. A full queue pauses the intake instead (what
+        is already on its way in is still queued: the bound is `max_queue` plus what
+        the MQTT client had read, itself capped by the broker's Receive Maximum)."""
         self._queue.append(item)
         self._wake.set()
+        if len(self._queue) >= self.max_queue and not self.queue_full:
+            self.queue_full = True
+            self.queue_waits += 1
+            log.warning("rules queue full (%d readings): intake paused", len(self._queue))
+            self.pause_intake(True)
 
-    def _evaluate_queued(self, now_ms: int) -> list[Detection]:
-        out = self.engine.tick(self.state, now_ms)
-        queue = self._queue
-        while queue:
-            reading = as_reading(queue.popleft(), self._prefix_parts)
-            if reading is not None:
-                out += self.engine.evaluate(reading, self.state, now_ms)
-                self.evaluated += 1
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def status(self) -> dict[str, int | bool]:
+        """For `gridwatch status` and `hub_stats`."""
+        return {
+            "rules_queued": len(self._queue),
+            "rules_queue_max": self.max_queue,
+            "rules_queue_full": self.queue_full,
+            "rules_queue_waits": self.queue_waits,
+            "rules_evaluated": self.evaluated,
+            "rules_detections": self.detections,
+        }
+
+    def _resume_if_drained(self) -> None:
+        if self.queue_full and len(self._queue) <= self.max_queue // 2:
+            self.queue_full = False
+            self.pause_intake(False)
+
+    def reload_rules(self) -> ReloadResult:
+        """Re-read `rule_paths` and run the new rules from now on, keeping the state of
+        unchanged rules. Raises `RuleError` (naming file and line) when a file is
+        invalid or unreadable; the running rules then stay as they were."""
+        rules = load_rules(self.rule_paths)
+        with self._lock:
+            new = Engine(rules, self.engine.directory)
+            before = len(self.state.slots)
+            owed = new.retire(self.state, self.engine, self._clock_ms())
+            kept = len(self.state.slots)
+            self.engine = new
+            self._owed += owed
+            self._dirty = True  # snapshot the pruned state soon
+            self.reloads += 1
+        result = ReloadResult(len(rules), kept, before - kept, len(owed))
+        log.info(
+            "rules reloaded: %d rules, %d condition slots kept, %d dropped, %d events returned",
+            result.rules,
+            result.kept,
+            result.dropped,
+            result.returned,
+        )
+        return result
+
+    def set_directory(self, directory: Directory) -> None:
+        """What rules know about devices changed (the registry): the same rules over the
+        new directory. Condition state carries on as it is (no rule changed), and the
+        event manager assigns to the cells' new grid workers."""
+        with self._lock:
+            self.engine = Engine([c.rule for c in self.engine.rules], directory)
+        self.manager.workers = directory.workers()
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP: reload, and on a bad file say why and keep running the old rules."""
+        try:
+            self.reload_rules()
+        except RuleError as exc:
+            log.error("rules not reloaded, the running rules stay: %s", exc)
+
+    def _evaluate_queued(self, now_ms: int, limit: int | None = None) -> list[Detection]:
+        """Evaluate up to `limit` queued items (all when None), in arrival order."""
+        with self._lock:
+            out, self._owed = self._owed, []
+            out += self.engine.tick(self.state, now_ms)
+            queue = self._queue
+            n = len(queue) if limit is None else min(limit, len(queue))
+            for _ in range(n):
+                reading = as_reading(queue.popleft(), self._prefix_parts)
+                if reading is not None:
+                    out += self.engine.evaluate(reading, self.state, now_ms)
+                    self.evaluated += 1
+        self._resume_if_drained()
         return out
+
+    def _snapshot_json(self) -> bytes:
+        with self._lock:
+            self._dirty = False
+            return self.state.to_json()
 
     def _persist(self, detections: list[Detection], now_ms: int, snapshot: bool) -> None:
         for detection in detections:
             self.manager.handle(detection, now_ms)
         self.manager.tick(now_ms)
         if snapshot:
-            self.store.put_snapshot(SNAPSHOT_NAME, self.state.to_json(), now_ms)
+            self.store.put_snapshot(SNAPSHOT_NAME, self._snapshot_json(), now_ms)
 
     async def run(self) -> None:
         last_snapshot = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            if not self._queue:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+            else:
+                await asyncio.sleep(0)  # the intake's turn between chunks
             self._wake.clear()
             now_ms = self._clock_ms()
-            detections = self._evaluate_queued(now_ms)
-            due = time.monotonic() - last_snapshot >= self._snapshot_interval_s
+            detections = self._evaluate_queued(now_ms, CHUNK)
+            due = time.monotonic() - last_snapshot >= self._snapshot_interval_s or self._dirty
             snapshot = bool(detections) or due
             if detections or due:
                 await asyncio.to_thread(self._persist, detections, now_ms, snapshot)

@@ -18,6 +18,7 @@ import signal
 import ssl
 import time
 
+from hub.anomaly_service import build_anomaly, fan_out
 from hub.events_wiring import build_events
 from hub.settings import Settings
 from hub.status import write_status
@@ -138,6 +139,9 @@ class Hub:
             keep=settings.deadletters.keep,
         )
         key = credential_key(settings)
+        from hub.registry_import import registry_gate  # registry code only when enforcing
+
+        self.registry_gate = registry_gate(settings)  # None unless registry.enforce
         self.decoder = Decoder(
             KINDS,
             DecodeContext(hash_identifier=lambda value: keyed_hash(key, value)),
@@ -145,6 +149,7 @@ class Hub:
             limits=DecodeLimits(
                 settings.hub.max_payload_bytes, settings.hub.max_future_s, settings.hub.max_age_s
             ),
+            allow_device=self.registry_gate.allowlist if self.registry_gate else None,
         )
         self.sink = build_writer(settings)
         mqtt = settings.mqtt
@@ -175,6 +180,14 @@ class Hub:
         self.events = (
             build_events(settings, self.client, self.sink) if settings.events.enabled else None
         )
+        self.anomaly = (
+            build_anomaly(settings, self.events.service.manager, self.events.dispatcher.wake)
+            if self.events is not None
+            else None
+        )
+        from hub.cli_api import embedded_api  # the API's modules only when it is served
+
+        self.api = embedded_api(settings, self.events)
         self.intake = Intake(
             self.decoder,
             self.spool,
@@ -186,7 +199,10 @@ class Hub:
             batch_max=settings.spool.fsync_batch,
             linger_s=settings.spool.fsync_linger_ms / 1000,
             high_water=max(settings.mqtt.receive_maximum * 2, settings.spool.fsync_batch * 4),
-            observe=self.events.service.observe if self.events is not None else None,
+            observe=fan_out(
+                self.events.service.observe if self.events is not None else None,
+                self.anomaly.observe if self.anomaly is not None else None,
+            ),
         )
         self.writer = SpoolWriter(
             self.spool,
@@ -198,6 +214,8 @@ class Hub:
             retry_max_s=settings.influx.retry_max_s,
             on_commit=self.intake.space_freed,
         )
+        if self.events is not None:  # a full rules queue stops reading, never drops
+            self.events.service.pause_intake = self.intake.consumer_full
         self._own_status_topic = hub_status_topic(settings)
         self._hub_topics = f"{settings.mqtt.topic_prefix.strip('/')}/_hub/"
         self._prefix_depth = len(settings.mqtt.topic_prefix.strip("/").split("/"))
@@ -235,15 +253,31 @@ class Hub:
                     tasks.create_task(self._stats_loop(), name="stats"),
                     tasks.create_task(self._status_loop(), name="status"),
                 ]
+                if self.registry_gate is not None:
+                    gate = self.registry_gate.run(self.decoder)
+                    runners.append(tasks.create_task(gate, name="registry-allowlist"))
                 if self.events is not None:
                     runners.append(tasks.create_task(self.events.service.run(), name="rules"))
+                    if self.events.directory is not None:  # the registry's devices, kept fresh
+                        refresh = self.events.directory.run(
+                            self.events.service, self.settings.registry.refresh_s
+                        )
+                        runners.append(tasks.create_task(refresh, name="rules-directory"))
                     runners.append(
                         tasks.create_task(self.events.dispatcher.run(), name="event-sinks")
                     )
+                if self.anomaly is not None:
+                    runners.append(tasks.create_task(self.anomaly.run(), name="anomaly"))
+                if self.api is not None:
+                    tasks.create_task(self.api.run(), name="api")
                 await stop.wait()
+                if self.api is not None:
+                    await self.api.stop()  # finish requests in flight; no new actions
                 log.info("stopping: persisting what was received, then disconnecting")
                 await self._graceful_stop(runners)
         finally:
+            if self.api is not None:
+                self.api.close()
             if self.events is not None:
                 for webhook in self.events.webhooks:
                     await webhook.aclose()
@@ -266,6 +300,8 @@ class Hub:
             # Decide on what was received, then hand events to the sinks while the
             # broker connection is still up (what is left stays in the outbox).
             await self.events.service.flush()
+            if self.anomaly is not None:
+                await self.anomaly.flush()
             await self.events.dispatcher.drain(5.0)
         mqtt_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -293,9 +329,10 @@ class Hub:
         while True:
             await asyncio.sleep(self.settings.hub.stats_interval_s)
             self._refresh_gauges()
-            self.intake.add_point(
-                encode_point(HUB_STATS, hub_tags, self.stats.fields(), time.time_ns())
-            )
+            fields = self.stats.fields()
+            if self.events is not None:
+                fields.update(self.events.service.status())
+            self.intake.add_point(encode_point(HUB_STATS, hub_tags, fields, time.time_ns()))
 
     async def _status_loop(self) -> None:
         while True:
@@ -321,16 +358,22 @@ class Hub:
             subscription=subscription_filter(self.settings),
             influx=f"{self.settings.influx.api} {self.settings.influx.url}",
         )
+        if self.events is not None:
+            snapshot.update(self.events.service.status())
+        if self.anomaly is not None:
+            snapshot["anomaly"] = self.anomaly.status()
         write_status(self.settings.hub.data_dir, snapshot)
 
 
 async def run_hub(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM, then stop gracefully."""
+    """Run until SIGINT/SIGTERM, then stop gracefully; SIGHUP reloads the rule files."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     hub = Hub(settings)
+    if hub.events is not None:
+        loop.add_signal_handler(signal.SIGHUP, hub.events.service.reload_on_signal)
     # Readings are acyclic and freed by refcount; frequent gen-0 collections at tens of
     # thousands of messages a second are wasted work. Start-up objects never die: freeze them.
     gc.freeze()

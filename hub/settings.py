@@ -192,6 +192,75 @@ class EventsSettings(_Section):
     snapshot_interval_s: Positive = 10.0
 
 
+class ApiSettings(_Section):
+    """The HTTP API (`gridwatch serve`, and alongside `gridwatch run`)."""
+
+    enabled: bool = True
+    """Serve the API inside `gridwatch run`."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=18080, ge=1, le=65535)
+    jwt_secret: SecretStr | None = None
+    """Signs bearer tokens; generated into data_dir when unset. Set it explicitly when
+    several API processes must accept each other's tokens."""
+    token_lifetime_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    bootstrap_admin: str | None = None
+    """Username of an admin created on start when no user exists yet; its password is
+    generated and printed once on stderr (or use `gridwatch users add`)."""
+    login_attempts: int = Field(default=5, ge=1)
+    """Failed logins per username and client within login_window_s before 429."""
+    login_window_s: Positive = 60.0
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt(cls, value: SecretStr | None) -> SecretStr | None:
+        value = _refuse_placeholder(value, "api.jwt_secret")
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("api.jwt_secret needs at least 32 characters")
+        return value
+
+
+class RegistrySettings(_Section):
+    """The device registry (in the event store's database) and broker credentials."""
+
+    enforce: bool = False
+    """Refuse messages of devices the registry does not list as active (reason
+    `unknown_device`: counted, dead-lettered, and an `unregistered_device` event)."""
+    refresh_s: Positive = 10.0
+    """How often the hub re-reads the registry's active devices when `enforce` is on."""
+    dynsec: bool = False
+    """Manage MQTT logins through Mosquitto's dynamic-security plugin."""
+    dynsec_username: str = "gridwatch-admin"
+    """The plugin's admin login (created by `mosquitto_ctrl dynsec init`)."""
+    dynsec_password: SecretStr | None = None
+    dynsec_timeout_s: Positive = 5.0
+
+    @field_validator("dynsec_password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        return _refuse_placeholder(value, "registry.dynsec_password")
+
+
+class AnomalySettings(_Section):
+    """Online anomaly scoring in the hub, with the model `gridwatch anomaly train` saves."""
+
+    enabled: bool = True
+    """Score readings when a model exists in model_dir (none: scoring stays off, logged)."""
+    model_dir: Path | None = None
+    """Where models are saved and loaded; default <hub.data_dir>/anomaly."""
+    queue_max: int = Field(default=50_000, ge=100)
+    """Readings waiting for the scorer; beyond this they are dropped and counted."""
+    batch_interval_s: Positive = 0.5
+    """How often queued readings are scored (as one batch, on a worker thread)."""
+    repeat_after_s: Positive = 600.0
+    """While a device stays anomalous, its open event is bumped at most this often."""
+    clear_after_s: Positive = 900.0
+    """A device's anomaly clears after this long without a flagged reading."""
+    detector: Literal["median_mad", "isolation_forest", "pca", "lof"] = "median_mad"
+    """Detector `gridwatch anomaly train` fits per kind (and per device with history)."""
+    false_alarms_per_device_day: Positive = 0.5
+    """Training target: flagged readings per device and day on held-out normal history."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -203,6 +272,9 @@ class Settings(BaseSettings):
     deadletters: DeadLetterSettings = DeadLetterSettings()
     hub: HubSettings = HubSettings()
     events: EventsSettings = EventsSettings()
+    api: ApiSettings = ApiSettings()
+    registry: RegistrySettings = RegistrySettings()
+    anomaly: AnomalySettings = AnomalySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -570,6 +570,8 @@ class LocalStack:
         self.ports = {"mosquitto": mqtt_port, "influxdb": influx_port}
         self.state_file = self.root / "stack.json"
         self._children: dict[str, ManagedProcess] = {}
+        self.mosquitto_extra_conf = ""
+        """Appended to the broker config when `up` starts it (`hub.stack_dynsec`)."""
 
     def up(self) -> dict[str, str]:
         """Start what is not running yet; a taken port fails before anything starts."""
@@ -632,7 +634,7 @@ class LocalStack:
         """Start one service in its own subdirectory of root."""
         workdir = self.root / name
         if name == "mosquitto":
-            return start_mosquitto(workdir, self.ports[name])
+            return start_mosquitto(workdir, self.ports[name], extra_conf=self.mosquitto_extra_conf)
         return start_influxdb(workdir, self.ports[name])
 
     def _load(self) -> dict[str, ManagedProcess]:

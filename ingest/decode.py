@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -21,8 +21,10 @@ from sensors.base import (
     STATUS,
     DecodeContext,
     Envelope,
+    Point,
     Reading,
     SensorKind,
+    new_reading,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class RejectReason(StrEnum):
     IDENTITY_MISMATCH = "identity_mismatch"
     TIMESTAMP_FUTURE = "timestamp_future"
     TIMESTAMP_PAST = "timestamp_past"
+    UNKNOWN_DEVICE = "unknown_device"
+    """Not in the registry, or retired (only with an `allow_device` hook)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +72,17 @@ class DecodeLimits:
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    """What a valid topic says: who sent it, of which kind, on which channel."""
+    """What a valid topic says: who sent it, of which kind, on which channel; with the
+    kind's validator and mapping at hand (this is looked up for every message)."""
 
     site: str
     kind_name: str
     device: str
     channel: str
     kind: SensorKind
+    validate: Callable[[bytes], Envelope] | None
+    """The channel model's validator (pydantic-core, no Python frame); None for status."""
+    to_point: Callable[[str, Envelope, DecodeContext], Point]
 
 
 class Decoder:
@@ -87,66 +95,97 @@ class Decoder:
         *,
         topic_prefix: str = "gw/v1",
         limits: DecodeLimits | None = None,
+        allow_device: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self._kinds = kinds
         self._context = context
         self._prefix_parts = tuple(topic_prefix.strip("/").split("/"))
-        self._limits = limits or DecodeLimits()
+        self._limits = limits = limits or DecodeLimits()
+        self._max_payload = limits.max_payload_bytes
+        self._max_future_ns = int(limits.max_future_s * _NS_PER_S)
+        self._max_age_ns = int(limits.max_age_s * _NS_PER_S)
         self._routes: dict[str, _Route] = {}
+        # (site, kind, device) -> registered and active? Asked only when a topic's route
+        # is built (cold path): cached routes skip it, so call `forget_routes` on change.
+        self._allow_device = allow_device
+
+    def forget_routes(self) -> None:
+        """Drop cached topic routes, e.g. after a device was retired (re-checks it)."""
+        self._routes.clear()
 
     def decode(self, topic: str, payload: bytes, received_ns: int) -> Reading | Rejected:
-        """Validate one message; the received time stands in for a missing device time."""
+        """Validate one message; the received time stands in for a missing device time.
 
-        def reject(reason: RejectReason, detail: str) -> Rejected:
-            return Rejected(reason, detail, topic, payload, received_ns)
-
-        if len(payload) > self._limits.max_payload_bytes:
-            return reject(
+        The hot path of the hub (every message, on the event loop): checks that need no
+        Python (size, cached route, the validator in pydantic-core) come first, and the
+        usual case costs no extra calls. Per-topic checks (the device allowlist) run when
+        a route is built, so a cached route has passed them all.
+        """
+        if len(payload) > self._max_payload:
+            return Rejected(
                 RejectReason.OVERSIZE,
-                f"{len(payload)} bytes > limit {self._limits.max_payload_bytes}",
+                f"{len(payload)} bytes > limit {self._max_payload}",
+                topic,
+                payload,
+                received_ns,
             )
-        route = self._route(topic)
-        if not isinstance(route, _Route):
-            return reject(*route)
-        site, kind_name, device, channel, kind = (
+        route = self._routes.get(topic)
+        if route is None:
+            found = self._route(topic)
+            if not isinstance(found, _Route):
+                return Rejected(found[0], found[1], topic, payload, received_ns)
+            route = found
+        validate = route.validate
+        if validate is None:
+            return self._decode_status(
+                topic, payload, received_ns, route.site, route.kind_name, route.device
+            )
+        try:
+            message = validate(payload)
+        except ValidationError as exc:
+            reason, detail = _explain(exc)
+            return Rejected(reason, detail, topic, payload, received_ns)
+        # The model's own dict: the fields every Envelope has, without attribute lookups.
+        carried = message.__dict__
+        if not (carried["site"] is carried["kind"] is carried["device"] is None):
+            mismatch = _identity_mismatch(message, route.site, route.kind_name, route.device)
+            if mismatch:
+                return Rejected(
+                    RejectReason.IDENTITY_MISMATCH, mismatch, topic, payload, received_ns
+                )
+        raw_ts = carried["ts"]
+        try:
+            if raw_ts is None:
+                ts_ns = received_ns
+            else:
+                ts_ns = _rfc3339_ns(raw_ts) if isinstance(raw_ts, str) else raw_ts * _NS_PER_MS
+                if not received_ns - self._max_age_ns <= ts_ns <= received_ns + self._max_future_ns:
+                    raise self._implausible(ts_ns, received_ns)
+            point = route.to_point(route.channel, message, self._context)
+        except _Refused as refused:
+            return Rejected(refused.reason, refused.detail, topic, payload, received_ns)
+        except (ValueError, TypeError) as exc:
+            # A kind's mapping refused a field combination (or has a bug): count, keep, go on.
+            log.error("mapping %s/%s failed: %s", route.kind_name, route.channel, exc)
+            return Rejected(
+                RejectReason.INVALID_PAYLOAD,
+                f"mapping failed: {exc}"[:300],
+                topic,
+                payload,
+                received_ns,
+            )
+        return new_reading(
+            route.kind.measurement,
             route.site,
             route.kind_name,
             route.device,
             route.channel,
-            route.kind,
-        )
-        if channel == STATUS:
-            return self._decode_status(topic, payload, received_ns, site, kind_name, device)
-        model = kind.channels[channel]
-        try:
-            # The validator itself: model_validate_json adds a Python frame per message.
-            message: Envelope = model.__pydantic_validator__.validate_json(payload)
-        except ValidationError as exc:
-            return reject(*_explain(exc))
-        mismatch = _identity_mismatch(message, site, kind_name, device)
-        if mismatch:
-            return reject(RejectReason.IDENTITY_MISMATCH, mismatch)
-        try:
-            ts_ns, from_device = self._timestamp(message, received_ns)
-            point = kind.to_point(channel, message, self._context)
-        except _Refused as refused:
-            return reject(refused.reason, refused.detail)
-        except (ValueError, TypeError) as exc:
-            # A kind's mapping refused a field combination (or has a bug): count, keep, go on.
-            log.error("mapping %s/%s failed: %s", kind_name, channel, exc)
-            return reject(RejectReason.INVALID_PAYLOAD, f"mapping failed: {exc}"[:300])
-        return Reading(
-            measurement=kind.measurement,
-            site=site,
-            kind=kind_name,
-            device=device,
-            channel=channel,
-            cell=message.cell,
-            ts_ns=ts_ns,
-            ts_from_device=from_device,
-            seq=message.seq,
-            tags=point.tags or {},
-            fields=point.fields,
+            carried["cell"],
+            ts_ns,
+            raw_ts is not None,
+            carried["seq"],
+            point.tags or {},
+            point.fields,
         )
 
     def _route(self, topic: str) -> _Route | tuple[RejectReason, str]:
@@ -173,9 +212,20 @@ class Decoder:
                 RejectReason.UNKNOWN_CHANNEL,
                 f"kind {kind_name!r} has channels {sorted([*kind.channels, STATUS])}",
             )
+        if self._allow_device is not None and not self._allow_device(site, kind_name, device):
+            return (
+                RejectReason.UNKNOWN_DEVICE,
+                f"{kind_name} {device!r} of site {site!r} is not registered (or retired)",
+            )
         if len(self._routes) >= _MAX_CACHED_ROUTES:
             self._routes.clear()  # bounded: a flood of made-up topics cannot grow memory
-        route = self._routes[topic] = _Route(site, kind_name, device, channel, kind)
+        validate = None
+        if channel != STATUS:
+            # The validator itself: model_validate_json adds a Python frame per message.
+            validate = kind.channels[channel].__pydantic_validator__.validate_json
+        route = self._routes[topic] = _Route(
+            site, kind_name, device, channel, kind, validate, kind.to_point
+        )
         return route
 
     def _timestamp(self, message: Envelope, received_ns: int) -> tuple[int, bool]:
@@ -184,17 +234,20 @@ class Decoder:
         if raw is None:
             return received_ns, False
         ts_ns = _rfc3339_ns(raw) if isinstance(raw, str) else raw * _NS_PER_MS
-        if ts_ns > received_ns + int(self._limits.max_future_s * _NS_PER_S):
+        if not received_ns - self._max_age_ns <= ts_ns <= received_ns + self._max_future_ns:
+            raise self._implausible(ts_ns, received_ns)
+        return ts_ns, True
+
+    @staticmethod
+    def _implausible(ts_ns: int, received_ns: int) -> _Refused:
+        """The refusal for a device time too far ahead of or behind the hub clock."""
+        if ts_ns > received_ns:
             ahead = (ts_ns - received_ns) / _NS_PER_S
-            raise _Refused(
+            return _Refused(
                 RejectReason.TIMESTAMP_FUTURE, f"ts is {ahead:.0f} s ahead of the hub clock"
             )
-        if ts_ns < received_ns - int(self._limits.max_age_s * _NS_PER_S):
-            behind = (received_ns - ts_ns) / _NS_PER_S
-            raise _Refused(
-                RejectReason.TIMESTAMP_PAST, f"ts is {behind:.0f} s behind the hub clock"
-            )
-        return ts_ns, True
+        behind = (received_ns - ts_ns) / _NS_PER_S
+        return _Refused(RejectReason.TIMESTAMP_PAST, f"ts is {behind:.0f} s behind the hub clock")
 
     def _decode_status(
         self, topic: str, payload: bytes, received_ns: int, site: str, kind: str, device: str

@@ -73,6 +73,7 @@ class Intake:
         self._space = asyncio.Event()
         self._waiting_messages = 0
         self._reading_paused = False
+        self._consumer_full = False
         self._stopping = False
         self._encoder = LineEncoder()
         self._observe = observe
@@ -83,16 +84,18 @@ class Intake:
         self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
     ) -> None:
         now_ns = time.time_ns()
-        if not self._stats.received:
-            self._stats.first_received_ns = now_ns
-        self._stats.received += 1
+        stats = self._stats
+        if not stats.received:
+            stats.first_received_ns = now_ns
+            stats.first_received_cpu_s = time.process_time()
+        stats.received += 1
         generation = self._generation()
         batch = self._batch
         if batch.size and batch.generation != generation:
             self._seal()
             batch = self._batch
-        batch.generation = generation
         if not batch.size:
+            batch.generation = generation
             batch.first_ns = now_ns
             self._wake.set()  # start the linger clock
         batch.size += 1
@@ -101,7 +104,7 @@ class Intake:
             self._observe(result)
         if isinstance(result, Rejected):
             batch.rejects.append(result)
-            self._stats.rejected[result.reason.value] += 1
+            stats.rejected[result.reason.value] += 1
         else:
             try:
                 batch.lines.append(self._encoder.encode(result))
@@ -109,7 +112,7 @@ class Intake:
                 batch.rejects.append(
                     Rejected(RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns)
                 )
-                self._stats.rejected[RejectReason.INVALID_PAYLOAD.value] += 1
+                stats.rejected[RejectReason.INVALID_PAYLOAD.value] += 1
         if qos:
             batch.packet_ids.append(packet_id)
         self._waiting_messages += 1
@@ -128,6 +131,15 @@ class Intake:
         self._batch.size += 1
         self._batch.lines.append(line)
         self._waiting_messages += 1
+
+    def consumer_full(self, full: bool) -> None:
+        """A consumer of `observe` (the rules queue) is full: stop reading, as for the
+        high-water mark, until it says it has room again; nothing is dropped."""
+        self._consumer_full = full
+        if full:
+            self._set_reading(False)
+        elif not self._reading_paused and not self._stopping:
+            self._set_reading(True)
 
     def space_freed(self) -> None:
         """The writer committed: a full spool may have room again."""
@@ -170,7 +182,8 @@ class Intake:
         self._waiting_messages -= batch.size
         if self._reading_paused and self._waiting_messages < self._high_water // 2:
             self._reading_paused = False
-            self._set_reading(True)
+            if not self._consumer_full:
+                self._set_reading(True)
 
     def _write_durably(self, batch: _Batch) -> None:
         """Worker thread: append + fsync spool and dead letters; no event-loop state here."""
@@ -196,7 +209,7 @@ class Intake:
     async def _next_batch(self) -> _Batch | None:
         while not self._stopping:
             if self._sealed:
-                return self._sealed.pop(0)
+                return self._take_sealed()
             batch = self._batch
             if batch.size:
                 age_s = (time.time_ns() - batch.first_ns) / 1e9
@@ -210,6 +223,20 @@ class Intake:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
         return None
+
+    def _take_sealed(self) -> _Batch:
+        """The sealed batches of one connection generation, as one batch: one fsync and
+        one PUBACK write for all. Batches are sealed faster than a persist returns (the
+        worker thread waits for the GIL while messages are decoded); one persist each
+        would fall behind until the high-water mark pauses reading."""
+        batch = self._sealed.pop(0)
+        while self._sealed and self._sealed[0].generation == batch.generation:
+            more = self._sealed.pop(0)
+            batch.lines += more.lines
+            batch.rejects += more.rejects
+            batch.packet_ids += more.packet_ids
+            batch.size += more.size
+        return batch
 
     def _seal(self) -> None:
         self._sealed.append(self._batch)

@@ -114,6 +114,8 @@ class LineEncoder:
                 parts.append(f"{escaped}={'true' if value else 'false'}")
             elif kind is int:
                 parts.append(f"{escaped}={value}i")
+            elif isinstance(value, str):
+                parts.append(f'{escaped}="{value.translate(_STRING_ESCAPES)}"')
             else:
                 parts.append(f"{escaped}={_field(value)}")
         if reading.seq is not None and "seq" not in reading.fields:

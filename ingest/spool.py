@@ -55,8 +55,13 @@ class SpoolBatch:
 
 def encode_frame(lines: Sequence[bytes], spooled_at_ms: int) -> bytes:
     payload = b"".join(lines)
-    body = struct.pack("<IQ", len(lines), spooled_at_ms) + payload
-    return _HEADER.pack(len(payload), zlib.crc32(body), len(lines), spooled_at_ms) + payload
+    crc = _frame_crc(len(lines), spooled_at_ms, payload)
+    return _HEADER.pack(len(payload), crc, len(lines), spooled_at_ms) + payload
+
+
+def _frame_crc(lines: int, spooled_at_ms: int, payload: bytes | memoryview) -> int:
+    """CRC-32 of line count, spool time and payload, without copying the payload."""
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", lines, spooled_at_ms)))
 
 
 class Spool:
@@ -72,6 +77,7 @@ class Spool:
         self._sizes: dict[int, int] = {}  # synced size per live segment
         self._cursor = Cursor(0, 0)
         self._pending_lines = 0
+        self._synced_lines = 0
         self._unsynced_lines = 0
         self._unsynced_bytes = 0
         self._read_fds: dict[int, int] = {}
@@ -142,6 +148,7 @@ class Spool:
         with self._lock:
             self._sizes[self._write_segment] = self._write_offset
             self._pending_lines += self._unsynced_lines
+            self._synced_lines += self._unsynced_lines
         self._unsynced_lines = 0
         self._unsynced_bytes = 0
 
@@ -169,12 +176,18 @@ class Spool:
         return self._pending_lines
 
     @property
+    def synced_lines(self) -> int:
+        """Lines made durable since `open`: grows with the input, never with commits."""
+        return self._synced_lines
+
+    @property
     def full(self) -> bool:
         return self.pending_bytes + self._unsynced_bytes >= self.max_bytes
 
-    def read(self, max_lines: int) -> SpoolBatch | None:
-        """Frames from the cursor up to about max_lines (at least one frame)."""
-        seg, offset = self._cursor.segment, self._cursor.offset
+    def read(self, max_lines: int, start: Cursor | None = None) -> SpoolBatch | None:
+        """Frames from the cursor (or from `start`, the end of a batch read before) up to
+        about max_lines (at least one frame)."""
+        seg, offset = (start or self._cursor).segment, (start or self._cursor).offset
         chunks: list[bytes] = []
         lines = 0
         oldest = 0
@@ -202,9 +215,22 @@ class Spool:
         return SpoolBatch(b"".join(chunks), lines, Cursor(seg, offset), oldest)
 
     def oldest_pending_ms(self) -> int | None:
-        """Spool time of the first unstored frame, for the `lag` statistic."""
-        batch = self.read(1)
-        return batch.oldest_spooled_ms if batch else None
+        """Spool time of the first unstored frame, for the `lag` statistic (its header
+        only: the status loop asks every second, and a frame can hold megabytes)."""
+        seg, offset = self._cursor.segment, self._cursor.offset
+        while True:
+            with self._lock:
+                size = self._sizes.get(seg)
+                last = max(self._sizes)
+            if size is None:
+                return None
+            if offset < size:
+                header = os.pread(self._read_fd(seg), _HEADER.size, offset)
+                spooled_ms: int = _HEADER.unpack(header)[3]
+                return spooled_ms
+            if seg >= last:
+                return None
+            seg, offset = seg + 1, 0
 
     def commit(self, end: Cursor, lines: int) -> None:
         """Everything before `end` is stored: move the cursor, drop finished segments."""
@@ -259,8 +285,8 @@ class Spool:
         while offset + _HEADER.size <= len(data):
             length, crc, count, spooled_ms = _HEADER.unpack_from(data, offset)
             end = offset + _HEADER.size + length
-            body = struct.pack("<IQ", count, spooled_ms) + data[offset + _HEADER.size : end]
-            if end > len(data) or zlib.crc32(body) != crc:
+            body = memoryview(data)[offset + _HEADER.size : end]
+            if end > len(data) or _frame_crc(count, spooled_ms, body) != crc:
                 break
             lines += count
             offset = end

@@ -1,8 +1,9 @@
 """Spool → InfluxDB: batches by size and linger, sorted failures, cursor after success.
 
-One write in flight at a time, always from the spool cursor: a failed write is simply
-read and sent again after a backoff, and a crash re-sends at most the last batch
-(InfluxDB folds identical points). When InfluxDB refuses a batch as data, the batch is
+Always from the spool cursor: a failed write is simply read and sent again after a
+backoff. One batch is in flight, or two when a backlog holds two full batches (they are
+committed together, in order); a crash re-sends at most those (InfluxDB folds
+identical points). When InfluxDB refuses a batch as data, the batch is
 split in halves until the refused lines are isolated; those go to dead letters and the
 rest is stored.
 """
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.influx import Failure, InfluxWriter, WriteError
-from ingest.spool import Spool
+from ingest.spool import Spool, SpoolBatch
 from ingest.stats import IngestStats
 
 log = logging.getLogger(__name__)
@@ -53,20 +54,24 @@ class SpoolWriter:
 
     async def run(self) -> None:
         """Write when a batch is full, when the linger has passed, or as soon as the input
-        goes quiet (no new lines for `idle_s`): bursts are batched, their tails not delayed."""
+        goes quiet (no new lines for `idle_s`): bursts are batched, their tails not delayed.
+
+        Quiet means no newly synced lines, not an unchanged backlog: once a burst is over,
+        the rest of it goes out batch after batch, with no idle wait before each one."""
         waiting_since = grew_at = 0.0
-        seen = 0
+        seen_synced = -1
         while True:
             pending = self._spool.pending_lines
             now = time.monotonic()
+            synced = self._spool.synced_lines
+            if synced != seen_synced:
+                seen_synced, grew_at = synced, now
             if pending == 0:
-                seen = 0
+                waiting_since = 0.0
                 await asyncio.sleep(self._poll_s)
                 continue
-            if seen == 0:
-                waiting_since = grew_at = now
-            if pending != seen:
-                seen, grew_at = pending, now
+            if not waiting_since:
+                waiting_since = now
             ready = (
                 pending >= self._batch_size
                 or now - waiting_since >= self._flush_interval_s
@@ -75,30 +80,38 @@ class SpoolWriter:
             if not ready:
                 await asyncio.sleep(self._poll_s)
                 continue
-            if not await self.write_once():
+            backlog = pending >= 2 * self._batch_size
+            if not await (self._write_two() if backlog else self.write_once()):
                 await asyncio.sleep(self._poll_s)  # counted lines but nothing readable: no spin
-            seen = 0
+            waiting_since = 0.0  # the linger starts again for what is left
 
     async def write_once(self) -> bool:
         """Send the next batch from the cursor until it is stored or dead-lettered."""
         batch = self._spool.read(self._batch_size)
         if batch is None:
             return False
-        delay = self._retry_min_s
-        while True:
-            # Refused lines are dead-lettered only once the whole batch got through: a
-            # retryable failure later in the bisection re-sends the batch from the start,
-            # and must not dead-letter (and count) the same lines again.
-            refused_lines: list[tuple[bytes, WriteError]] = []
-            try:
-                await self._deliver(batch.payload, refused_lines)
-                break
-            except WriteError as exc:
-                self._stats.write_failures[exc.failure.value] += 1
-                self._report_failure(exc)
-                wait = exc.retry_after_s or random.uniform(self._retry_min_s, delay)
-                delay = min(delay * 2, self._retry_max_s)
-                await asyncio.sleep(wait)
+        await self._store([batch])
+        return True
+
+    async def _write_two(self) -> bool:
+        """Two batches in flight, for a backlog: InfluxDB parses each request on one core,
+        so the second one uses the other core once the hub has stopped receiving. Both are
+        committed together, in order, once both are stored: the cursor still moves only
+        over stored lines, and a crash re-sends at most these two batches (folded)."""
+        first = self._spool.read(self._batch_size)
+        if first is None:
+            return False
+        second = self._spool.read(self._batch_size, start=first.end)
+        await self._store([first] if second is None else [first, second])
+        return True
+
+    async def _store(self, batches: list[SpoolBatch]) -> None:
+        """Deliver consecutive batches concurrently, then dead-letter and commit them."""
+        outcomes = await asyncio.gather(*(self._deliver_until_done(b.payload) for b in batches))
+        # Refused lines are dead-lettered only once every batch got through: a retryable
+        # failure later in a bisection re-sends that batch from the start, and must not
+        # dead-letter (and count) the same lines again.
+        refused_lines = [refusal for refusals in outcomes for refusal in refusals]
         if self._failing_since is not None:
             log.warning(
                 "InfluxDB writes recovered after %.0f s", time.monotonic() - self._failing_since
@@ -108,13 +121,28 @@ class SpoolWriter:
             await asyncio.to_thread(self._dead_letter, refused_lines)
             # Counted here, on the event loop: the intake updates the same counter.
             self._stats.dead_lettered += len(refused_lines)
-        refused = len(refused_lines)
-        self._spool.commit(batch.end, batch.lines)
-        self._stats.stored += batch.lines - refused
+        lines = sum(batch.lines for batch in batches)
+        self._spool.commit(batches[-1].end, lines)
+        self._stats.stored += lines - len(refused_lines)
         self._stats.last_stored_ns = time.time_ns()
-        self._record_latency(batch.payload)
+        for batch in batches:
+            self._record_latency(batch.payload)
         self._on_commit()
-        return True
+
+    async def _deliver_until_done(self, payload: bytes) -> list[tuple[bytes, WriteError]]:
+        """Write one batch, backing off on retryable failures; return its refused lines."""
+        delay = self._retry_min_s
+        while True:
+            refused_lines: list[tuple[bytes, WriteError]] = []
+            try:
+                await self._deliver(payload, refused_lines)
+                return refused_lines
+            except WriteError as exc:
+                self._stats.write_failures[exc.failure.value] += 1
+                self._report_failure(exc)
+                wait = exc.retry_after_s or random.uniform(self._retry_min_s, delay)
+                delay = min(delay * 2, self._retry_max_s)
+                await asyncio.sleep(wait)
 
     async def _deliver(self, payload: bytes, refused: list[tuple[bytes, WriteError]]) -> None:
         """Write; on a data refusal bisect, collecting the refused lines in `refused`."""

@@ -96,6 +96,116 @@ def any_match(obs: Obs, options: Sequence[Match] | None) -> bool:
     return options is None or any(matches(obs, m) for m in options)
 
 
+Matcher = Callable[[Obs], bool]
+"""`any_match` of fixed options, compiled once per condition (runs per reading)."""
+
+
+def _compile_match(m: Match) -> Matcher:
+    """One match as a closure: the common shapes (channel/kind, and a field equal to a
+    value) skip the criteria they do not use; anything else is `matches` itself."""
+    channel, kind, name, equals = m.channel, m.kind, m.field, m.equals
+    above, below = m.above, m.below
+    if m.in_ is not None or m.not_in is not None:
+        return lambda obs: matches(obs, m)
+    if above is not None or below is not None:
+        if name is None or equals is not None:
+            return lambda obs: matches(obs, m)
+
+        def number_match(obs: Obs) -> bool:
+            r = obs.reading
+            if (channel is not None and r.channel != channel) or (
+                kind is not None and r.kind != kind
+            ):
+                return False
+            value = r.fields.get(name)
+            if value is None:
+                value = obs.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            return (above is None or value > above) and (below is None or value < below)
+
+        return number_match
+    if name is None:
+        return lambda obs: (
+            (channel is None or obs.reading.channel == channel)
+            and (kind is None or obs.reading.kind == kind)
+        )
+
+    def field_match(obs: Obs) -> bool:
+        r = obs.reading
+        if (channel is not None and r.channel != channel) or (kind is not None and r.kind != kind):
+            return False
+        value = r.fields.get(name)
+        if value is None:
+            value = obs.get(name)
+            if value is None:
+                return False
+        return equals is None or value == equals
+
+    return field_match
+
+
+def compile_any(options: Sequence[Match] | None) -> Matcher:
+    """`any_match(obs, options)` as a closure."""
+    if options is None:
+        return lambda obs: True
+    parts = [_compile_match(m) for m in options]
+    if len(parts) == 1:
+        return parts[0]
+
+    def any_of(obs: Obs) -> bool:
+        for part in parts:  # noqa: SIM110 (per reading: a loop beats any(<genexpr>))
+            if part(obs):
+                return True
+        return False
+
+    return any_of
+
+
+EVENT_FIELD = "event"
+"""The name whose value (the event type) the engine indexes rules by."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A kind of reading a condition may notice; None: any. The engine indexes rules
+    by these so a reading visits only rules that can care about it."""
+
+    channel: str | None = None
+    kind: str | None = None
+    event: FieldValue | None = None
+    """The value of the `event` name (`Obs.get`) the reading must have."""
+
+
+Triggers = list[Trigger] | None
+"""Every reading a condition notices fits one of them; None: any reading may matter."""
+
+
+def triggers_of(options: Sequence[Match] | None) -> Triggers:
+    """The triggers of "any of these matches" (a superset: only a pre-filter)."""
+    if options is None:
+        return None
+    out: list[Trigger] = []
+    for m in options:
+        events: list[FieldValue | None] = [None]
+        if m.field == EVENT_FIELD and m.equals is not None:
+            events = [m.equals]
+        elif m.field == EVENT_FIELD and m.in_ is not None:
+            events = list(m.in_)
+        out += [Trigger(m.channel, m.kind, event) for event in events]
+    return out
+
+
+def union(*parts: Triggers) -> Triggers:
+    """Triggers of "any of these": None (anything) wins."""
+    out: list[Trigger] = []
+    for part in parts:
+        if part is None:
+            return None
+        out += part
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     raised: bool
@@ -131,18 +241,42 @@ class Logic(ABC):
         """Whether a reading can matter to this condition at all (cheap pre-filter)."""
         return True
 
+    def triggers(self) -> Triggers:
+        """Readings that can matter at all (`relevant` or `observe`), as the engine's
+        index sees them: a reading fitting none is never shown to this condition."""
+        return None
+
+    def partition(self, obs: Obs) -> str | None:
+        """The state this reading belongs to when that is not the rule's dedup key (one
+        card seen at two doors shares state across devices); None: the key's slot."""
+        return None
+
+    def starts(self, obs: Obs) -> bool:
+        """Whether a relevant reading can change an empty slot at all; False spares the
+        engine making a slot it would forget at once (most kinds keep what they see)."""
+        return True
+
+    def idle(self, st: State) -> bool:
+        """Nothing left worth remembering: the engine may drop the slot (no timer due,
+        no open event). Kinds whose state only grows say when it has emptied."""
+        return not st
+
 
 class MatchLogic(Logic):
     instant = True
 
     def __init__(self, c: MatchCondition) -> None:
         self.c = c
+        self._when = compile_any(c.when)
+
+    def triggers(self) -> Triggers:
+        return triggers_of(self.c.when)
 
     def relevant(self, obs: Obs) -> bool:
-        return any_match(obs, self.c.when)
+        return self._when(obs)
 
     def observe(self, st: State, obs: Obs) -> Change | None:
-        return Change(True, obs.ts_ms) if any_match(obs, self.c.when) else None
+        return Change(True, obs.ts_ms) if self._when(obs) else None
 
 
 class ThresholdLogic(Logic):
@@ -213,9 +347,13 @@ class ThresholdLogic(Logic):
 class CountLogic(Logic):
     def __init__(self, c: CountCondition) -> None:
         self.c = c
+        self._when = compile_any(c.when)
+
+    def triggers(self) -> Triggers:
+        return triggers_of(self.c.when)
 
     def relevant(self, obs: Obs) -> bool:
-        return any_match(obs, self.c.when)
+        return self._when(obs)
 
     def _trim(self, st: State, now_ms: int) -> list[int]:
         times: list[int] = st.setdefault("times", [])
@@ -225,11 +363,19 @@ class CountLogic(Logic):
         return times
 
     def observe(self, st: State, obs: Obs) -> Change | None:
-        if not any_match(obs, self.c.when):
+        if not self._when(obs):
             return None
         times: list[int] = st.setdefault("times", [])
-        bisect.insort(times, obs.ts_ms)
-        times = self._trim(st, max(obs.ts_ms, times[-1]))
+        ts = obs.ts_ms
+        if not times or ts >= times[-1]:
+            times.append(ts)  # in order, as nearly always: no search
+        else:
+            bisect.insort(times, ts)
+        # `_trim` at the latest time, inline (per reading): the window's start moves on.
+        start = times[-1] - self.c.within
+        if times[0] <= start:
+            del times[: bisect.bisect_right(times, start)]
+        st["due"] = times[0] + self.c.within
         if len(times) >= self.c.at_least:
             return Change(True, obs.ts_ms, {"count": len(times)})
         return None
@@ -240,37 +386,65 @@ class CountLogic(Logic):
             return Change(False, at_ms, {"count": len(times)})
         return None
 
+    def idle(self, st: State) -> bool:
+        return not st.get("times")
+
 
 class SequenceLogic(Logic):
-    def __init__(self, c: SequenceCondition) -> None:
+    """Absence (`at_least`: too few `then` within the window after `after`) or excess
+    (`at_most`: too many).
+
+    A rule with no `clear` of its own returns to normal by what the condition means:
+    an absence when the awaited `then` finally comes (the door closes at last) or a
+    `reset`; an excess when its window ends."""
+
+    def __init__(self, c: SequenceCondition, *, self_clearing: bool = True) -> None:
         self.c = c
+        self._after = compile_any(c.after)
+        self._then = compile_any(c.then)
+        self._reset = compile_any(c.reset)
+        self.self_clearing = self_clearing
+
+    def triggers(self) -> Triggers:
+        c = self.c
+        reset = triggers_of(c.reset) if c.reset is not None else []
+        return union(triggers_of(c.after), triggers_of(c.then), reset)
 
     def relevant(self, obs: Obs) -> bool:
         c = self.c
-        return (
-            any_match(obs, c.after)
-            or any_match(obs, c.then)
-            or (c.reset is not None and any_match(obs, c.reset))
-        )
+        return self._after(obs) or self._then(obs) or (c.reset is not None and self._reset(obs))
+
+    def _absence_ends(self, st: State, obs: Obs) -> Change | None:
+        """A raised absence returns to normal (rules without a `clear` of their own)."""
+        raised = st.get("raised")
+        if raised is None or self.c.at_least is None or obs.ts_ms < raised:
+            return None
+        del st["raised"]
+        return Change(False, obs.ts_ms, {"count": st.get("n", 0)})
 
     def observe(self, st: State, obs: Obs) -> Change | None:
         c = self.c
         start = st.get("start")
-        if any_match(obs, c.then):
+        if self._then(obs):
+            ended = self._absence_ends(st, obs)
             if start is None or not start <= obs.ts_ms <= start + c.within:
-                return None
+                return ended
             st["n"] = st.get("n", 0) + 1
             if c.at_most is not None and st["n"] > c.at_most and not st.get("done"):
                 st["done"] = True
+                if self.self_clearing:
+                    st["raised"] = obs.ts_ms
                 return Change(True, obs.ts_ms, {"count": st["n"]})
             if c.at_least is not None and st["n"] >= c.at_least:
                 st.update(start=None, due=None)
                 return Change(False, obs.ts_ms, {"count": st["n"]})
-            return None
-        if c.reset is not None and any_match(obs, c.reset) and start is not None:
-            st.update(start=None, due=None)
-            return None
-        if any_match(obs, c.after):
+            return ended
+        if c.reset is not None and self._reset(obs):
+            ended = self._absence_ends(st, obs)
+            if start is not None:
+                st.update(start=None, due=None)
+            return ended
+        if self._after(obs):
             if start is not None and obs.ts_ms < start:
                 return None  # an older anchor arriving late does not restart the sequence
             st.update(start=obs.ts_ms, n=0, done=False, due=obs.ts_ms + c.within)
@@ -282,8 +456,15 @@ class SequenceLogic(Logic):
         n = st.get("n", 0)
         st["start"] = None
         if c.at_least is not None and n < c.at_least:
+            if self.self_clearing:
+                st["raised"] = at_ms
             return Change(True, at_ms, {"count": n, "within_s": c.within / 1000})
+        if c.at_most is not None and st.pop("raised", None) is not None:
+            return Change(False, at_ms, {"count": n})  # the excess window is over
         return None
+
+    def idle(self, st: State) -> bool:
+        return st.get("start") is None and st.get("raised") is None
 
 
 class UnprecededLogic(Logic):
@@ -291,15 +472,20 @@ class UnprecededLogic(Logic):
 
     def __init__(self, c: UnprecededCondition) -> None:
         self.c = c
+        self._event = compile_any(c.event)
+        self._preceded_by = compile_any(c.preceded_by)
+
+    def triggers(self) -> Triggers:
+        return union(triggers_of(self.c.event), triggers_of(self.c.preceded_by))
 
     def relevant(self, obs: Obs) -> bool:
-        return any_match(obs, self.c.event) or any_match(obs, self.c.preceded_by)
+        return self._event(obs) or self._preceded_by(obs)
 
     def observe(self, st: State, obs: Obs) -> Change | None:
-        if any_match(obs, self.c.preceded_by):
+        if self._preceded_by(obs):
             st["last"] = max(st.get("last", obs.ts_ms), obs.ts_ms)
             return None
-        if any_match(obs, self.c.event):
+        if self._event(obs):
             last = st.get("last")
             if last is None or not 0 <= obs.ts_ms - last <= self.c.within:
                 return Change(True, obs.ts_ms)
@@ -309,9 +495,10 @@ class UnprecededLogic(Logic):
 class SilenceLogic(Logic):
     def __init__(self, c: SilenceCondition) -> None:
         self.c = c
+        self._when = compile_any(c.when)
 
     def observe(self, st: State, obs: Obs) -> Change | None:
-        if any_match(obs, self.c.when):
+        if self._when(obs):
             if obs.ts_ms < st.get("last", -1):
                 return None
             st.update(last=obs.ts_ms, due=obs.ts_ms + self.c.within)
@@ -331,11 +518,16 @@ class SilenceLogic(Logic):
 class CorrelationLogic(Logic):
     def __init__(self, c: CorrelationCondition) -> None:
         self.c = c
+        self._when = compile_any(c.when)
+
+    def triggers(self) -> Triggers:
+        telemetry = [Trigger("telemetry")] if self.c.confirm_after is not None else []
+        return union(telemetry, triggers_of(self.c.when))
 
     def relevant(self, obs: Obs) -> bool:
         if self.c.confirm_after is not None and obs.reading.channel == "telemetry":
             return True  # a non-matching reading ends a device's run
-        return any_match(obs, self.c.when)
+        return self._when(obs)
 
     def _recent(self, st: State, now_ms: int) -> dict[str, int]:
         seen: dict[str, int] = st.setdefault("seen", {})
@@ -348,7 +540,7 @@ class CorrelationLogic(Logic):
     def observe(self, st: State, obs: Obs) -> Change | None:
         device = obs.reading.device
         runs: dict[str, int] = st.setdefault("runs", {})
-        if not any_match(obs, self.c.when):
+        if not self._when(obs):
             runs.pop(device, None)
             return None
         seen: dict[str, int] = st.setdefault("seen", {})
@@ -375,17 +567,31 @@ class TravelLogic(Logic):
 
     def __init__(self, c: TravelCondition, directory: Directory) -> None:
         self.c = c
+        self._when = compile_any(c.when)
         self.directory = directory
 
+    def triggers(self) -> Triggers:
+        return triggers_of(self.c.when)
+
     def relevant(self, obs: Obs) -> bool:
-        return any_match(obs, self.c.when) and obs.get(self.c.by) is not None
+        return self._when(obs) and obs.get(self.c.by) is not None
+
+    def partition(self, obs: Obs) -> str | None:
+        """State per credential whatever the rule's key: the two sightings to compare
+        come from two devices (and so, with the default key, from two keys)."""
+        who = obs.get(self.c.by)
+        return None if who is None else f"{self.c.by}={who}"
 
     def observe(self, st: State, obs: Obs) -> Change | None:
         who = obs.get(self.c.by)
-        if who is None or not any_match(obs, self.c.when) or obs.device is None:
+        if who is None or not self._when(obs) or obs.device is None:
             return None  # no credential: nothing ties this passage to another one
         previous = st.get("at")
-        st["at"] = [obs.reading.device, obs.ts_ms, str(who)]
+        if previous is None or obs.ts_ms >= previous[1]:
+            # Remember the latest sighting (a late, older one is compared, not kept),
+            # until `within` has passed: then it can pair with nothing (bounded state).
+            st["at"] = [obs.reading.device, obs.ts_ms, str(who)]
+            st["due"] = obs.ts_ms + self.c.within
         if previous is None or previous[2:] != [str(who)]:
             return None  # first sighting, or another credential sharing the slot
         other_id, then = previous[0], previous[1]
@@ -407,22 +613,34 @@ class TravelLogic(Logic):
         }
         return Change(True, obs.ts_ms, values, (other_id, obs.device.id))
 
+    def fire(self, st: State, at_ms: int) -> Change | None:
+        st["due"] = None
+        last = st.get("at")
+        if last is not None and at_ms >= last[1] + self.c.within:
+            del st["at"]  # too old to pair with any later sighting
+        return None
+
+    def idle(self, st: State) -> bool:
+        return "at" not in st
+
 
 class ScheduleLogic(Logic):
     instant = True
 
     def __init__(self, c: ScheduleCondition, directory: Directory) -> None:
         self.c = c
+        self._when = compile_any(c.when)
         self.directory = directory
 
+    def triggers(self) -> Triggers:
+        return triggers_of(self.c.when)
+
     def relevant(self, obs: Obs) -> bool:
-        return (
-            obs.device is not None and obs.device.hours is not None and any_match(obs, self.c.when)
-        )
+        return obs.device is not None and obs.device.hours is not None and self._when(obs)
 
     def observe(self, st: State, obs: Obs) -> Change | None:
         info = obs.device
-        if info is None or info.hours is None or not any_match(obs, self.c.when):
+        if info is None or info.hours is None or not self._when(obs):
             return None
         site = self.directory.sites.get(info.site)
         if site is None:
@@ -436,6 +654,10 @@ class ScheduleLogic(Logic):
 class OfflineLogic(Logic):
     def __init__(self, c: OfflineCondition) -> None:
         self.c = c
+
+    def starts(self, obs: Obs) -> bool:
+        r = obs.reading  # anything but a will leaves a slot with no outage as it was
+        return r.channel == "status" and r.fields.get("online") is False
 
     def observe(self, st: State, obs: Obs) -> Change | None:
         r = obs.reading
@@ -464,19 +686,25 @@ class OfflineLogic(Logic):
 class LatchLogic(Logic):
     def __init__(self, c: LatchCondition) -> None:
         self.c = c
+        self._raise_when = compile_any(c.raise_when)
+        self._clear_when = compile_any(c.clear_when)
+
+    def triggers(self) -> Triggers:
+        return union(triggers_of(self.c.raise_when), triggers_of(self.c.clear_when))
 
     def relevant(self, obs: Obs) -> bool:
-        return any_match(obs, self.c.raise_when) or any_match(obs, self.c.clear_when)
+        # Clears first: the usual reading (a battery well above the limit) is one.
+        return self._clear_when(obs) or self._raise_when(obs)
 
     def observe(self, st: State, obs: Obs) -> Change | None:
         if obs.ts_ms < st.get("last", -1):
             return None
-        if any_match(obs, self.c.clear_when):
+        if self._clear_when(obs):
             st["last"] = obs.ts_ms
             was = st.pop("raised", False)
             st.update(due=None, pending=False)
             return Change(False, obs.ts_ms) if was else None
-        if any_match(obs, self.c.raise_when):
+        if self._raise_when(obs):
             st["last"] = obs.ts_ms
             if st.get("raised") or st.get("pending"):
                 return None
@@ -494,6 +722,9 @@ class LatchLogic(Logic):
 class StuckLogic(Logic):
     def __init__(self, c: StuckCondition) -> None:
         self.c = c
+
+    def triggers(self) -> Triggers:
+        return [Trigger("telemetry")]
 
     def relevant(self, obs: Obs) -> bool:
         return obs.reading.channel == "telemetry"
@@ -543,13 +774,14 @@ class GapLogic(Logic):
         )
 
 
-def compile_condition(c: Condition, directory: Directory) -> Logic:
-    """The logic object of a validated condition."""
+def compile_condition(c: Condition, directory: Directory, *, rule_clears: bool = False) -> Logic:
+    """The logic object of a validated condition; `rule_clears`: the rule has a `clear`
+    of its own, so a sequence leaves returning to normal to it."""
     table: Mapping[type[Any], Callable[[Any], Logic]] = {
         MatchCondition: MatchLogic,
         ThresholdCondition: ThresholdLogic,
         CountCondition: CountLogic,
-        SequenceCondition: SequenceLogic,
+        SequenceCondition: lambda x: SequenceLogic(x, self_clearing=not rule_clears),
         UnprecededCondition: UnprecededLogic,
         SilenceCondition: SilenceLogic,
         CorrelationCondition: CorrelationLogic,

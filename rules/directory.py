@@ -39,6 +39,8 @@ class DeviceInfo:
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     hours: OpeningHours | None = None
     """Opening hours of a scheduled door; None: no after-hours for it."""
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    """Its profile's rule overrides, `<rule id>.<parameter>` -> value (rules.overrides)."""
 
 
 @dataclass(frozen=True, slots=True)

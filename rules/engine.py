@@ -15,9 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from events.model import Detection, Location, Source
-from rules.conditions import Change, Logic, Obs, any_match, compile_condition
+from rules.conditions import (
+    EVENT_FIELD,
+    Change,
+    Logic,
+    Matcher,
+    Obs,
+    Trigger,
+    Triggers,
+    compile_any,
+    compile_condition,
+    triggers_of,
+    union,
+)
 from rules.directory import Directory
-from rules.schema import Rule, template_names
+from rules.overrides import compile_overrides
+from rules.schema import Match, Rule, template_names
 from sensors.base import FieldValue, Reading
 
 REJECTED: Final = "rejected"
@@ -30,6 +43,10 @@ DEFAULT_INSTANT_CLEAR_MS: Final = 5 * 60_000
 SNAPSHOT_VERSION: Final = 1
 
 _NEVER: Final = 2**63
+
+_PARTITION: Final = "\x1e"
+"""Starts the key part of a slot id whose state is partitioned by the condition (not
+by the rule's key); such a slot keeps the key of its open event in `key`."""
 
 
 def rejected_reading(site: str, kind: str, device: str, reason: str, at_ns: int) -> Reading:
@@ -47,8 +64,12 @@ class EngineState:
     clock_ms: int = 0
     """The latest `now` seen: time never runs backwards for timers (clock jumps)."""
     next_due_ms: int | None = field(default=None, compare=False)
-    """Earliest timer of any slot, or None when unknown (then `tick` scans). Derived,
-    not snapshotted: it spares `evaluate` a scan of every slot per reading."""
+    """Earliest timer of any slot, or None when unknown (then `tick` rebuilds `timers`
+    from the slots). Derived, not snapshotted."""
+    timers: list[tuple[int, str]] = field(default_factory=list, compare=False, repr=False)
+    """A heap of (due, slot id): `tick` pops what is due instead of scanning every slot.
+    Entries go stale when a slot's `due` moves on or the slot goes; they are skipped
+    (and pruned when they outnumber the slots). Derived, not snapshotted."""
 
     def to_json(self) -> bytes:
         body = {"version": SNAPSHOT_VERSION, "clock_ms": self.clock_ms, "slots": self.slots}
@@ -71,12 +92,31 @@ class _Names(dict[str, str]):
         return "?"
 
 
+def _NOTHING(obs: Obs) -> bool:
+    return False
+
+
+_OTHER: Final = object()
+"""A kind, channel or event type no rule names (the index maps them all to this)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     rule: Rule
     logic: Logic
     clear_after_ms: int | None
     fingerprint: str
+    scoped: bool = True
+    """The scope tests more than the kind (the index already tests that)."""
+    clear_when: Sequence[Match] | None = None
+    """The rule's `clear.when`, if it has one."""
+    partitions: bool = False
+    """The condition partitions its state (`Logic.partition` is its own)."""
+
+    clears: Matcher = _NOTHING
+    """`clear.when`, compiled."""
+    sid_prefix: str = ""
+    """Slot ids of the rule start with this (see `_slot_id`)."""
 
     def in_scope(self, obs: Obs) -> bool:
         scope = self.rule.scope
@@ -108,73 +148,174 @@ class Engine:
         self.directory = directory or Directory()
         self.rules: list[_Compiled] = []
         for rule in rules:
-            logic = compile_condition(rule.condition, self.directory)
+            logic = compile_condition(
+                rule.condition, self.directory, rule_clears=rule.clear is not None
+            )
             after = rule.clear.after if rule.clear is not None else None
             if after is None and logic.instant:
                 after = max(rule.cooldown, DEFAULT_INSTANT_CLEAR_MS)
-            self.rules.append(_Compiled(rule, logic, after, rule.model_dump_json()))
+            scope = rule.scope
+            scoped = bool(scope.sites or scope.cells or scope.attributes)
+            clear_when = rule.clear.when if rule.clear is not None else None
+            partitions = type(logic).partition is not Logic.partition
+            clears = compile_any(clear_when) if clear_when is not None else _NOTHING
+            self.rules.append(
+                _Compiled(
+                    rule,
+                    logic,
+                    after,
+                    rule.model_dump_json(),
+                    scoped,
+                    clear_when,
+                    partitions,
+                    clears,
+                    rule.id + "\x1f",
+                )
+            )
         self._by_id = {c.rule.id: c for c in self.rules}
+        self._variants, self.override_problems = compile_overrides(rules, self.directory)
+        """Per (rule, device): the rule as its device's profile overrides it."""
+        self._triggers = self._rule_triggers()
+        named = [t for ts in self._triggers if ts is not None for t in ts]
+        self._kinds = {t.kind for t in named} | {k for c in self.rules for k in c.rule.scope.kinds}
+        self._channels = {t.channel for t in named}
+        self._events = {t.event for t in named}
+        self._candidates: dict[tuple[object, object, object], tuple[_Compiled, ...]] = {}
+        """Rules a reading of (kind, channel, event type) can matter to, in rule order;
+        names no rule uses are `_OTHER`, so the index stays as small as the rules."""
+
+    def _rule_triggers(self) -> list[Triggers]:
+        """Per rule: the readings its condition (any device's variant) or its `clear`
+        can notice."""
+        variants: dict[str, list[Logic]] = {}
+        for (rule_id, _device), logic in self._variants.items():
+            variants.setdefault(rule_id, []).append(logic)
+        out: list[Triggers] = []
+        for c in self.rules:
+            logics = [c.logic, *variants.get(c.rule.id, [])]
+            clear = c.rule.clear
+            clears = triggers_of(clear.when) if clear is not None and clear.when else []
+            out.append(union(clears, *(logic.triggers() for logic in logics)))
+        return out
+
+    def candidates(self, reading: Reading, event: object) -> tuple[_Compiled, ...]:
+        """The rules, in order, a reading can matter to (`event`: its event type,
+        `Obs.get("event")`); every other rule would find it out of scope or irrelevant."""
+        kind = reading.kind if reading.kind in self._kinds else _OTHER
+        channel = reading.channel if reading.channel in self._channels else _OTHER
+        try:
+            event = event if event in self._events else _OTHER
+        except TypeError:  # unhashable: equals no scalar a rule names
+            event = _OTHER
+        index = (kind, channel, event)
+        found = self._candidates.get(index)
+        if found is None:
+            found = self._candidates[index] = tuple(
+                c
+                for c, triggers in zip(self.rules, self._triggers, strict=True)
+                if (not c.rule.scope.kinds or kind in c.rule.scope.kinds)
+                and (triggers is None or any(_fits(t, kind, channel, event) for t in triggers))
+            )
+        return found
 
     # --- the two entry points -----------------------------------------------------
 
     def evaluate(self, reading: Reading, state: EngineState, now_ms: int) -> list[Detection]:
         """Fire timers due by `now`, then apply the reading to every rule in scope."""
-        out = self.tick(state, now_ms)
+        timers = state.timers
+        if state.next_due_ms is None or (timers and timers[0][0] <= max(now_ms, state.clock_ms)):
+            out = self.tick(state, now_ms)
+        else:
+            out = []
+            state.clock_ms = max(state.clock_ms, now_ms)
         obs = Obs(reading, reading.ts_ns // 1_000_000, self.directory.device(reading.device))
-        for compiled in self.rules:
-            if not compiled.in_scope(obs):
+        ctx: dict[str, Any] | None = None
+        keys: dict[str, str] = {}  # rendered once per reading, not once per rule
+        variants = self._variants
+        slots = state.slots
+        for compiled in self.candidates(reading, obs.get(EVENT_FIELD)):
+            if compiled.scoped and not compiled.in_scope(obs):
                 continue
-            clear = compiled.rule.clear
-            clears = clear is not None and clear.when is not None and any_match(obs, clear.when)
-            relevant = compiled.logic.relevant(obs)
+            clear_when = compiled.clear_when
+            clears = clear_when is not None and compiled.clears(obs)
+            logic = (
+                variants.get((compiled.rule.id, reading.device), compiled.logic)
+                if variants
+                else compiled.logic
+            )
+            relevant = logic.relevant(obs)
             if not clears and not relevant:
                 continue
-            key = self._render(compiled.rule.key, compiled, obs, {})
-            sid = _slot_id(compiled.rule.id, key)
-            slot = state.slots.get(sid)
+            template = compiled.rule.key
+            key = keys.get(template)  # the key's names come from the reading only
+            if key is None:
+                key = keys[template] = _render_key(template, obs) or self._render(
+                    template, compiled, obs, {}
+                )
+            if compiled.partitions and (part := logic.partition(obs)) is not None:
+                sid = compiled.sid_prefix + _PARTITION + part
+            else:
+                sid = compiled.sid_prefix + key
+            slot = slots.get(sid)
             if slot is None:
-                if not relevant:
-                    continue  # a clear with nothing open
-                slot = state.slots[sid] = {"c": {}, "open": False}
+                if not relevant or not logic.starts(obs):
+                    continue  # a clear with nothing open, or nothing to remember
+                slot = slots[sid] = {"c": {}, "open": False}
             # What messages fired later by a timer (no reading at hand) can still name:
             # the reading's identity and its kind's tags (`door`, `bay_id`, `lot`).
-            slot["ctx"] = {
-                **reading.tags,
-                "site": reading.site,
-                "cell": obs.get("cell"),
-                "device": reading.device,
-                "kind": reading.kind,
-            }
+            # One dict per reading, shared by its slots (never changed in place).
+            if ctx is None:
+                ctx = {
+                    **reading.tags,
+                    "site": reading.site,
+                    "cell": obs.get("cell"),
+                    "device": reading.device,
+                    "kind": reading.kind,
+                }
+            slot["ctx"] = ctx
             if clears and slot["open"]:
                 slot["c"] = {}
                 out += self._apply(compiled, key, slot, Change(False, obs.ts_ms), obs)
-                self._schedule(compiled, slot, state)
+                self._schedule(compiled, slot, state, sid)
                 continue
-            change = compiled.logic.observe(slot["c"], obs)
+            c = slot["c"]
+            change = logic.observe(c, obs)
             if change is not None:
                 out += self._apply(compiled, key, slot, change, obs)
-            self._schedule(compiled, slot, state)
+            # `_schedule` and `_forgettable`, inline: this runs per rule per reading.
+            due = compiled.logic.due(c)
+            clear_at = slot.get("clear_at")
+            if clear_at is not None and (due is None or clear_at < due):
+                due = clear_at
+            if due is None:
+                slot["due"] = None
+                if not slot["open"] and compiled.logic.idle(c):
+                    del slots[sid]
+                continue
+            if due != slot.get("due") and state.next_due_ms is not None:
+                heapq.heappush(state.timers, (due, sid))
+                state.next_due_ms = min(state.next_due_ms, due)
+            slot["due"] = due
         return out
 
     def tick(self, state: EngineState, now_ms: int) -> list[Detection]:
         """Fire every timer due by `now` (condition timers and instant auto-clears)."""
         state.clock_ms = max(state.clock_ms, now_ms)
         now = state.clock_ms
-        if state.next_due_ms is not None and now < state.next_due_ms:
-            return []
+        if state.next_due_ms is None:
+            _rebuild_timers(state)
+        timers = state.timers
         out: list[Detection] = []
-        # A heap in time order: a slot whose next timer is also due by `now` (a window
-        # sliding twice, a window end then an auto-clear) fires again in the same tick.
-        due = [
-            (slot["due"], sid)
-            for sid, slot in state.slots.items()
-            if slot.get("due") is not None and slot["due"] <= now
-        ]
-        heapq.heapify(due)
-        while due:
-            at_ms, sid = heapq.heappop(due)
-            slot = state.slots[sid]
+        held: set[str] = set()
+        # In time order: a slot whose next timer is also due by `now` (a window sliding
+        # twice, a window end then an auto-clear) fires again in the same tick.
+        while timers and timers[0][0] <= now:
+            at_ms, sid = heapq.heappop(timers)
+            slot = state.slots.get(sid)
+            if slot is None or slot.get("due") != at_ms or sid in held:
+                continue  # stale: the slot went or its timer moved (or waits, below)
             rule_id, key = sid.split("\x1f", 1)
+            key = slot.get("key", key)
             compiled = self._by_id.get(rule_id)
             if compiled is None:
                 del state.slots[sid]
@@ -185,41 +326,72 @@ class Engine:
                 slot["clear_at"] = None
                 change = Change(False, at_ms)
             else:
-                change = compiled.logic.fire(slot["c"], at_ms)
+                device = slot.get("ctx", {}).get("device")
+                change = self._logic(compiled, device).fire(slot["c"], at_ms)
             if change is not None:
                 out += self._apply(compiled, key, slot, change, None)
-            self._schedule(compiled, slot, state)
-            if not slot["open"] and not slot["c"] and slot.get("due") is None:
+            self._schedule(compiled, slot, state, sid)
+            if self._forgettable(compiled, slot):
                 del state.slots[sid]  # nothing left to remember
                 continue
             following = slot.get("due")
             # Only forward (or the condition timer an auto-clear shared its time with):
             # a timer that does not move on waits for the next tick instead of spinning.
-            if following is not None and following <= now and (following > at_ms or auto_clear):
-                heapq.heappush(due, (following, sid))
-        pending = [slot["due"] for slot in state.slots.values() if slot.get("due") is not None]
-        # A timer that did not move on (see above) is due again at the next tick.
-        state.next_due_ms = min(pending) if pending else _NEVER
+            if following is None or following > now:
+                continue
+            if not (following > at_ms or auto_clear):
+                held.add(sid)
+            elif following == at_ms:
+                heapq.heappush(timers, (following, sid))  # `_schedule` pushes moves only
+        for sid in held:
+            heapq.heappush(timers, (state.slots[sid]["due"], sid))
+        if len(timers) > 2 * len(state.slots) + 1024:
+            _rebuild_timers(state)  # mostly stale entries: start afresh
+        state.next_due_ms = timers[0][0] if timers else _NEVER
         return out
 
     # --- helpers ------------------------------------------------------------------
 
-    def _schedule(self, compiled: _Compiled, slot: dict[str, Any], state: EngineState) -> None:
-        times = [t for t in (compiled.logic.due(slot["c"]), slot.get("clear_at")) if t is not None]
-        slot["due"] = due = min(times) if times else None
-        if due is not None and state.next_due_ms is not None:
+    def _logic(self, compiled: _Compiled, device: str | None) -> Logic:
+        """The rule's logic for a device: as its profile overrides it, if it does."""
+        if device is None or not self._variants:
+            return compiled.logic
+        return self._variants.get((compiled.rule.id, device), compiled.logic)
+
+    @staticmethod
+    def _forgettable(compiled: _Compiled, slot: dict[str, Any]) -> bool:
+        """No open event, no timer, and the condition has nothing left to remember."""
+        return not slot["open"] and slot.get("due") is None and compiled.logic.idle(slot["c"])
+
+    def _schedule(
+        self, compiled: _Compiled, slot: dict[str, Any], state: EngineState, sid: str
+    ) -> None:
+        due = compiled.logic.due(slot["c"])
+        clear_at = slot.get("clear_at")
+        if clear_at is not None and (due is None or clear_at < due):
+            due = clear_at
+        if due is not None and due != slot.get("due") and state.next_due_ms is not None:
+            heapq.heappush(state.timers, (due, sid))
             state.next_due_ms = min(state.next_due_ms, due)
+        slot["due"] = due
 
     def _apply(
         self, compiled: _Compiled, key: str, slot: dict[str, Any], change: Change, obs: Obs | None
     ) -> list[Detection]:
         rule = compiled.rule
+        out: list[Detection] = []
         if change.raised:
             last = slot.get("last_raise")
             if slot["open"] and last is not None and change.at_ms - last < rule.cooldown:
                 return []  # within cooldown: already counted as this open event
+            if slot["open"] and slot.get("key", key) != key:
+                # A partitioned slot (travel) raising under another event key: the
+                # event open under the old key returns first, so none is left open.
+                ended = Change(False, change.at_ms)
+                out.append(self._detection(compiled, slot["key"], slot, ended, None))
             slot["open"] = True
             slot["last_raise"] = change.at_ms
+            slot["key"] = key
             if compiled.clear_after_ms is not None:
                 slot["clear_at"] = change.at_ms + compiled.clear_after_ms
         else:
@@ -227,7 +399,8 @@ class Engine:
                 return []
             slot["open"] = False
             slot["clear_at"] = None
-        return [self._detection(compiled, key, slot, change, obs)]
+            key = slot.get("key", key)
+        return [*out, self._detection(compiled, key, slot, change, obs)]
 
     def _detection(
         self, compiled: _Compiled, key: str, slot: dict[str, Any], change: Change, obs: Obs | None
@@ -284,15 +457,66 @@ class Engine:
 
     def carry_over(self, state: EngineState, previous: Engine) -> int:
         """After a reload: drop the slots of rules removed or changed (their state no
-        longer means the same); keep the rest. Returns how many slots were dropped."""
-        dropped = 0
+        longer means the same); keep the rest. Returns how many slots were dropped.
+        See `retire` for the events those slots had open."""
+        return len(self._changed_slots(state, previous))
+
+    def retire(self, state: EngineState, previous: Engine, now_ms: int) -> list[Detection]:
+        """`carry_over`, and a clear for every event a dropped slot had open: nothing
+        is left to clear it otherwise. A condition still true under the new rule raises
+        again (the event manager makes that a repeat of the returned event)."""
+        out: list[Detection] = []
+        for sid, slot in self._changed_slots(state, previous):
+            if not slot.get("open"):
+                continue
+            rule_id, key = sid.split("\x1f", 1)
+            # The rule as it raised the event (a slot from an older snapshot may only be
+            # known to the new engine, or to neither: then there is no event to name).
+            owner, compiled = previous, previous._by_id.get(rule_id)
+            if compiled is None:
+                owner, compiled = self, self._by_id.get(rule_id)
+            if compiled is None:
+                continue
+            change = Change(False, max(now_ms, state.clock_ms))
+            out.append(owner._detection(compiled, slot.get("key", key), slot, change, None))
+        return out
+
+    def _changed_slots(
+        self, state: EngineState, previous: Engine
+    ) -> list[tuple[str, dict[str, Any]]]:
+        dropped = []
         for sid in list(state.slots):
             rule_id = sid.split("\x1f", 1)[0]
             new, old = self._by_id.get(rule_id), previous._by_id.get(rule_id)
             if new is None or old is None or new.fingerprint != old.fingerprint:
-                del state.slots[sid]
-                dropped += 1
+                dropped.append((sid, state.slots.pop(sid)))
+        state.next_due_ms = None  # rescan: the earliest timer may have gone
         return dropped
+
+
+def _fits(t: Trigger, kind: object, channel: object, event: object) -> bool:
+    return (
+        (t.channel is None or t.channel == channel)
+        and (t.kind is None or t.kind == kind)
+        and (t.event is None or t.event == event)
+    )
+
+
+def _render_key(template: str, obs: Obs) -> str | None:
+    """A key that is one name (`{device}`, `{cell}`) as `_render` renders it, without
+    its template machinery; None for any other template."""
+    names = template_names(template)
+    if len(names) != 1 or len(template) != len(names[0]) + 2:
+        return None
+    value = obs.get(names[0])
+    return "?" if value is None else str(value)
+
+
+def _rebuild_timers(state: EngineState) -> None:
+    """The timer heap from the slots (a restored snapshot, a reload, or pruning)."""
+    state.timers = [(s["due"], sid) for sid, s in state.slots.items() if s.get("due") is not None]
+    heapq.heapify(state.timers)
+    state.next_due_ms = state.timers[0][0] if state.timers else _NEVER
 
 
 def evaluate(engine: Engine, reading: Reading, state: EngineState, now_ms: int) -> list[Detection]:

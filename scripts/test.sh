@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "$0")/bootstrap.sh"
 cd "$gw_root"
-gw_apt_install mosquitto mosquitto-clients influxdb victoria-metrics postgresql
+gw_apt_install mosquitto mosquitto-clients influxdb victoria-metrics postgresql chromium
 gw_venv dev
 export PATH="$gw_root/.venv/bin:$PATH"
 echo "== ruff" && ruff check .

@@ -19,6 +19,7 @@ from pydantic import Field, StringConstraints
 from sensors.base import (
     EVENT,
     TELEMETRY,
+    DeclaredValues,
     DecodeContext,
     Envelope,
     FieldSpec,
@@ -26,7 +27,6 @@ from sensors.base import (
     Point,
     SensorKind,
     ShortText,
-    declared_values,
 )
 
 NAME: Final = "access"
@@ -90,14 +90,15 @@ FIELDS: Final = (
 # `door` is a tag: bounded per controller, grouped by, and it keeps two doors' points at
 # the same timestamp apart. `reader` stays a field: readers map onto doors and direction.
 TAGS: Final = ("door",)
+_VALUES: Final = DeclaredValues(NAME, FIELDS)
 
 
 def to_point(channel: str, payload: Envelope, ctx: DecodeContext) -> Point:
     """Map a validated access payload to the door tag and fields, hashing card numbers."""
     if channel == TELEMETRY and isinstance(payload, AccessTelemetry):
-        fields = declared_values(NAME, FIELDS, payload)
+        fields = _VALUES(payload)
     elif channel == EVENT and isinstance(payload, AccessEvent):
-        fields = declared_values(NAME, FIELDS, payload)
+        fields = _VALUES(payload)
         if payload.credential is not None:  # our key wins: only it links cards across doors
             fields["credential_hash"] = ctx.hash_identifier(payload.credential)
     else:

@@ -7,9 +7,9 @@ Nothing here does I/O; ingest, simulators and dashboards all read these names.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
-import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Final
@@ -84,12 +84,24 @@ class FieldSpec:
     description: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Point:
     """Kind-specific part of an InfluxDB point: extra tags and the fields."""
 
     fields: Mapping[str, FieldValue]
     tags: Mapping[str, str] | None = None
+
+    def __init__(
+        self, fields: Mapping[str, FieldValue], tags: Mapping[str, str] | None = None
+    ) -> None:
+        # Every message makes one: setting the slots directly costs half of what the
+        # frozen dataclass's object.__setattr__ by name does.
+        _set_point_fields(self, fields)
+        _set_point_tags(self, tags)
+
+
+_set_point_fields: Final[Callable[[Point, object], None]] = Point.__dict__["fields"].__set__
+_set_point_tags: Final[Callable[[Point, object], None]] = Point.__dict__["tags"].__set__
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,36 +154,110 @@ class Reading:
     fields: Mapping[str, FieldValue]
 
 
+# The slots' own setters, in field order: a frozen dataclass's __init__ sets each field
+# through object.__setattr__ by name, twice the cost of setting the slots directly.
+_READING_SETTERS: Final[tuple[Callable[[Reading, object], None], ...]] = tuple(
+    Reading.__dict__[field.name].__set__ for field in dataclasses.fields(Reading)
+)
+
+
+def new_reading(
+    measurement: str,
+    site: str,
+    kind: str,
+    device: str,
+    channel: str,
+    cell: str | None,
+    ts_ns: int,
+    ts_from_device: bool,
+    seq: int | None,
+    tags: Mapping[str, str],
+    fields: Mapping[str, FieldValue],
+) -> Reading:
+    """`Reading(...)` for decode's hot path (~0.6 µs instead of ~1.1 µs); same result."""
+    reading = object.__new__(Reading)
+    set_m, set_s, set_k, set_d, set_ch, set_ce, set_t, set_f, set_q, set_tg, set_fl = (
+        _READING_SETTERS
+    )
+    set_m(reading, measurement)
+    set_s(reading, site)
+    set_k(reading, kind)
+    set_d(reading, device)
+    set_ch(reading, channel)
+    set_ce(reading, cell)
+    set_t(reading, ts_ns)
+    set_f(reading, ts_from_device)
+    set_q(reading, seq)
+    set_tg(reading, tags)
+    set_fl(reading, fields)
+    return reading
+
+
 def declared_values(
     kind: str, fields: tuple[FieldSpec, ...], payload: Envelope
 ) -> dict[str, FieldValue]:
     """Copy each declared field the payload carries; ints become floats for float fields
     (so InfluxDB never sees `21` and `21.5` as a type conflict)."""
-    values: dict[str, FieldValue] = {}
-    # The model's own dict: getattr on a name the model lacks takes pydantic's slow path.
-    carried = payload.__dict__
-    for spec in _specs_on_model(type(payload), fields):
-        value = carried[spec.name]
-        if value is None:
-            continue
-        if spec.type is float and type(value) is int:
-            value = float(value)
-        if type(value) is not spec.type:
-            raise TypeError(f"{kind}.{spec.name}: {type(value).__name__}, not {spec.type.__name__}")
-        values[spec.name] = value
-    return values
+    return DeclaredValues(kind, fields)(payload)
 
 
-@functools.cache
-def _specs_on_model(model: type[Envelope], fields: tuple[FieldSpec, ...]) -> tuple[FieldSpec, ...]:
-    """The declared fields this payload model can carry (a kind declares them for all
-    its channels; each message only needs its own channel's)."""
-    return tuple(spec for spec in fields if spec.name in model.model_fields)
+class DeclaredValues:
+    """`declared_values` for one kind, for the hot path: a kind module builds one next to
+    its FIELDS, and it remembers per payload model which declared fields that model has
+    (a kind declares fields for all its channels; a message carries its channel's)."""
+
+    __slots__ = ("_fields", "_kind", "_plans")
+
+    def __init__(self, kind: str, fields: tuple[FieldSpec, ...]) -> None:
+        self._kind = kind
+        self._fields = fields
+        self._plans: dict[type[Envelope], tuple[tuple[str, type[FieldValue]], ...]] = {}
+
+    def __call__(self, payload: Envelope) -> dict[str, FieldValue]:
+        model = type(payload)
+        plan = self._plans.get(model)
+        if plan is None:
+            plan = self._plans[model] = tuple(
+                (spec.name, spec.type) for spec in self._fields if spec.name in model.model_fields
+            )
+        values: dict[str, FieldValue] = {}
+        # The model's own dict: getattr on a name the model lacks takes pydantic's slow path.
+        carried = payload.__dict__
+        for name, wanted in plan:
+            value = carried[name]
+            if value is None:
+                continue
+            if type(value) is not wanted:
+                if wanted is float and type(value) is int:
+                    value = float(value)
+                else:
+                    raise TypeError(
+                        f"{self._kind}.{name}: {type(value).__name__}, not {wanted.__name__}"
+                    )
+            values[name] = value
+        return values
 
 
 def keyed_hash(key: bytes, value: str) -> str:
     """HMAC-SHA256 of an identifier, hex, 32 chars: linkable across doors, not reversible."""
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    inner, outer = _hmac_pads(key)
+    # RFC 2104 from the key's precomputed pad states: hmac.new sets the key up again for
+    # every call, which costs more than the hashing (3.6 µs against 1.3 µs per value).
+    digest = inner.copy()
+    digest.update(value.encode("utf-8"))
+    final = outer.copy()
+    final.update(digest.digest())
+    return final.hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=16)
+def _hmac_pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states after the HMAC inner and outer key pads (RFC 2104, block 64)."""
+    block = hashlib.sha256(key).digest() if len(key) > 64 else key
+    block = block.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+    return inner, outer
 
 
 def build_registry(kinds: list[SensorKind]) -> Mapping[str, SensorKind]:

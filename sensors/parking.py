@@ -21,13 +21,13 @@ from pydantic import AfterValidator, Field, StringConstraints, model_validator
 from sensors.base import (
     EVENT,
     TELEMETRY,
+    DeclaredValues,
     DecodeContext,
     Envelope,
     FieldSpec,
     Identifier,
     Point,
     SensorKind,
-    declared_values,
 )
 
 NAME: Final = "parking"
@@ -65,6 +65,7 @@ ParkingEventType = Literal["vehicle_arrived", "vehicle_left", "tamper", "fault"]
 
 _BAY_SHAPE: Final = ("bay_id", "occupied")
 _LOT_SHAPE: Final = ("capacity", "occupancy")
+_LOT_FIELDS: Final = (*_LOT_SHAPE, "lot")
 
 
 class _ParkingPayload(Envelope):
@@ -93,8 +94,9 @@ class ParkingTelemetry(_ParkingPayload):
     @model_validator(mode="after")
     def _one_shape(self) -> ParkingTelemetry:
         """Accept exactly one of the two shapes, naming what is missing or mixed."""
-        bay = [name for name in _BAY_SHAPE if getattr(self, name) is not None]
-        lot = [name for name in (*_LOT_SHAPE, "lot") if getattr(self, name) is not None]
+        carried = self.__dict__  # runs for every message: no attribute machinery
+        bay = [name for name in _BAY_SHAPE if carried[name] is not None]
+        lot = [name for name in _LOT_FIELDS if carried[name] is not None]
         if bay and lot:
             raise ValueError(
                 f"parking telemetry mixes bay fields {bay} with lot fields {lot}: "
@@ -108,7 +110,7 @@ class ParkingTelemetry(_ParkingPayload):
                 "parking telemetry needs bay_id+occupied (bay sensor) "
                 "or capacity+occupancy (lot counter)"
             )
-        missing = [name for name in shape if getattr(self, name) is None]
+        missing = [name for name in shape if carried[name] is None]
         if missing:
             raise ValueError(f"parking telemetry: {'+'.join(shape)} needs {missing} too")
         return self
@@ -134,6 +136,7 @@ FIELDS: Final = (
 # bays, a counter one lot), grouped by, and they keep two bays' points at one timestamp
 # apart. The plate hash is unbounded: a field.
 TAGS: Final = ("bay_id", "zone", "lot")
+_VALUES: Final = DeclaredValues(NAME, FIELDS)
 
 
 def to_point(channel: str, payload: Envelope, ctx: DecodeContext) -> Point:
@@ -143,10 +146,11 @@ def to_point(channel: str, payload: Envelope, ctx: DecodeContext) -> Point:
     )
     if expected is None or not isinstance(payload, expected):
         raise TypeError(f"{NAME}: no mapping for {type(payload).__name__} on {channel!r}")
-    fields = declared_values(NAME, FIELDS, payload)
+    fields = _VALUES(payload)
     if payload.plate is not None:
         fields["plate_hash"] = ctx.hash_identifier(payload.plate)
-    tags = {name: value for name in TAGS if isinstance(value := getattr(payload, name, None), str)}
+    carried = payload.__dict__  # `lot` is not on events: getattr would take pydantic's slow path
+    tags = {name: value for name in TAGS if isinstance(value := carried.get(name), str)}
     return Point(fields=fields, tags=tags)
 
 

@@ -19,13 +19,13 @@ from pydantic import Field, model_validator
 from sensors.base import (
     EVENT,
     TELEMETRY,
+    DeclaredValues,
     DecodeContext,
     Envelope,
     FieldSpec,
     Point,
     SensorKind,
     ShortText,
-    declared_values,
 )
 
 NAME: Final = "smoke"
@@ -65,9 +65,10 @@ class SmokeTelemetry(Envelope):
     def _has_a_measurement(self) -> SmokeTelemetry:
         """Refuse telemetry without values: it would store nothing, silently."""
         carried = self.__dict__
-        if all(carried[name] is None for name in _MEASUREMENTS):
-            raise ValueError("smoke telemetry carries no measurement")
-        return self
+        for name in _MEASUREMENTS:  # a loop, not all(): this runs for every message
+            if carried[name] is not None:
+                return self
+        raise ValueError("smoke telemetry carries no measurement")
 
 
 _MEASUREMENTS: Final = tuple(SmokeTelemetry.model_fields.keys() - Envelope.model_fields.keys())
@@ -105,6 +106,7 @@ FIELDS: Final = (
 )
 # No extra tags: a detector is one device at one place, the common tags say all of it.
 TAGS: Final[tuple[str, ...]] = ()
+_VALUES: Final = DeclaredValues(NAME, FIELDS)
 
 
 def to_point(channel: str, payload: Envelope, ctx: DecodeContext) -> Point:
@@ -112,7 +114,7 @@ def to_point(channel: str, payload: Envelope, ctx: DecodeContext) -> Point:
     expected = SmokeTelemetry if channel == TELEMETRY else SmokeEvent if channel == EVENT else None
     if expected is None or not isinstance(payload, expected):
         raise TypeError(f"{NAME}: no mapping for {type(payload).__name__} on {channel!r}")
-    return Point(fields=declared_values(NAME, FIELDS, payload), tags={})
+    return Point(fields=_VALUES(payload), tags={})
 
 
 KIND: Final = SensorKind(

@@ -240,11 +240,24 @@ class AccessBehaviour(Behaviour):
     Arrivals are thinned from the door's peak rate by the hourly profile and, for doors
     with opening hours, by the schedule (nobody badges into the office at 3 am).
     A grant unlocks the door, it opens 1-4 s later and closes 3-8 s after that.
+
+    An elderly resident living alone is not a memoryless process: a Poisson stream of
+    independent passages lets the resident leave and never come back, or skip a whole
+    day at random. Their door follows a daily routine instead (`ROUTINE`): outings at
+    habitual times, each a way out and a way back, and now and then a day indoors.
     """
 
     kind = "access"
     battery_drain = 0.002
     TELEMETRY_MS: ClassVar[int] = 10 * MS_PER_MIN
+    ROUTINE: ClassVar[tuple[tuple[float, float, float], ...]] = (
+        (8.5, 11.0, 0.85),
+        (14.0, 17.0, 0.6),
+    )
+    """An elderly resident's outings: (earliest, latest local hour to leave, chance per
+    day). Both skipped (about 6 % of days) is a day indoors."""
+    OUTING_H: ClassVar[tuple[float, float]] = (0.5, 2.5)
+    """How long an outing lasts, in hours."""
 
     def __init__(
         self,
@@ -283,8 +296,24 @@ class AccessBehaviour(Behaviour):
         self._busy = False
         self._direction = "in"
         self._at(start_ms + rng.randrange(MS_PER_S, self.TELEMETRY_MS), "telemetry")
-        if self._peak > 0:
+        if attrs.elderly_resident:
+            self._plan_day(start_ms)
+        elif self._peak > 0:
             self._after(start_ms, self._exp_ms(self._peak), "arrival")
+
+    def _plan_day(self, now_ms: int) -> None:
+        """Schedule the rest of today's outings (out, then back) and tomorrow's plan."""
+        clock = self._clock
+        today = clock.day(now_ms)
+        for earliest, latest, chance in self.ROUTINE:
+            if self.rng.random() >= chance:
+                continue
+            leave = clock.at(today, self.rng.uniform(earliest, latest))
+            back = leave + round(self.rng.uniform(*self.OUTING_H) * MS_PER_HOUR)
+            if leave > now_ms:
+                self._at(leave, "go_out")
+                self._at(back, "come_in")
+        self._at(clock.at(today + timedelta(days=1), 0.0), "plan_day")
 
     def _act(self, action: str, now_ms: int, out: list[Emission]) -> None:
         rng = self.rng
@@ -299,6 +328,14 @@ class AccessBehaviour(Behaviour):
             }
             out.append(self._emit(TELEMETRY, payload, now_ms))
             self._after(now_ms, self.TELEMETRY_MS, "telemetry")
+        elif action == "plan_day":
+            self._plan_day(now_ms)
+        elif action in ("go_out", "come_in"):
+            if self._busy:  # the last passage is still under way: a moment later
+                self._after(now_ms, 20 * MS_PER_S, action)
+                return
+            self._direction = "out" if action == "go_out" else "in"
+            self._present_card(now_ms, out, may_be_denied=False)
         elif action == "arrival":
             self._after(now_ms, self._exp_ms(self._peak), "arrival")
             hour = self._clock.hour(now_ms)
@@ -309,32 +346,7 @@ class AccessBehaviour(Behaviour):
                 return
             p_out = 0.7 if 5 <= hour < 11 else 0.3 if 16 <= hour < 22 else 0.5
             self._direction = "out" if rng.random() < p_out else "in"
-            if rng.random() < self._rates.denied_fraction:
-                expired = rng.random() < 0.5
-                card = (
-                    rng.choice(self._expired)
-                    if expired
-                    else (f"{rng.randrange(10_000_000, 100_000_000)}")
-                )
-                denied: dict[str, JsonScalar] = {
-                    "door": door,
-                    "event": "access_denied",
-                    "credential": card,
-                    "direction": self._direction,
-                    "reason": "card expired" if expired else "unknown card",
-                }
-                out.append(self._emit(EVENT, denied, now_ms))
-                return
-            granted: dict[str, JsonScalar] = {
-                "door": door,
-                "event": "access_granted",
-                "credential": rng.choice(self._cards),
-                "direction": self._direction,
-            }
-            out.append(self._emit(EVENT, granted, now_ms))
-            self._locked = False
-            self._busy = True
-            self._after(now_ms, rng.uniform(1.0, 4.0) * MS_PER_S, "open")
+            self._present_card(now_ms, out, may_be_denied=True)
         elif action == "open":
             self._open = True
             opened: dict[str, JsonScalar] = {
@@ -351,6 +363,38 @@ class AccessBehaviour(Behaviour):
             out.append(self._emit(EVENT, {"door": door, "event": "door_closed"}, now_ms))
         else:
             raise ValueError(f"access: unknown action {action!r}")
+
+    def _present_card(self, now_ms: int, out: list[Emission], *, may_be_denied: bool) -> None:
+        """A card at the reader: now and then refused (a stranger's or an expired card),
+        else granted, and the door opens 1-4 s later."""
+        rng = self.rng
+        door = self._door
+        if may_be_denied and rng.random() < self._rates.denied_fraction:
+            expired = rng.random() < 0.5
+            card = (
+                rng.choice(self._expired)
+                if expired
+                else (f"{rng.randrange(10_000_000, 100_000_000)}")
+            )
+            denied: dict[str, JsonScalar] = {
+                "door": door,
+                "event": "access_denied",
+                "credential": card,
+                "direction": self._direction,
+                "reason": "card expired" if expired else "unknown card",
+            }
+            out.append(self._emit(EVENT, denied, now_ms))
+            return
+        granted: dict[str, JsonScalar] = {
+            "door": door,
+            "event": "access_granted",
+            "credential": rng.choice(self._cards),
+            "direction": self._direction,
+        }
+        out.append(self._emit(EVENT, granted, now_ms))
+        self._locked = False
+        self._busy = True
+        self._after(now_ms, rng.uniform(1.0, 4.0) * MS_PER_S, "open")
 
 
 @dataclass(frozen=True, slots=True)

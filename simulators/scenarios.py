@@ -326,7 +326,16 @@ def run_scenarios(
             if span is None:
                 labels.append(label)
             else:
-                labels.append(dataclasses.replace(label, start_ms=span[0], end_ms=span[1]))
+                # Device time may run a few ms ahead of the plan (ts strictly rising):
+                # the planned moment of evidence stays inside the refined span.
+                detectable = label.detectable_ms
+                if detectable is not None:
+                    detectable = min(max(detectable, span[0]), span[1])
+                labels.append(
+                    dataclasses.replace(
+                        label, start_ms=span[0], end_ms=span[1], detectable_ms=detectable
+                    )
+                )
     return messages, sorted_labels(labels)
 
 
@@ -379,6 +388,7 @@ def _label(
     start_ms: int,
     end_ms: int,
     note: str = "",
+    detectable_ms: int | None = None,
 ) -> Label:
     """A label: cell of the first device, devices sorted; times refined by the run."""
     return Label(
@@ -391,6 +401,7 @@ def _label(
         end_ms=end_ms,
         source=f"scenario {scenario}",
         note=note,
+        detectable_ms=detectable_ms,
     )
 
 
@@ -631,7 +642,12 @@ def _plan_fire(site: Site, rng: random.Random, start_ms: int, end_ms: int) -> Sc
             reading = _smoke_reading(obscuration, base + 4.0 * minutes, 1.0 + 8.0 * minutes, alarm)
             plan.injections.append(Injection(at, detector.id, TELEMETRY, reading, label))
     ids = [d.id for d in detectors]
-    plan.labels.append(_label(site, name, 1, IncidentKind.FIRE, ids, t0, end))
+    first_alarm = min(
+        (i.at_ms for i in plan.injections if i.channel == EVENT and i.label == label), default=t0
+    )
+    plan.labels.append(
+        _label(site, name, 1, IncidentKind.FIRE, ids, t0, end, detectable_ms=first_alarm)
+    )
     return plan
 
 
@@ -669,7 +685,16 @@ def _plan_smoke_nuisance(
         reading = _smoke_reading(0.03 + peak * level, base + 1.0 * level, 0.8 + 1.5 * level, alarm)
         plan.injections.append(Injection(at, detector.id, TELEMETRY, reading, label))
     plan.labels.append(
-        _label(site, name, 1, IncidentKind.SMOKE_NUISANCE, [detector.id], t0, t0 + span)
+        _label(
+            site,
+            name,
+            1,
+            IncidentKind.SMOKE_NUISANCE,
+            [detector.id],
+            t0,
+            t0 + span,
+            detectable_ms=alarm_from,  # rising smoke below the alarm level is no incident
+        )
     )
     return plan
 
@@ -794,7 +819,12 @@ WALKING_M_PER_S: Final = 1.5
 """A brisk walk: one card at two doors faster than this is two cards."""
 CLONED_CARD_MIN_M: Final = 300.0
 WELFARE_SILENCE_MS: Final = 36 * MS_PER_HOUR
-"""No door event this long at an elderly resident's flat calls for a visit."""
+"""No sign of life at an elderly resident's flat door this long calls for a visit."""
+SIGNS_OF_LIFE: Final = frozenset(
+    {"access_granted", "door_opened", "door_closed", "door_held", "door_forced"}
+)
+"""Door events that mean someone is there. A tamper report is the controller speaking,
+and a refused card someone outside: neither says anything about the resident."""
 
 
 def _unscheduled_door(site: Site, rng: random.Random, name: str) -> AccessDevice:
@@ -900,6 +930,7 @@ def _plan_cloned_card(site: Site, rng: random.Random, start_ms: int, end_ms: int
             t,
             t + gap,
             note=f"{metres:.0f} m in {gap / MS_PER_S:.0f} s",
+            detectable_ms=t + gap,  # until the second use, the first is an ordinary one
         )
     )
     return plan
@@ -1081,6 +1112,11 @@ def _plan_reserved_bay(site: Site, rng: random.Random, start_ms: int, end_ms: in
 STORM_DEVICES: Final = 20
 
 
+FLOOD_ALARMS: Final = 10
+"""ISA-18.2: more than 10 alarms in 10 minutes (per operator) is an alarm flood. A storm
+is detectable from its 11th alarm on; before that it is ordinary alarms."""
+
+
 def _plan_incident_storm(
     site: Site, rng: random.Random, start_ms: int, end_ms: int
 ) -> ScenarioPlan:
@@ -1103,8 +1139,19 @@ def _plan_incident_storm(
         plan.injections.append(Injection(at, device.id, EVENT, event, label))
     first = hit[times.index(min(times))].id
     ids = [first, *(d.id for d in hit if d.id != first)]
+    ordered = sorted(times)
+    flood = ordered[min(FLOOD_ALARMS, len(ordered) - 1)]
     plan.labels.append(
-        _label(site, name, 1, IncidentKind.INCIDENT_STORM, ids, min(times), max(times))
+        _label(
+            site,
+            name,
+            1,
+            IncidentKind.INCIDENT_STORM,
+            ids,
+            ordered[0],
+            ordered[-1],
+            detectable_ms=flood,
+        )
     )
     return plan
 
@@ -1252,6 +1299,34 @@ _BACKGROUND_KINDS: Final = {
 }
 
 
+def _event_name(message: SimMessage) -> str | None:
+    try:
+        body = json.loads(message.payload)
+    except ValueError:
+        return None  # a malformed-payload scenario's message
+    event = body.get("event") if isinstance(body, dict) else None
+    return event if isinstance(event, str) else None
+
+
+WELFARE: Final = IncidentKind.WELFARE_CHECK
+OVERSTAY: Final = IncidentKind.PARKING_OVERSTAY
+
+
+def _occupied(message: SimMessage) -> bool | None:
+    """A bay message's word on occupancy: its `occupied` field or arrival/departure."""
+    try:
+        body = json.loads(message.payload)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    occupied = body.get("occupied")
+    if isinstance(occupied, bool):
+        return occupied
+    event = body.get("event")
+    return True if event == "vehicle_arrived" else False if event == "vehicle_left" else None
+
+
 def background_labels(
     site: Site, messages: Iterable[SimMessage], labels: Sequence[Label]
 ) -> list[Label]:
@@ -1260,8 +1335,14 @@ def background_labels(
     detector that finds them would be charged with false alarms.
 
     A fault lasts until the device says `fault_cleared` or, for a bay sensor (which
-    has no such event), until its next telemetry. Events already covered by a
-    scenario label of the same kind on the same device are left to that label."""
+    has no such event), until its next telemetry. An elderly resident's flat door with
+    no sign of life (`SIGNS_OF_LIFE`) for `WELFARE_SILENCE_MS` (a day indoors) is a
+    welfare check, from the door's last such event (or first message) to its next one
+    (or the end of traffic). An ordinary bay (no fire lane, not reserved) occupied for
+    more than `OVERSTAY_LIMIT_MS` is an overstay, from its first occupied report to the
+    vehicle leaving (or the end of traffic).
+    Events already covered by a scenario label of the same kind on the same device are
+    left to that label."""
     covered: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for label in labels:
         for device in label.devices:
@@ -1289,11 +1370,48 @@ def background_labels(
             )
         )
 
+    elderly = {d.id for d in site.devices_of("access") if d.attributes.elderly_resident}
+    ordinary_bays = {
+        d.id
+        for d in site.devices_of("parking")
+        if d.attributes.bay_id is not None
+        and not d.attributes.fire_lane
+        and not d.attributes.reserved
+    }
+    quiet_since: dict[str, int] = {}
+    parked_since: dict[str, int] = {}
+    last_ms = 0
+
+    def lasting(kind: IncidentKind, limit_ms: int, device_id: str, start: int, end: int) -> None:
+        """A state held at least `limit_ms` is an incident of `kind` (unless covered)."""
+        if end - start < limit_ms:
+            return
+        spans = covered.get((device_id, kind.value), [])
+        if not any(lo <= end and start <= hi for lo, hi in spans):
+            add(kind, device_id, start, end)
+
     for message in messages:
+        last_ms = max(last_ms, message.sim_ms)
+        device_id = message.device_id
+        if device_id in elderly:
+            quiet_since.setdefault(device_id, message.sim_ms)
+            if message.channel == EVENT and _event_name(message) in SIGNS_OF_LIFE:
+                since = quiet_since[device_id]
+                lasting(WELFARE, WELFARE_SILENCE_MS, device_id, since, message.sim_ms)
+                quiet_since[device_id] = message.sim_ms
+        elif device_id in ordinary_bays and message.channel != STATUS:
+            occupied = _occupied(message)
+            if occupied is True:
+                parked_since.setdefault(device_id, message.sim_ms)
+            elif occupied is False and device_id in parked_since:
+                since = parked_since.pop(device_id)
+                lasting(OVERSTAY, OVERSTAY_LIMIT_MS, device_id, since, message.sim_ms)
         if message.channel == STATUS:
             continue
-        if b'"fault' not in message.payload and b"low_battery" not in message.payload and (
-            message.device_id not in open_faults
+        if (
+            b'"fault' not in message.payload
+            and b"low_battery" not in message.payload
+            and (message.device_id not in open_faults)
         ):
             continue  # most messages: nothing to look at, skip the JSON parse
         try:
@@ -1315,4 +1433,8 @@ def background_labels(
             add(IncidentKind.LOW_BATTERY, device_id, ts, ts)
     for device_id, start in open_faults.items():
         add(IncidentKind.DEVICE_FAULT, device_id, start, start)
+    for device_id, start in quiet_since.items():
+        lasting(WELFARE, WELFARE_SILENCE_MS, device_id, start, last_ms)
+    for device_id, start in parked_since.items():
+        lasting(OVERSTAY, OVERSTAY_LIMIT_MS, device_id, start, last_ms)
     return sorted_labels(found)

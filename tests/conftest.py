@@ -20,6 +20,7 @@ import pytest
 
 from hub.runtime import Hub
 from hub.settings import (
+    ApiSettings,
     DeadLetterSettings,
     EventsSettings,
     HubSettings,
@@ -104,6 +105,8 @@ def make_settings(
         ),
         # Ingest tests count exactly what they publish; rules/events tests opt in.
         "events": EventsSettings(enabled=False),
+        # The API binds a fixed port; tests that want it serve their own app.
+        "api": ApiSettings(enabled=False),
     }
     values.update(sections)
     return Settings.model_validate(values)

@@ -145,22 +145,38 @@ def test_one_event_detects_one_label() -> None:
     assert [x.id for x in missed] == ["L2"]  # earliest label takes the event
 
 
-def test_flood_parent_scored_as_storm_children_excluded() -> None:
+def test_flood_parent_scored_as_storm_children_by_when_they_were_shown() -> None:
     labels = [
         label("S1", IncidentKind.INCIDENT_STORM, 0, 60_000, devices=("d1", "d2", "d3")),
         label("L1", FIRE, 0, 60_000),
     ]
     events = [
         event("P", "incident_storm", 3_000, device=None, devices=("d1", "d2", "d3")),
-        event("C1", "fire", 1_000, parent_id="P"),
-        event("C2", "fire", 2_000, device="d2", parent_id="P"),
+        event("C1", "fire", 1_000, parent_id="P"),  # shown before the flood: it detected L1
+        event("C2", "fire", 2_000, device="d2", parent_id="P"),  # no fire at d2: the storm's
+        event("C3", "fire", 4_000, parent_id="P"),  # joined the flood: never shown alone
     ]
     report = score(labels, events, device_count=3, span_ms=DAY)
     storm = report.by_kind["incident_storm"]
     assert (storm.tp, storm.events, storm.delay_median_s) == (1, 1, 3.0)
     fire = report.by_kind["fire"]
-    assert (fire.events, fire.fn, fire.precision) == (0, 1, None)  # children not scored
-    assert report.peak_events_per_10min == 1.0
+    assert (fire.events, fire.tp, fire.fp, fire.duplicates, fire.fn) == (1, 1, 0, 0, 0)
+    assert fire.delay_median_s == 1.0
+    assert report.peak_events_per_10min == 1.0  # the desk shows the flood as one row
+
+
+def test_a_child_shown_before_the_flood_outside_any_storm_is_a_false_alarm() -> None:
+    labels = [label("S1", IncidentKind.INCIDENT_STORM, 500_000, 560_000, devices=("d2",))]
+    events = [
+        event("P", "incident_storm", 500_000, device=None, devices=("d1", "d2")),
+        event("C1", "door_forced", 100_000, parent_id="P"),  # d1: not the storm's device
+        event("C2", "door_forced", 499_000, device="d2", parent_id="P"),  # d2, but before it
+    ]
+    report = score(labels, events, device_count=2, span_ms=DAY)
+    forced = report.by_kind["door_forced"]
+    assert (forced.events, forced.fp) == (1, 1)  # C1; C2 is within the early slack: covered
+    missed, false_alarms = unmatched(labels, events)
+    assert (missed, [e.id for e in false_alarms]) == ([], ["C1"])
 
 
 def test_peak_sliding_window_excludes_the_boundary() -> None:

@@ -181,6 +181,7 @@ def test_every_reason_has_a_stable_value() -> None:
         "identity_mismatch",
         "timestamp_future",
         "timestamp_past",
+        "unknown_device",
     }
 
 

@@ -19,7 +19,7 @@ from events.model import (
     Severity,
     State,
 )
-from events.store import EventStore, StaleEvent, UnknownEvent
+from events.store import EventFilter, EventStore, StaleEvent, UnknownEvent
 
 T0 = 1_740_000_000_000
 MIN = 60_000
@@ -237,12 +237,12 @@ def storm(events: EventManager, n: int, *, start: int = T0, step: int = 50_000, 
 
 
 def top_level_open(store: EventStore, site: str = "s1") -> list[SecurityEvent]:
-    return store.list_events(site=site, states=OPEN, top_level_only=True)
+    return store.list_events(EventFilter(site=site, states=OPEN, top_level_only=True))
 
 
 def test_ten_events_are_not_a_flood(events: EventManager, store: EventStore) -> None:
     storm(events, 10)
-    assert store.count_events(rule_id=FLOOD_RULE) == 0
+    assert store.count_events(EventFilter(rule_id=FLOOD_RULE)) == 0
     assert len(top_level_open(store)) == 10
 
 
@@ -295,7 +295,7 @@ def test_further_events_join_the_active_parent(events: EventManager, store: Even
 
 def test_events_outside_the_window_do_not_count(events: EventManager, store: EventStore) -> None:
     storm(events, 11, step=61_000)  # 11 raises over 10 min 10 s
-    assert store.count_events(rule_id=FLOOD_RULE) == 0
+    assert store.count_events(EventFilter(rule_id=FLOOD_RULE)) == 0
 
 
 def test_a_shelved_event_is_grouped_but_keeps_its_mode(
@@ -307,6 +307,10 @@ def test_a_shelved_event_is_grouped_but_keeps_its_mode(
     parent = must(store.open_event(FLOOD_RULE, "s1"))
     shelved = must(store.get(first.id))
     assert (shelved.parent_id, shelved.mode) == (parent.id, Mode.SHELVED)
+    # When the flood ends only the suppressed children come back; the shelve stands.
+    events.tick(T0 + 11_000 + WINDOW)
+    assert must(store.get(first.id)).mode is Mode.SHELVED
+    assert {c.mode for c in store.children(parent.id) if c.id != first.id} == {Mode.NORMAL}
 
 
 def test_the_parent_returns_when_the_site_goes_quiet(
@@ -314,16 +318,30 @@ def test_the_parent_returns_when_the_site_goes_quiet(
 ) -> None:
     last = storm(events, 12)
     parent = must(store.open_event(FLOOD_RULE, "s1"))
+    events.handle(clear("door-0", at_ms=last + 1), last + 1)  # one child's condition ended
     assert events.tick(last + WINDOW - 1) == []
-    back = one(events.tick(last + WINDOW))
+    changed = events.tick(last + WINDOW)
+    back = changed[0]
     assert (back.id, back.state, back.returned_ms) == (
         parent.id,
         State.RETURNED_UNACKNOWLEDGED,
         last + WINDOW,
     )
     assert store.audit_trail(parent.id)[-1].actor == SYSTEM
-    # The children keep their own lifecycle: still active and suppressed.
-    assert all(c.active and c.state is State.SUPPRESSED for c in store.children(parent.id))
+    # The flood is over: its children are annunciated again, each in its own state, and
+    # stay grouped under the parent.
+    children = store.children(parent.id)
+    assert {c.id for c in changed[1:]} == {c.id for c in children}
+    assert all(c.mode is Mode.NORMAL and c.parent_id == parent.id for c in children)
+    states = {c.key: c.state for c in children}
+    assert states.pop("door-0") is State.RETURNED_UNACKNOWLEDGED
+    assert set(states.values()) == {State.ACTIVE_UNACKNOWLEDGED}
+    record = store.audit_trail(children[0].id)[-1]
+    assert (record.action, record.actor, record.at_ms) == (
+        Action.UNSUPPRESS,
+        SYSTEM,
+        last + WINDOW,
+    )
     assert events.tick(last + 2 * WINDOW) == []
     # Quiet means no new flood: the next event stands alone.
     after = one(events.handle(raise_("door-99", at_ms=last + WINDOW + 1), last + WINDOW + 1))
@@ -339,7 +357,7 @@ def test_a_new_storm_reopens_a_returned_parent(events: EventManager, store: Even
     assert parent.active
     assert (parent.count, parent.values["events"]) == (2, 22)
     assert len(store.children(parent.id)) == 22
-    assert store.count_events(rule_id=FLOOD_RULE) == 1
+    assert store.count_events(EventFilter(rule_id=FLOOD_RULE)) == 1
 
 
 # ---------------------------------------------------------------------- restarts

@@ -28,6 +28,7 @@ from events.model import (
     transition,
 )
 from events.store import (
+    EventFilter,
     EventStore,
     SchemaTooNew,
     StaleEvent,
@@ -363,13 +364,13 @@ def one_event_per_state(store: EventStore) -> dict[State, str]:
 def test_each_state_filter_finds_exactly_its_events(store: EventStore) -> None:
     ids = one_event_per_state(store)
     for state, event_id in ids.items():
-        found = store.list_events(states=[state])
+        found = store.list_events(EventFilter(states=[state]))
         assert [e.id for e in found] == [event_id], state
         assert found[0].state is state
-        assert store.count_events(states=[state]) == 1
-    several = store.list_events(states={State.CLEARED, State.SHELVED})
+        assert store.count_events(EventFilter(states=[state])) == 1
+    several = store.list_events(EventFilter(states={State.CLEARED, State.SHELVED}))
     assert {e.id for e in several} == {ids[State.CLEARED], ids[State.SHELVED]}
-    assert store.list_events(states=[]) == []
+    assert store.list_events(EventFilter(states=[])) == []
     assert store.count_events() == len(State)
 
 
@@ -381,10 +382,11 @@ def test_list_filters_order_and_paging(store: EventStore) -> None:
     store.save([raised("c", "kc", at_ms=T0 + 2, site="s2", cell=None)])
     store.save([act(must(store.get("a")), Action.GROUP, parent_id="c")])
 
-    def ids(**kw: Any) -> list[str]:
-        found = [e.id for e in store.list_events(**kw)]
-        if "limit" not in kw and "offset" not in kw:
-            assert store.count_events(**kw) == len(found)
+    def ids(limit: int = 100, offset: int = 0, **kw: Any) -> list[str]:
+        where = EventFilter(**kw)
+        found = [e.id for e in store.list_events(where, limit=limit, offset=offset)]
+        if (limit, offset) == (100, 0):
+            assert store.count_events(where) == len(found)
         return found
 
     assert ids() == ["c", "b", "a"]  # newest raised first
@@ -400,6 +402,8 @@ def test_list_filters_order_and_paging(store: EventStore) -> None:
     assert ids(limit=2) == ["c", "b"]
     assert ids(limit=2, offset=2) == ["a"]
     assert ids(site="s1", states=[State.ACTIVE_UNACKNOWLEDGED], top_level_only=True) == ["b"]
+    assert ids(parent_id="c") == ["a"]
+    assert ids(parent_id="c", site="s2") == []
     assert [e.id for e in store.children("c")] == ["a"]
     assert store.children("b") == []
 

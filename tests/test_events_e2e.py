@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from events.model import State
-from events.store import EventStore
+from events.store import EventFilter, EventStore
 from hub.events_wiring import store_url
 from hub.settings import EventsSettings, Settings
 from hub.stack import ManagedProcess
@@ -70,7 +70,7 @@ def _event_points(influxdb: ManagedProcess, database: str) -> int:
 
 def _open_events(settings: Settings) -> list[object]:
     with EventStore(store_url(settings)) as store:
-        return list(store.list_events(site="yingyang"))
+        return list(store.list_events(EventFilter(site="yingyang")))
 
 
 async def test_forced_door_becomes_an_event_everywhere(
@@ -88,7 +88,7 @@ async def test_forced_door_becomes_an_event_everywhere(
             await until(lambda: bool(listener.received()), 20, "the event on gw/v1/yingyang/events")
             await until(lambda: _event_points(influxdb, database) >= 1, 20, "the event point")
         with EventStore(store_url(settings)) as store:
-            (event,) = store.list_events(site="yingyang")
+            (event,) = store.list_events(EventFilter(site="yingyang"))
             assert event.rule_id == "door_forced"
             assert event.device == DOOR
             assert event.cell == "yy-g07"
@@ -143,7 +143,9 @@ async def test_restart_neither_forgets_nor_repeats_an_open_condition(
             await until(lambda: len(_open_events(settings)) == 1, 20, "one denial event")
         with EventStore(store_url(settings)) as store:
             events = [
-                e for e in store.list_events(site="yingyang") if e.rule_id == "repeated_denials"
+                e
+                for e in store.list_events(EventFilter(site="yingyang"))
+                if e.rule_id == "repeated_denials"
             ]
             assert len(events) == 1
             assert events[0].count == 2  # raised at the 4th denial, repeated at the 5th

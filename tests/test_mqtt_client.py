@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -17,11 +18,13 @@ import pytest
 
 from hub.stack import ManagedProcess, free_port
 from ingest.mqtt_client import (
+    MQTT_V5,
     MQTT_V311,
     ConnectOptions,
     ConnectRefused,
     MqttClient,
     MqttProtocol,
+    encode_publish,
 )
 from tests.publishers import Publisher
 from tests.services import running_mosquitto
@@ -271,3 +274,88 @@ async def test_garbage_from_the_peer_closes_the_connection_not_the_loop() -> Non
         proto = client._protocol
         assert isinstance(proto, MqttProtocol)
         await asyncio.wait_for(asyncio.shield(proto.closed), 5)
+
+
+class _Transport(asyncio.Transport):
+    """Swallows what the protocol writes; framing tests feed bytes in by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def _wire_publishes(protocol: int) -> tuple[bytes, list[tuple[str, bytes, int, bool, int]]]:
+    """PUBLISH packets of every shape the parser meets, and what each must yield."""
+    expected = [
+        ("gw/v1/s/smoke/d1/telemetry", b'{"seq":1}', 1, False, 7),
+        ("gw/v1/s/smoke/d1/status", b"online", 0, True, 0),
+        ("gw/v1/s/parking/p-\u00e9/event", b"x" * 300, 1, False, 65535),  # 2-byte length
+        ("t", b"", 1, False, 1),
+        ("gw/v1/s/access/a1/event", bytes(range(256)) * 70, 1, False, 2),  # 3-byte length
+    ]
+    wire = b"".join(
+        encode_publish(topic, payload, qos, retain, pid, protocol)
+        for topic, payload, qos, retain, pid in expected
+    )
+    if protocol == MQTT_V5:  # one with properties (a 2-byte property length) too
+        topic = "gw/v1/s/smoke/d2/telemetry"
+        props = b"\x26" + _utf8_pair("k", "v" * 200)  # a user property
+        body = (
+            len(topic).to_bytes(2, "big") + topic.encode() + b"\x00\x09"
+            + bytes([len(props) & 0x7F | 0x80, len(props) >> 7]) + props + b"{}"
+        )  # fmt: skip
+        wire += bytes([0x32, len(body) & 0x7F | 0x80, len(body) >> 7]) + body
+        expected.append((topic, b"{}", 1, False, 9))
+    return wire, expected
+
+
+def _utf8_pair(key: str, value: str) -> bytes:
+    return b"".join(len(s).to_bytes(2, "big") + s.encode() for s in (key, value))
+
+
+@pytest.mark.parametrize("protocol", [MQTT_V5, MQTT_V311])
+async def test_publishes_split_anywhere_across_reads_parse_the_same(protocol: int) -> None:
+    """TCP cuts the stream anywhere: packets split across reads at every offset, in
+    random chunks and all at once must give the same messages, in order."""
+    wire, expected = _wire_publishes(protocol)
+    rng = random.Random(5)
+    cuts = [[wire], [wire[i : i + 1] for i in range(len(wire))]]
+    for _ in range(20):
+        chunks, pos = [], 0
+        while pos < len(wire):
+            step = rng.randint(1, 3000)
+            chunks.append(wire[pos : pos + step])
+            pos += step
+        cuts.append(chunks)
+    for chunks in cuts:
+        got: list[tuple[str, bytes, int, bool, int]] = []
+        proto = MqttProtocol(
+            ConnectOptions(client_id="framing", protocol=protocol),
+            lambda *message, into=got: into.append(message),
+        )
+        transport = _Transport()
+        proto.connection_made(transport)
+        for chunk in chunks:
+            proto.data_received(chunk)
+        assert got == expected
+        assert not transport.aborted
+
+
+async def test_a_publish_header_overrunning_its_packet_closes_the_connection() -> None:
+    got: list[object] = []
+    proto = MqttProtocol(ConnectOptions(client_id="framing"), lambda *m: got.append(m))
+    transport = _Transport()
+    proto.connection_made(transport)
+    # Remaining length 4, but the topic length claims 200 bytes.
+    proto.data_received(b"\x32\x04\x00\xc8ab")
+    assert transport.aborted
+    assert got == []

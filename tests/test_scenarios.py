@@ -547,3 +547,37 @@ def test_parking_overstay_keeps_one_vehicle_beyond_a_day(site: Site) -> None:
     ]
     assert len(states) >= 40
     assert all(states)
+
+
+def test_labels_are_detectable_from_their_first_evidence(run: Run) -> None:
+    """Where the devices' messages first show the incident: detection delay counts from
+    there (hub.alarm_quality), never from before any detector could know."""
+    cloned = label_of(run, IncidentKind.CLONED_CARD)
+    grants = sorted(
+        t
+        for d in cloned.devices
+        for t in events(run, d, "access_granted")
+        if cloned.start_ms <= t <= cloned.end_ms
+    )
+    assert len(grants) >= 2
+    assert cloned.detectable_ms == grants[-1] == cloned.end_ms  # the too-distant second use
+    nuisance = label_of(run, IncidentKind.SMOKE_NUISANCE)
+    (detector,) = nuisance.devices
+    assert nuisance.detectable_ms in _alarms(run)[detector]  # the alarm, not the first smoke
+    assert nuisance.detectable_ms is not None
+    assert nuisance.detectable_ms - nuisance.start_ms >= 3 * 60_000
+    fire = label_of(run, IncidentKind.FIRE)
+    firsts = [min(t for t in _alarms(run)[d] if t >= fire.start_ms) for d in fire.devices]
+    assert fire.detectable_ms == min(firsts)
+    storm = label_of(run, IncidentKind.INCIDENT_STORM)
+    tampers = sorted(
+        t
+        for d in storm.devices
+        for t in events(run, d, "tamper")
+        if storm.start_ms <= t <= storm.end_ms
+    )
+    assert storm.detectable_ms == tampers[10]  # the 11th: a flood from here on (ISA-18.2)
+    plain = label_of(run, IncidentKind.DOOR_FORCED)
+    assert plain.detectable_ms is None
+    assert plain.evident_ms == plain.start_ms
+    assert Label.from_json(cloned.to_json()) == cloned

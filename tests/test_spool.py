@@ -191,6 +191,24 @@ def test_rotation_across_segments_and_deletion_after_commit(tmp_path: Path) -> N
         spool.close()
 
 
+def test_oldest_pending_follows_the_cursor_across_segments(tmp_path: Path) -> None:
+    """The lag statistic reads one header: the first unstored frame's, wherever it is."""
+    spool = open_spool(tmp_path / "spool", segment_bytes=100)
+    try:
+        for i in range(6):
+            put(spool, lines_of(str(i), 2), spooled_ms=1000 + i)
+        assert spool.oldest_pending_ms() == 1000
+        while (batch := spool.read(1)) is not None:
+            spool.commit(batch.end, batch.lines)
+            after = spool.oldest_pending_ms()
+            assert after is None or after == batch.oldest_spooled_ms + 1
+        assert spool.oldest_pending_ms() is None
+        put(spool, lines_of("late", 1), spooled_ms=2000)
+        assert spool.oldest_pending_ms() == 2000
+    finally:
+        spool.close()
+
+
 def test_reopen_after_rotation_deletes_finished_segments(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     spool = open_spool(directory, segment_bytes=100)

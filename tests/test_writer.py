@@ -360,3 +360,110 @@ def test_latency_histogram_percentiles_within_two_percent() -> None:
     assert 990 <= p99 <= 990 * 1.02 + 1e-9
     hist.add(-5.0)  # a device clock ahead of the hub's: counted at the floor, never an error
     assert hist.percentiles(0.0)[0] == pytest.approx(0.1)
+
+
+class SlowInflux(FakeInflux):
+    """Takes `seconds` per write and notes when each write started."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.started: list[float] = []
+
+    async def write(self, payload: bytes) -> None:
+        self.started.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(self.seconds)
+        await super().write(payload)
+
+
+async def test_the_rest_of_a_burst_waits_for_idle_once_not_per_batch(
+    spool: Spool, dead: DeadLetterStore
+) -> None:
+    """Idle means no new lines: the backlog shrinking under our own writes is not input.
+    Full batches go at once (two in flight for a backlog); the partial rest goes once the
+    input has been quiet for idle_s counted from the last new line, not the last write."""
+    lines = make_lines(25)
+    spool_lines(spool, lines, per_frame=5)
+    sink, stats = SlowInflux(0.8), IngestStats()
+    w = SpoolWriter(spool, sink, dead, stats, batch_size=10, flush_interval_s=30.0, idle_s=1.0)
+    start = asyncio.get_running_loop().time()
+    task = asyncio.create_task(w.run())
+    try:
+        await eventually(lambda: stats.stored == 25, limit_s=10.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sorted(sink.stored) == sorted(lines)
+    assert len(sink.started) == 3
+    first, second, rest = (t - start for t in sink.started)
+    assert first < 0.3 and second < 0.3  # full batches: at once, both in flight
+    assert 0.95 < rest < 1.5  # idle_s after the last new line (the old rule: ~1.8 s)
+
+
+class CountingInflux(SlowInflux):
+    """Notes how many writes were in flight at once."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def write(self, payload: bytes) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await super().write(payload)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_backlog_has_two_writes_in_flight(spool: Spool, dead: DeadLetterStore) -> None:
+    lines = make_lines(45)
+    spool_lines(spool, lines, per_frame=5)
+    sink, stats = CountingInflux(0.05), IngestStats()
+    w = SpoolWriter(spool, sink, dead, stats, batch_size=10, flush_interval_s=0.05, idle_s=0.05)
+    task = asyncio.create_task(w.run())
+    try:
+        await eventually(lambda: stats.stored == 45)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sink.most_in_flight == 2
+    assert sorted(sink.stored) == sorted(lines)
+    assert len(sink.stored) == 45
+    assert spool.pending_lines == 0
+
+
+async def test_two_in_flight_commit_together_after_a_retry(
+    spool: Spool, dead: DeadLetterStore
+) -> None:
+    """The first batch fails once while the second is stored: nothing is committed
+    until both are stored, then the cursor moves over both."""
+    lines = make_lines(20)
+    spool_lines(spool, lines, per_frame=5)
+    sink, stats, commits = FakeInflux(spool, fail_times=1), IngestStats(), list[int]()
+    w = writer(spool, sink, dead, stats, commits, batch_size=10)
+    assert await w._write_two() is True
+    assert sink.calls == 3  # two batches, one retried
+    assert sorted(sink.stored) == sorted(lines) and len(sink.stored) == 20
+    assert sink.pending_seen == [20, 20, 20]  # no commit before both were stored
+    assert commits == [0]
+    assert stats.stored == 20
+    assert stats.write_failures[Failure.RETRY.value] == 1
+    assert spool.read(100) is None
+
+
+async def test_two_in_flight_dead_letter_refused_lines_once(
+    spool: Spool, dead: DeadLetterStore
+) -> None:
+    lines = make_lines(20, bad=frozenset({2, 15}))
+    spool_lines(spool, lines, per_frame=5)
+    sink, stats = FakeInflux(), IngestStats()
+    assert await writer(spool, sink, dead, stats, batch_size=10)._write_two() is True
+    assert stats.stored == 18
+    assert stats.dead_lettered == 2
+    records = list(read_dead_letters(dead.directory, keep=dead.keep))
+    assert {base64.b64decode(r["payload_b64"]) for r in records} == {lines[2], lines[15]}
+    assert spool.pending_lines == 0

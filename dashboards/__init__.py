@@ -1,0 +1,1 @@
+"""Grafana dashboards as code: builders, provisioning files and the HTTP API push."""

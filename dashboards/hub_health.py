@@ -1,0 +1,111 @@
+"""Hub health: the hub's own counters (`hub_stats`), as rates where they are cumulative."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from grafana_foundation_sdk.models import dashboard
+
+from dashboards import schema
+from dashboards.common import (
+    HUB,
+    BuildConfig,
+    device_variables,
+    new_dashboard,
+    query,
+    stat_panel,
+    timeseries_panel,
+    variable,
+    where,
+    with_panels,
+    with_variables,
+)
+from dashboards.influxql import INTERVAL, ident, var_match
+
+UID: Final = "gridwatch-hub-health"
+TITLE: Final = "GridWatch / Hub health"
+
+
+def _rates(*fields: str) -> str:
+    """Per-second rates of cumulative counters (a hub restart is a reset, not a dip)."""
+    hub = schema.HUB_STATS_M
+    selected = ", ".join(
+        f"non_negative_derivative(last({ident(hub.field(f))}), 1s) AS {ident(f)}" for f in fields
+    )
+    return (
+        f"SELECT {selected} FROM {ident(hub.name)} "
+        + where(var_match(hub.tag(HUB), HUB))
+        + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
+    )
+
+
+def _gauge(field: str) -> str:
+    hub = schema.HUB_STATS_M
+    return (
+        f"SELECT last({ident(hub.field(field))}) AS {ident(field)} FROM {ident(hub.name)} "
+        + where(var_match(hub.tag(HUB), HUB))
+        + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
+    )
+
+
+def build(config: BuildConfig) -> dashboard.Dashboard:
+    hub = schema.HUB_STATS_M
+    alias = f"$tag_{hub.tag(HUB)} $col"
+    panels = [
+        timeseries_panel(
+            "Messages per second",
+            "Received, stored and rejected per second (non_negative_derivative of the counters).",
+            [query(_rates("received", "stored", "rejected")).alias(alias)],
+            unit="reqps",
+        ),
+        timeseries_panel(
+            "Dead letters and write failures per second",
+            "Refused messages filed as dead letters, and failed InfluxDB writes.",
+            [query(_rates("dead_lettered", "write_failures", "backpressure_waits")).alias(alias)],
+            unit="reqps",
+        ),
+        timeseries_panel(
+            "Spool backlog",
+            "Bytes waiting in the durable spool for InfluxDB; it grows while InfluxDB is down.",
+            [query(_gauge("spool_bytes")).alias(alias)],
+            unit="bytes",
+        ),
+        timeseries_panel(
+            "Writer lag",
+            "Seconds between a reading's arrival and its write to InfluxDB.",
+            [query(_gauge("lag_s")).alias(alias)],
+            unit="s",
+        ),
+        timeseries_panel(
+            "Broker reconnects",
+            "MQTT reconnects per interval (counter difference).",
+            [
+                query(
+                    f"SELECT non_negative_difference(last({ident(hub.field('reconnects'))})) "
+                    f"AS {ident('reconnects')} FROM {ident(hub.name)} "
+                    + where(var_match(hub.tag(HUB), HUB))
+                    + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
+                ).alias(alias)
+            ],
+        ),
+        stat_panel(
+            "Connected / uptime",
+            "Is the hub connected to the broker now, and for how long it has run.",
+            [
+                query(
+                    f"SELECT last({ident(hub.field('connected'))}) AS {ident('connected')}, "
+                    f"last({ident(hub.field('uptime_s'))}) AS {ident('uptime')} "
+                    f"FROM {ident(hub.name)} "
+                    + where(var_match(hub.tag(HUB), HUB))
+                    + f" GROUP BY {ident(hub.tag(HUB))}"
+                ).table()
+            ],
+            span=12,
+        ),
+    ]
+    hub_var = variable(
+        HUB, "Hub", f"SHOW TAG VALUES FROM {ident(hub.name)} WITH KEY = {ident(hub.tag(HUB))}"
+    )
+    board = new_dashboard(UID, TITLE, "The hub's own health: throughput, refusals, spool, lag.")
+    board = with_variables(board, [*device_variables(), hub_var])
+    return with_panels(board, panels).build()

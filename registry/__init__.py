@@ -1,0 +1,1 @@
+"""The device registry: sites, grid cells, workers, device profiles and devices."""
