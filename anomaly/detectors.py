@@ -48,6 +48,14 @@ def _float_param(params: Mapping[str, JsonValue], name: str) -> float:
     return float(value)
 
 
+def _robust_center_scale(sample: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Per-feature median and MAD-sigma; the std, then 1, where the MAD is zero."""
+    center: FloatArray = np.median(sample, axis=0)
+    scale = MAD_TO_SIGMA * np.median(np.abs(sample - center), axis=0)
+    spread = sample.std(axis=0)
+    return center, np.where(scale > 1e-9, scale, np.where(spread > 1e-9, spread, 1.0))
+
+
 class RollingMedianMAD:
     """Robust z-score against the median and MAD of the last ``window`` rows.
 
@@ -199,6 +207,12 @@ class RollingMedianMAD:
             detector._center = None
         detector._since_refresh = _int_param(state.params, "since_refresh")
         return detector
+
+
+def _window_params(params: Mapping[str, JsonValue]) -> dict[str, int]:
+    """The `_WindowedModel` constructor parameters, as `get_state` stores them."""
+    names = ("window", "refit_every", "min_samples", "seed")
+    return {name: _int_param(params, name) for name in names}
 
 
 class _WindowedModel(ABC):
@@ -358,10 +372,7 @@ class IsolationForestDetector(_WindowedModel):
         detector = cls(
             n_estimators=_int_param(p, "n_estimators"),
             max_samples=_int_param(p, "max_samples"),
-            window=_int_param(p, "window"),
-            refit_every=_int_param(p, "refit_every"),
-            min_samples=_int_param(p, "min_samples"),
-            seed=_int_param(p, "seed"),
+            **_window_params(p),
         )
         detector._restore(state)
         return detector
@@ -399,10 +410,7 @@ class PCAReconstruction(_WindowedModel):
         self._components = np.zeros((0, 0))
 
     def _fit(self, sample: FloatArray) -> None:
-        center = np.median(sample, axis=0)
-        scale = MAD_TO_SIGMA * np.median(np.abs(sample - center), axis=0)
-        spread = sample.std(axis=0)
-        scale = np.where(scale > 1e-9, scale, np.where(spread > 1e-9, spread, 1.0))
+        center, scale = _robust_center_scale(sample)
         z = (sample - center) / scale
         z = z - z.mean(axis=0)
         _, singular, vt = np.linalg.svd(z, full_matrices=False)
@@ -434,10 +442,7 @@ class PCAReconstruction(_WindowedModel):
         p = state.params
         detector = cls(
             variance=_float_param(p, "variance"),
-            window=_int_param(p, "window"),
-            refit_every=_int_param(p, "refit_every"),
-            min_samples=_int_param(p, "min_samples"),
-            seed=_int_param(p, "seed"),
+            **_window_params(p),
         )
         detector._restore(state)
         return detector
@@ -472,10 +477,7 @@ class LocalOutlierFactorDetector(_WindowedModel):
     def _fit(self, sample: FloatArray) -> None:
         from sklearn.neighbors import LocalOutlierFactor
 
-        center = np.median(sample, axis=0)
-        scale = MAD_TO_SIGMA * np.median(np.abs(sample - center), axis=0)
-        spread = sample.std(axis=0)
-        self._scale = np.where(scale > 1e-9, scale, np.where(spread > 1e-9, spread, 1.0))
+        center, self._scale = _robust_center_scale(sample)
         self._center = center
         # Tiny deterministic jitter breaks exact duplicates, which make LOF infinite.
         jitter = np.random.default_rng(self.seed).normal(0.0, 1e-6, sample.shape)
@@ -497,10 +499,7 @@ class LocalOutlierFactorDetector(_WindowedModel):
         p = state.params
         detector = cls(
             n_neighbors=_int_param(p, "n_neighbors"),
-            window=_int_param(p, "window"),
-            refit_every=_int_param(p, "refit_every"),
-            min_samples=_int_param(p, "min_samples"),
-            seed=_int_param(p, "seed"),
+            **_window_params(p),
         )
         detector._restore(state)
         return detector

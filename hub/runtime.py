@@ -223,12 +223,11 @@ class Hub:
     def _on_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
     ) -> None:
-        if topic.startswith(self._hub_topics):
-            # Presence flags of hubs (ours and peers in a shared group): not device data.
-            self.client.ack(self.client.generation, [packet_id] if qos else [])
-            return
-        if topic.endswith("/events") and topic.count("/") == self._prefix_depth + 1:
-            # Our own (or a peer hub's) event stream on <prefix>/<site>/events.
+        # Not device data: presence flags of hubs (ours and peers in a shared group), and
+        # our own (or a peer hub's) event stream on <prefix>/<site>/events.
+        if topic.startswith(self._hub_topics) or (
+            topic.endswith("/events") and topic.count("/") == self._prefix_depth + 1
+        ):
             self.client.ack(self.client.generation, [packet_id] if qos else [])
             return
         self.intake.on_publish(topic, payload, qos, retain, packet_id)
