@@ -1,7 +1,7 @@
 """The event store's schema and its versioned migration track.
 
 `MIGRATIONS[i]` takes the schema from version i to i + 1; `schema_version` holds one row
-per applied step (see `events.migration_track` for how steps are applied).
+per applied step (see `storage.migrations` for how steps are applied).
 
 Add steps at the end, never edit an applied one. The tables below describe the current
 schema; the day a later step alters one of them, freeze step 1 by copying its DDL.
@@ -15,7 +15,7 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from events.migration_track import MigrationTrack, Step, version_table
+from storage.migrations import MigrationTrack, Step, version_table
 
 _MIGRATE_LOCK: Final = 0x67774D4947  # PostgreSQL advisory lock id: one migrator at a time
 

@@ -17,10 +17,9 @@ from typing import Any, Final, Self
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from events.migration_track import WRITE_OPTION, read_transaction, write_transaction
 from events.migrations import (
     SchemaTooNew,
     StoreError,
@@ -41,6 +40,8 @@ from events.model import (
     Source,
     State,
 )
+from storage.engine import DatabaseUrlError, create_engine
+from storage.migrations import read_transaction, write_transaction
 
 __all__ = [
     "EventFilter",
@@ -49,11 +50,7 @@ __all__ = [
     "StaleEvent",
     "StoreError",
     "UnknownEvent",
-    "create_engine",
 ]
-
-SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
-
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
@@ -123,7 +120,10 @@ class EventStore:
     """Events, their audit trail and outbox in one database; call `migrate()` first."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_engine(url)
+        try:
+            self._engine = create_engine(url)
+        except DatabaseUrlError as exc:
+            raise StoreError(str(exc)) from exc
 
     def migrate(self) -> int:
         """Bring the schema up to date (idempotent); return its version."""
@@ -358,53 +358,6 @@ class EventStore:
 
     def _write(self) -> AbstractContextManager[Connection]:
         return write_transaction(self._engine)
-
-
-# ---------------------------------------------------------------------- engine
-
-
-def create_engine(url: str) -> Engine:
-    """The engine the store uses: psycopg for PostgreSQL; for SQLite, WAL, foreign keys,
-    a busy timeout and real transactions (DDL included)."""
-    parsed = sa.make_url(url)
-    backend = parsed.get_backend_name()
-    if parsed.drivername in {"postgresql", "postgres"}:
-        # SQLAlchemy's default PostgreSQL driver is psycopg2; we ship psycopg 3.
-        parsed = parsed.set(drivername="postgresql+psycopg")
-        backend = "postgresql"
-    if backend == "postgresql":
-        return sa.create_engine(parsed, pool_pre_ping=True)
-    if backend == "sqlite":
-        return _sqlite_engine(parsed)
-    raise StoreError(f"unsupported event database {parsed.drivername!r}: use sqlite or postgresql")
-
-
-def _sqlite_engine(url: sa.URL) -> Engine:
-    if url.database in {None, "", ":memory:"} or url.query.get("mode") == "memory":
-        # Each pooled connection would get its own empty database.
-        raise StoreError("the SQLite event store needs a file: sqlite:///path/to/events.db")
-    # The pool hands each operation its own connection, possibly on another thread.
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # pysqlite's own transaction handling commits before DDL and starts deferred
-        # transactions; we issue BEGIN ourselves (below) so both behave as on PostgreSQL.
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # A writer takes the write lock up front: upgrading a read lock later can fail
-        # with SQLITE_BUSY at once, whatever the busy timeout.
-        write = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
 
 
 # ---------------------------------------------------------------------- rows

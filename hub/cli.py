@@ -65,9 +65,9 @@ def main() -> None:
 )
 def run(config_path: Path | None, demo: bool, demo_speed: float) -> None:
     """Run the hub until Ctrl-C / SIGTERM."""
+    from devstack.stack import StackError
     from hub.runtime import run_hub
-    from hub.stack import StackError
-    from hub.stack_dynsec import stack_logins
+    from hub.wiring import stack_logins
 
     settings = _settings(config_path)
     _setup_logging(settings.hub.log_level)
@@ -134,7 +134,7 @@ def config_example() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 def status(config_path: Path | None, as_json: bool) -> None:
     """Print the running hub's counters (from its status file)."""
-    from hub.status import read_status
+    from ingest.status import read_status
 
     settings = _settings(config_path)
     data = read_status(settings.hub.data_dir)
@@ -180,7 +180,7 @@ def stack() -> None:
 
 
 def _local_stack(settings: Settings, root: Path | None) -> Any:
-    from hub.stack import LocalStack
+    from devstack.stack import LocalStack
 
     influx_port = urlsplit(settings.influx.url).port or 8086
     return LocalStack(root or settings.hub.data_dir / "stack", settings.mqtt.port, influx_port)
@@ -206,12 +206,12 @@ STACK_DIR = click.option(
 )
 def stack_up(config_path: Path | None, root: Path | None, dynsec: bool) -> None:
     """Install if missing and start Mosquitto and InfluxDB on 127.0.0.1."""
-    from hub.stack import StackError
+    from devstack.stack import StackError
 
     settings = _settings(config_path)
     try:
         if dynsec:
-            from hub.stack_dynsec import dynsec_up
+            from devstack.dynsec import dynsec_up
 
             prefix = settings.mqtt.topic_prefix.strip("/")
             started = dynsec_up(_local_stack(settings, root), prefix)
@@ -269,7 +269,7 @@ def bench_ingest(
     rules: bool,
 ) -> None:
     """Publish N realistic messages and measure the full pipeline, live and backlog."""
-    from hub.bench import run_ingest_bench
+    from evaluation.ingest_bench import run_ingest_bench
 
     result = run_ingest_bench(
         n_messages, devices, workdir, progress=not as_json, rate=rate, rules=rules
@@ -277,7 +277,7 @@ def bench_ingest(
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     else:
-        from hub.bench import format_result
+        from evaluation.ingest_bench import format_result
 
         click.echo(format_result(result))
 
@@ -301,8 +301,8 @@ def site() -> None:
 )
 def site_generate(cells: int, devices: int, seed: int, site_id: str, out: Path | None) -> None:
     """Make a synthetic site of any size (same seed, same bytes)."""
-    from simulators.site import dump_site
-    from simulators.site_generate import generate_site
+    from sites.generate import generate_site
+    from sites.model import dump_site
 
     text = dump_site(generate_site(cells, devices, seed, site_id=site_id))
     if out is None:
@@ -316,7 +316,7 @@ def site_generate(cells: int, devices: int, seed: int, site_id: str, out: Path |
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 def site_validate(path: Path) -> None:
     """Check a site file strictly; errors name the key and the line."""
-    from simulators.site import SiteError, load_site
+    from sites.model import SiteError, load_site
 
     try:
         loaded = load_site(path)
@@ -346,7 +346,7 @@ def _speed(_ctx: click.Context, _param: click.Parameter, value: str) -> float | 
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    from hub.simulate import parse_duration
+    from simulators.publish import parse_duration
 
     if value is None:
         return None
@@ -453,13 +453,8 @@ def simulate(
 ) -> None:
     """Simulate a site's devices on the broker, each under its own MQTT identity."""
     from hub.settings import MqttSettings
-    from hub.simulate import (
-        Simulation,
-        SimulationError,
-        broker_options,
-        format_summary,
-        now_utc_second,
-    )
+    from hub.wiring import broker_options
+    from simulators.publish import Simulation, SimulationError, format_summary, now_utc_second
     from simulators.scenarios import SCENARIOS, ScenarioError, run_scenarios
 
     if list_scenarios:
@@ -562,7 +557,7 @@ def _scenario_names(text: str | None) -> list[str]:
 
 def _site(ref: str) -> Any:
     """`--site`: a site file or a demo site name; problems listed with their lines."""
-    from simulators.site import SiteError, load_site_ref
+    from sites.model import SiteError, load_site_ref
 
     try:
         return load_site_ref(ref)
@@ -671,8 +666,8 @@ def rules_evaluate(
     print precision, recall, detection delay and false alarms per incident kind."""
     from datetime import UTC, datetime
 
-    from hub.alarm_quality import Targets, format_table, misses, unmatched
-    from hub.rules_eval import GRACE_MS, evaluate, wait_s
+    from evaluation.alarm_quality import Targets, format_table, misses, unmatched
+    from evaluation.rules_eval import GRACE_MS, evaluate, wait_s
     from rules.schema import RuleError, load_rules
     from simulators.scenarios import ScenarioError, background_labels, run_scenarios
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from anomaly.plots import Panel
     from anomaly.streaming import StreamConfig
+    from evaluation.plots import Panel
 
 
 @click.group()
@@ -132,15 +132,15 @@ def _print_report(as_json_form: object, as_text: str, as_json: bool) -> None:
 
 
 def _save_plot(panels: list[Panel], plot: Path) -> None:
-    from anomaly.plots import plot_panels
+    from evaluation.plots import plot_panels
 
     plot_panels(panels, plot)
     click.echo(f"plot written to {plot}", err=True)
 
 
 def _evaluate_nab(root: Path, config: StreamConfig, as_json: bool, plot: Path | None) -> None:
-    from anomaly.eval_nab import evaluate_nab, format_nab
-    from anomaly.nab import NabFormatError, NabSeries, load_nab_dir, probationary_length
+    from evaluation.nab import NabFormatError, NabSeries, load_nab_dir, probationary_length
+    from evaluation.nab_eval import evaluate_nab, format_nab
 
     try:
         series = load_nab_dir(root)
@@ -157,7 +157,7 @@ def _evaluate_nab(root: Path, config: StreamConfig, as_json: bool, plot: Path | 
         raise click.ClickException(str(exc)) from exc
     _print_report(report.to_json(), format_nab(report), as_json)
     if plot is not None:
-        from anomaly.plots import Panel
+        from evaluation.plots import Panel
 
         panels = [
             Panel(
@@ -178,7 +178,7 @@ def _evaluate_nab(root: Path, config: StreamConfig, as_json: bool, plot: Path | 
 
 
 def _evaluate_smoke(path: Path, config: StreamConfig, as_json: bool, plot: Path | None) -> None:
-    from anomaly.eval_smoke import SmokeFormatError, evaluate_smoke, format_smoke, load_smoke
+    from evaluation.smoke_eval import SmokeFormatError, evaluate_smoke, format_smoke, load_smoke
 
     try:
         rows = load_smoke(path).readings.shape[0]
@@ -188,8 +188,8 @@ def _evaluate_smoke(path: Path, config: StreamConfig, as_json: bool, plot: Path 
         raise click.ClickException(str(exc)) from exc
     _print_report(report.to_json(), format_smoke(report), as_json)
     if plot is not None:
-        from anomaly.eval_smoke import SMOKE_CHANNELS
-        from anomaly.plots import Panel
+        from evaluation.plots import Panel
+        from evaluation.smoke_eval import SMOKE_CHANNELS
 
         spans = [] if report.transition_row is None else [
             (report.transition_row, report.data.readings.shape[0] - 1)]
@@ -209,7 +209,7 @@ def _evaluate_smoke(path: Path, config: StreamConfig, as_json: bool, plot: Path 
 def _evaluate_occupancy(
     directory: Path, config: StreamConfig, as_json: bool, plot: Path | None
 ) -> None:
-    from anomaly.eval_occupancy import (
+    from evaluation.occupancy_eval import (
         OCCUPANCY_CHANNELS,
         OccupancyFormatError,
         evaluate_occupancy,
@@ -225,7 +225,7 @@ def _evaluate_occupancy(
         raise click.ClickException(str(exc)) from exc
     _print_report(report.to_json(), format_occupancy(report), as_json)
     if plot is not None:
-        from anomaly.plots import Panel
+        from evaluation.plots import Panel
 
         channel = OCCUPANCY_CHANNELS.index("CO2")
         _save_plot([Panel(

@@ -26,7 +26,7 @@ _CONFIG = click.option(
 
 
 def _seconds(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
-    from hub.simulate import parse_duration
+    from simulators.publish import parse_duration
 
     try:
         return parse_duration(value)
@@ -88,8 +88,7 @@ def train_command(
     from anomaly.history import HistoryStats, chunks, read_history
     from anomaly.model_store import save_model
     from anomaly.training import TrainConfig, TrainingError, train
-    from hub.anomaly_service import model_dir
-    from hub.runtime import query_target
+    from hub.wiring import model_dir, query_target
     from ingest.influxql import InfluxQLError
     from sensors.registry import KINDS
 
@@ -202,14 +201,14 @@ def scenarios_command(
 ) -> None:
     """Train on clean simulated days, then report detection per labelled incident."""
     from anomaly.training import TrainConfig
-    from hub.anomaly_scenarios import (
+    from evaluation.anomaly_scenarios import (
         evaluate_scenarios,
         format_report,
         plot_labels,
         train_on_background,
     )
     from simulators.scenarios import SCENARIOS, ScenarioError, run_scenarios
-    from simulators.site import SiteError, load_site_ref
+    from sites.model import SiteError, load_site_ref
 
     try:
         site = load_site_ref(site_ref)
@@ -264,7 +263,7 @@ def scenarios_command(
 @click.option("--json", "as_json", is_flag=True)
 def bench_anomaly_command(train_days: float, hours: float, detector: str, as_json: bool) -> None:
     """Cost per reading of online anomaly scoring (intake hook, scoring, events)."""
-    from hub.anomaly_bench import format_bench, run_anomaly_bench
+    from evaluation.anomaly_bench import format_bench, run_anomaly_bench
 
     result = run_anomaly_bench(train_days=train_days, hours=hours, detector=detector)
     click.echo(json.dumps(result, sort_keys=True) if as_json else format_bench(result))

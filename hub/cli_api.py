@@ -6,7 +6,6 @@ imported inside the commands so `gridwatch --help` stays fast.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
@@ -17,14 +16,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    import uvicorn
-    from fastapi import FastAPI
 
-    from events.manager import EventManager
-    from events.store import EventStore
-    from hub.api.app import ApiDeps
-    from hub.api.users import UserStore
-    from hub.events_wiring import EventsSide
+    from accounts.users import UserStore
     from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,95 +44,6 @@ def _settings(config_path: Path | None) -> Settings:
 # ---------------------------------------------------------------------- serving
 
 
-def build_api(
-    settings: Settings, *, store: EventStore | None = None, manager: EventManager | None = None
-) -> tuple[FastAPI, ApiDeps]:
-    from hub.api.app import build_deps, create_app
-
-    deps = build_deps(settings, store=store, manager=manager)
-    return create_app(deps), deps
-
-
-def close_api(deps: ApiDeps, *, store_too: bool) -> None:
-    deps.users.close()
-    if deps.registry is not None:
-        deps.registry.close()
-    if store_too:
-        deps.events.close()
-
-
-def api_server(app: FastAPI, host: str, port: int, *, embedded: bool) -> uvicorn.Server:
-    """A uvicorn server for the app; embedded ones leave signal handling to the hub."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        proxy_headers=False,  # the login rate limit keys on the peer address: never trust
-    )
-    if not embedded:
-        return uvicorn.Server(config)
-
-    class EmbeddedServer(uvicorn.Server):
-        """Runs inside the hub's TaskGroup: the hub's own SIGINT/SIGTERM stop it."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    return EmbeddedServer(config)
-
-
-class EmbeddedApi:
-    """The API inside `gridwatch run`: one more task in the hub's TaskGroup.
-
-    Shares the hub's event store and manager (one writer per process). The socket is
-    bound here, at start-up, so a port in use is a clear error before anything runs
-    (uvicorn would otherwise exit the whole process from inside its task).
-    """
-
-    def __init__(self, settings: Settings, events: EventsSide | None) -> None:
-        import socket
-
-        store = events.store if events is not None else None
-        manager = events.service.manager if events is not None else None
-        self.app, self.deps = build_api(settings, store=store, manager=manager)
-        self._owns_store = events is None
-        host, port = settings.api.host, settings.api.port
-        self.socket = socket.create_server((host, port), reuse_port=False)
-        self.url = f"http://{host}:{self.socket.getsockname()[1]}"
-        self.server = api_server(self.app, host, port, embedded=True)
-        self._stopped = asyncio.Event()
-
-    async def run(self) -> None:
-        try:
-            await self.server.serve(sockets=[self.socket])
-        finally:
-            self._stopped.set()
-
-    async def stop(self) -> None:
-        """Finish the requests in flight, then return."""
-        self.server.should_exit = True
-        await self._stopped.wait()
-
-    def close(self) -> None:
-        self.socket.close()
-        close_api(self.deps, store_too=self._owns_store)
-
-
-def embedded_api(settings: Settings, events: EventsSide | None) -> EmbeddedApi | None:
-    """The API `gridwatch run` serves, unless `api.enabled` is off."""
-    if not settings.api.enabled:
-        return None
-    api = EmbeddedApi(settings, events)
-    log.info("API on %s (desk at /desk/, docs at /docs)", api.url)
-    return api
-
-
 @click.command("serve")
 @_CONFIG
 @click.option("--host", default=None, help="Listen address [default: api.host, 127.0.0.1]")
@@ -152,6 +56,9 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     `gridwatch run` serves it too, inside the hub; run this one for an API on another
     machine or process against the same database.
     """
+    from api.server import api_server, close_api
+    from hub.serving import build_api
+
     settings = _settings(config_path)
     app, deps = build_api(settings)
     server = api_server(app, host or settings.api.host, port or settings.api.port, embedded=False)
@@ -174,8 +81,8 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
 @contextlib.contextmanager
 def _users(config_path: Path | None) -> Iterator[UserStore]:
     """The migrated user store; a refused operation becomes the command's error message."""
-    from hub.api.users import UserStore, UserStoreError
-    from hub.events_wiring import store_url
+    from accounts.users import UserStore, UserStoreError
+    from hub.wiring import store_url
 
     settings = _settings(config_path)
     Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
@@ -208,7 +115,7 @@ def users() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 def users_add(config_path: Path | None, username: str, role: str, password_stdin: bool) -> None:
     """Create a user (e.g. the first admin)."""
-    from hub.api.auth import Role
+    from accounts.roles import Role
 
     with _users(config_path) as store:
         store.add_user(username, _password(password_stdin), Role(role))
@@ -257,7 +164,7 @@ def users_list(config_path: Path | None) -> None:
 @click.option("--subject", default=None, help="Who acts through the key [default: NAME]")
 def users_key_add(config_path: Path | None, name: str, role: str, subject: str | None) -> None:
     """Create an API key; the key is printed once, on stdout."""
-    from hub.api.auth import Role
+    from accounts.roles import Role
 
     with _users(config_path) as store:
         key, plaintext = store.add_key(name, Role(role), subject or name)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import click
 
 if TYPE_CHECKING:
-    from hub.dynsec import BrokerAccounts, Credentials
+    from broker.dynsec import BrokerAccounts, Credentials
     from hub.settings import Settings
 
 _CONFIG = click.option(
@@ -37,7 +37,7 @@ def _settings(config_path: Path | None) -> Settings:
 
 
 def _accounts(settings: Settings) -> BrokerAccounts:
-    from hub.dynsec import accounts_from_settings
+    from hub.wiring import accounts_from_settings
 
     try:
         accounts = accounts_from_settings(settings)
@@ -80,10 +80,11 @@ def import_command(
     files: tuple[Path, ...], fmt: Literal["auto", "site", "csv", "yaml"], config_path: Path | None
 ) -> None:
     """Import files into the registry, each all or nothing (row-numbered errors)."""
-    from hub.registry_import import import_sites, open_registry
+    from hub.wiring import open_registry
     from registry import bulk
     from registry.errors import Invalid
-    from simulators.site import SiteError, load_site_ref
+    from registry.site_import import import_sites
+    from sites.model import SiteError, load_site_ref
 
     settings = _settings(config_path)
     failed = False
@@ -137,7 +138,7 @@ def devices_command(
     config_path: Path | None,
 ) -> None:
     """List registered devices."""
-    from hub.registry_import import open_registry
+    from hub.wiring import open_registry
     from registry.model import Status
 
     with open_registry(_settings(config_path)) as store:
@@ -176,7 +177,7 @@ def devices_command(
 def broker_init(config_file: Path, admin: str, password: str) -> None:
     """Write the broker's first dynamic-security file with its admin login, and print the
     mosquitto.conf lines that load it."""
-    from hub.dynsec import DynsecError, broker_conf, init_config
+    from broker.dynsec import DynsecError, broker_conf, init_config
 
     try:
         init_config(config_file, admin, password)
@@ -198,7 +199,7 @@ def login_command(
 ) -> None:
     """Create (or re-key) a broker login: the hub's, a simulator's, or a registered
     device's (USERNAME is its id). Prints the new password once."""
-    from hub.registry_import import open_registry
+    from hub.wiring import open_registry
 
     settings = _settings(config_path)
     accounts = _accounts(settings)

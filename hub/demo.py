@@ -20,17 +20,12 @@ from typing import TYPE_CHECKING, Final
 
 from hub.runtime import Hub
 from hub.settings import Settings
-from hub.simulate import (
-    SimProgress,
-    Simulation,
-    SimulationError,
-    broker_options,
-    now_utc_second,
-)
-from simulators.site import demo_site_path, load_site
+from hub.wiring import broker_options
+from simulators.publish import SimProgress, Simulation, SimulationError, now_utc_second
+from sites.model import demo_site_path, load_site
 
 if TYPE_CHECKING:
-    from hub.stack_dynsec import Login
+    from devstack.dynsec import Login
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +73,8 @@ async def _demo(hub: Hub, simulation: Simulation) -> None:
 
 def register_demo_site(settings: Settings) -> None:
     """Put the demo site in the registry (idempotent), so the map layers and the desk know it."""
-    from hub.registry_import import import_sites, open_registry
+    from hub.wiring import open_registry
+    from registry.site_import import import_sites
 
     store = open_registry(settings)
     try:

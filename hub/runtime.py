@@ -13,31 +13,32 @@ import contextlib
 import gc
 import logging
 import os
-import secrets
 import signal
-import ssl
 import time
 
-from hub.anomaly_service import build_anomaly, fan_out
-from hub.events_wiring import build_events
+from broker.client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient, Will
+from detection.anomaly_service import fan_out
+from hub.serving import embedded_api
 from hub.settings import Settings
-from hub.status import write_status
+from hub.wiring import (
+    build_anomaly,
+    build_events,
+    build_writer,
+    credential_key,
+    registry_gate,
+    tls_context,
+)
 from ingest.deadletter import DeadLetterStore
 from ingest.decode import DecodeLimits, Decoder
 from ingest.influx import (
     InfluxV1Writer,
-    InfluxV2Writer,
-    InfluxWriter,
-    V1Target,
-    V2Target,
     WriteError,
 )
-from ingest.influxql import QueryTarget
 from ingest.intake import Intake
 from ingest.line_protocol import encode_point
-from ingest.mqtt_client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient, Will
 from ingest.spool import Spool
 from ingest.stats import IngestStats
+from ingest.status import write_status
 from ingest.writer import SpoolWriter
 from sensors.base import HUB_STATS, DecodeContext, keyed_hash
 from sensors.registry import KINDS
@@ -53,73 +54,6 @@ def subscription_filter(settings: Settings) -> str:
 
 def hub_status_topic(settings: Settings) -> str:
     return f"{settings.mqtt.topic_prefix.strip('/')}/_hub/{settings.mqtt.client_id}/status"
-
-
-def credential_key(settings: Settings) -> bytes:
-    """The configured key, or one generated once into data_dir (0600) and reused."""
-    if settings.hub.credential_hash_key is not None:
-        return settings.hub.credential_hash_key.get_secret_value().encode()
-    path = settings.hub.data_dir / "credential-hash.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        log.warning(
-            "generated a credential-hash key in %s; set hub.credential_hash_key to share it", path
-        )
-    return path.read_text().strip().encode()
-
-
-def build_writer(settings: Settings) -> InfluxWriter:
-    influx = settings.influx
-    if influx.api == "v2":
-        assert influx.org and influx.bucket and influx.token
-        return InfluxV2Writer(
-            V2Target(
-                influx.url,
-                influx.org,
-                influx.bucket,
-                influx.token.get_secret_value(),
-                influx.timeout_s,
-            )
-        )
-    return InfluxV1Writer(
-        V1Target(
-            influx.url,
-            influx.database,
-            influx.retention_policy,
-            influx.username,
-            influx.password.get_secret_value() if influx.password else None,
-            influx.timeout_s,
-            create_database=influx.create_database,
-        )
-    )
-
-
-def query_target(settings: Settings) -> QueryTarget:
-    """InfluxQL target for readers (status, benchmark, later: dashboards, training)."""
-    influx = settings.influx
-    return QueryTarget(
-        url=influx.url,
-        database=influx.database if influx.api == "v1" else (influx.bucket or influx.database),
-        retention_policy=influx.retention_policy,
-        username=influx.username,
-        password=influx.password.get_secret_value() if influx.password else None,
-        token=influx.token.get_secret_value() if influx.token else None,
-    )
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    mqtt = settings.mqtt
-    if not mqtt.tls:
-        return None
-    ctx = ssl.create_default_context(cafile=str(mqtt.tls_ca_file) if mqtt.tls_ca_file else None)
-    if mqtt.tls_cert_file:
-        ctx.load_cert_chain(
-            str(mqtt.tls_cert_file), str(mqtt.tls_key_file) if mqtt.tls_key_file else None
-        )
-    return ctx
 
 
 class Hub:
@@ -139,8 +73,6 @@ class Hub:
             keep=settings.deadletters.keep,
         )
         key = credential_key(settings)
-        from hub.registry_import import registry_gate  # registry code only when enforcing
-
         self.registry_gate = registry_gate(settings)  # None unless registry.enforce
         self.decoder = Decoder(
             KINDS,
@@ -185,8 +117,6 @@ class Hub:
             if self.events is not None
             else None
         )
-        from hub.cli_api import embedded_api  # the API's modules only when it is served
-
         self.api = embedded_api(settings, self.events)
         self.intake = Intake(
             self.decoder,
@@ -253,7 +183,7 @@ class Hub:
                     tasks.create_task(self._status_loop(), name="status"),
                 ]
                 if self.registry_gate is not None:
-                    gate = self.registry_gate.run(self.decoder)
+                    gate = self.registry_gate.run(self.decoder.forget_routes)
                     runners.append(tasks.create_task(gate, name="registry-allowlist"))
                 if self.events is not None:
                     runners.append(tasks.create_task(self.events.service.run(), name="rules"))

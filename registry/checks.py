@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from registry.geo import inside
 from registry.model import Cell, Profile, Site, Worker
 from registry.schema import CellSpec, DeviceSpec
+from sites.geometry import point_in_polygon
 
 Found = list[tuple[str, str]]
 """(field path, message) pairs."""
@@ -56,7 +56,7 @@ def device_problems(spec: DeviceSpec, look: Lookup, kinds: Collection[str]) -> F
         found.append(("cell", f"cell {spec.cell!r} is retired"))
     elif cell.site != spec.site:
         found.append(("cell", f"cell {spec.cell!r} belongs to site {cell.site!r}"))
-    elif not inside((spec.location.lon, spec.location.lat), cell.polygon):
+    elif not point_in_polygon((spec.location.lon, spec.location.lat), cell.polygon):
         found.append(
             (
                 "location",

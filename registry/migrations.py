@@ -3,7 +3,7 @@
 The registry lives in the same database as the event store but migrates on its own:
 `registry_schema_version` counts its steps, so events and registry can evolve apart.
 `MIGRATIONS[i]` takes the schema from version i to i + 1, each step in one transaction
-with its version row (`events.migration_track`). Add steps at the end; never edit an
+with its version row (`storage.migrations`). Add steps at the end; never edit an
 applied one.
 """
 
@@ -15,8 +15,8 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from events.migration_track import MigrationTrack, Step, version_table
 from registry.errors import RegistryError
+from storage.migrations import MigrationTrack, Step, version_table
 
 _MIGRATE_LOCK: Final = 0x67775245_47  # PostgreSQL advisory lock id (not the events' one)
 

@@ -19,9 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-from registry.geo import polygon_problem
 from registry.model import AttributeValue
 from sensors.base import Identifier
+from sites.geometry import polygon_problem
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Text = Annotated[str, StringConstraints(max_length=2000)]

@@ -21,8 +21,6 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from events.migration_track import read_transaction, write_transaction
-from events.store import create_engine
 from registry.checks import Lookup, cell_problems, device_problems
 from registry.errors import Conflict, Invalid, NotFound, Problem
 from registry.migrations import TRACK, cells, devices, profiles, sites, workers
@@ -52,6 +50,8 @@ from registry.schema import (
     WorkerSpec,
 )
 from sensors.registry import KINDS
+from storage.engine import create_engine
+from storage.migrations import read_transaction, write_transaction
 
 MAX_PAGE: Final = 1000
 

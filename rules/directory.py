@@ -1,7 +1,7 @@
 """What rules know about devices beyond their messages: where they are, their cell,
 their attributes and opening hours.
 
-Built by the hub from site files (later from the registry); rules only read it. Kept
+Built by the hub from site files or the registry; rules only read it. Kept
 as plain data so rules never depend on how sites are described.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sensors.geo import haversine_m
+from sites.geometry import haversine_m
 
 AttributeValue = str | int | float | bool | None
 

@@ -26,7 +26,7 @@ from typing import ClassVar, Final, Literal
 from zoneinfo import ZoneInfo
 
 from sensors.base import EVENT, STATUS, TELEMETRY
-from simulators.site import AccessDevice, ParkingDevice, Schedule, Site, SmokeDevice
+from sites.model import AccessDevice, ParkingDevice, Schedule, Site, SmokeDevice
 
 JsonScalar = str | int | float | bool
 SiteDevice = AccessDevice | SmokeDevice | ParkingDevice

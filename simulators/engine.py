@@ -27,7 +27,7 @@ from simulators.behaviour import (
     Rates,
     behaviour_for,
 )
-from simulators.site import Site
+from sites.model import Site
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)

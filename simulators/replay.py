@@ -32,7 +32,7 @@ from sensors.base import EVENT, TELEMETRY
 from simulators.behaviour import Emission, JsonScalar
 from simulators.engine import SimMessage, encode_payload, epoch_ms
 from simulators.labels import IncidentKind, Label, sorted_labels
-from simulators.site import AccessDevice, ParkingDevice, Site, SmokeDevice
+from sites.model import AccessDevice, ParkingDevice, Site, SmokeDevice
 
 TOPIC_PREFIX: Final = "gw/v1"
 

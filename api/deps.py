@@ -1,0 +1,95 @@
+"""What the routes need: `ApiDeps`, built once by the hub (or `gridwatch serve`, or a
+test) and reached through `get_deps(request)`.
+
+It lives on `app.state`, never in globals, so two apps in one process (tests) never
+share a store, a limiter or a metrics registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from sites.model import Site
+
+if TYPE_CHECKING:
+    from accounts.users import UserStore
+    from api.metrics import ApiMetrics
+    from broker.dynsec import BrokerAccounts
+    from events.manager import EventManager
+    from events.store import EventStore
+    from registry.store import RegistryStore
+
+ReadyProbe = Callable[[], Awaitable[None]]
+"""Raises when a dependency is unreachable; the exception's text is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class CellArea:
+    """A grid cell as reports need it: where it is and who answers for it."""
+
+    site: str
+    id: str
+    name: str
+    worker: str
+    polygon: tuple[tuple[float, float], ...]
+    """(lon, lat) vertices."""
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The settings the routes read (the hub maps its `[api]` and `[mqtt]` onto these)."""
+
+    token_lifetime_s: int
+    login_attempts: int
+    login_window_s: float
+    topic_prefix: str
+    """Device topics start with it (credentials' ACLs)."""
+
+
+@dataclass
+class ApiDeps:
+    """Everything the routes need, built once by the runtime and shared by all requests."""
+
+    config: ApiConfig
+    events: EventStore
+    manager: EventManager
+    users: UserStore
+    jwt_secret: str
+    metrics: ApiMetrics
+    clock_ms: Callable[[], int] = _wall_clock_ms
+    """The clock event actions are stamped with (the one that drives the rules)."""
+    cells: Mapping[str, Sequence[CellArea]] = field(default_factory=dict)
+    """Grid cells per site, for placing resident reports."""
+    probes: Mapping[str, ReadyProbe] = field(default_factory=dict)
+    """Readiness checks by name (store, broker, influxdb); see ops.default_probes."""
+    registry: RegistryStore | None = None
+    """The device registry (sites, cells, workers, devices), when this hub has one."""
+    dynsec: BrokerAccounts | None = None
+    """Broker credentials through Mosquitto's dynamic-security plugin, when enabled."""
+
+
+def cells_of(sites: Sequence[Site]) -> dict[str, list[CellArea]]:
+    """Grid cells per site from site files (reports prefer the registry's cells where it
+    holds the site)."""
+    return {
+        site.site: [
+            CellArea(site.site, cell.id, cell.name, cell.worker.id, tuple(cell.polygon))
+            for cell in site.cells
+        ]
+        for site in sites
+    }
+
+
+def get_deps(request: Request) -> ApiDeps:
+    deps = request.app.state.deps
+    assert isinstance(deps, ApiDeps), "create_app() puts ApiDeps on app.state"
+    return deps

@@ -1,0 +1,345 @@
+"""Settings → the long-lived objects the hub runs: clients, stores, services.
+
+Everything that reads `Settings` to build something lives here (the packages below take
+plain values), so `hub.runtime` composes and `hub.cli` and the API server reuse the same
+builders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+from sqlalchemy.exc import SQLAlchemyError
+
+from anomaly.model_store import ARRAYS_NAME, META_NAME, ModelMismatch, load_model
+from anomaly.online import AnomalyScorer, ScoringPolicy
+from broker.client import MqttClient
+from broker.dynsec import AdminLogin, BrokerAccounts, DynsecClient
+from broker.tls import client_tls
+from detection.anomaly_service import AnomalyService
+from detection.directory_source import DirectorySource
+from detection.rules_service import RulesService
+from devstack.dynsec import Login, logins_path, read_logins, uses_dynsec
+from devstack.stack import HOST, LocalStack, StackError
+from events.dispatcher import OutboxDispatcher
+from events.manager import EventManager
+from events.sinks import InfluxSink, MqttSink, Sink, SinkRejected, WebhookSink
+from events.store import EventStore
+from hub.settings import Settings
+from ingest.influx import (
+    Failure,
+    InfluxV1Writer,
+    InfluxV2Writer,
+    InfluxWriter,
+    V1Target,
+    V2Target,
+    WriteError,
+)
+from ingest.influxql import QueryTarget
+from registry.allowlist import RegistryGate
+from registry.store import RegistryStore
+from rules.engine import Engine
+from rules.schema import Rule, load_rules
+from rules.site_directory import directory_from_sites
+from simulators.publish import BrokerOptions
+from sites.model import load_site_ref
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------- broker
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The MQTT clients' TLS context (`mqtt.tls`), or None for plain TCP."""
+    mqtt = settings.mqtt
+    if not mqtt.tls:
+        return None
+    return client_tls(mqtt.tls_ca_file, mqtt.tls_cert_file, mqtt.tls_key_file)
+
+
+def broker_options(settings: Settings) -> BrokerOptions:
+    """Publish where (and as) the hub listens: same broker, credentials, TLS, topic prefix."""
+    mqtt = settings.mqtt
+    return BrokerOptions(
+        broker_host=mqtt.host,
+        broker_port=mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        tls=tls_context(settings),
+        topic_prefix=mqtt.topic_prefix.strip("/"),
+    )
+
+
+def accounts_from_settings(settings: Settings) -> BrokerAccounts | None:
+    """The hub's broker accounts when `registry.dynsec` is on (else None)."""
+    reg = settings.registry
+    if not reg.dynsec:
+        return None
+    if reg.dynsec_password is None:
+        raise ValueError("registry.dynsec is on: set registry.dynsec_password")
+    login = AdminLogin(
+        host=settings.mqtt.host,
+        port=settings.mqtt.port,
+        username=reg.dynsec_username,
+        password=reg.dynsec_password.get_secret_value(),
+        tls=tls_context(settings),
+        timeout_s=reg.dynsec_timeout_s,
+    )
+    return BrokerAccounts(DynsecClient(login), topic_prefix=settings.mqtt.topic_prefix)
+
+
+def stack_logins(settings: Settings) -> tuple[Settings, Login | None]:
+    """For `gridwatch run`: when the local stack (default directory) runs its broker
+    with dynamic security on `mqtt.url`, the settings with its logins filled in, and the
+    demo simulator's login. Otherwise the settings as they are and None."""
+    stack = LocalStack(settings.hub.data_dir / "stack", settings.mqtt.port)
+    path = logins_path(stack.root)
+    if not path.exists():
+        return settings, None  # the usual case: no dynsec stack here, nothing to read
+    try:
+        mosquitto = stack.status()["mosquitto"]
+    except StackError as exc:
+        log.warning("not using %s: %s", path, exc)
+        return settings, None
+    ours = settings.mqtt.host == HOST and mosquitto["port"] == settings.mqtt.port
+    if not (ours and mosquitto["running"] and uses_dynsec(stack)):
+        return settings, None
+    logins = read_logins(path)
+    if not logins.hub.username:
+        raise StackError(f"{path} has no hub login yet: run `gridwatch stack up --dynsec`")
+    mqtt, registry = settings.mqtt, settings.registry
+    if mqtt.username is None:
+        mqtt = mqtt.model_copy(
+            update={"username": logins.hub.username, "password": SecretStr(logins.hub.password)}
+        )
+    if not registry.dynsec:
+        registry = registry.model_copy(
+            update={
+                "dynsec": True,
+                "dynsec_username": logins.admin.username,
+                "dynsec_password": SecretStr(logins.admin.password),
+            }
+        )
+    log.info("using the local stack's broker logins from %s", path)
+    return settings.model_copy(update={"mqtt": mqtt, "registry": registry}), logins.simulator
+
+
+# ---------------------------------------------------------------------- InfluxDB and ingest
+
+
+def credential_key(settings: Settings) -> bytes:
+    """The configured key, or one generated once into data_dir (0600) and reused."""
+    if settings.hub.credential_hash_key is not None:
+        return settings.hub.credential_hash_key.get_secret_value().encode()
+    path = settings.hub.data_dir / "credential-hash.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        log.warning(
+            "generated a credential-hash key in %s; set hub.credential_hash_key to share it", path
+        )
+    return path.read_text().strip().encode()
+
+
+def build_writer(settings: Settings) -> InfluxWriter:
+    influx = settings.influx
+    if influx.api == "v2":
+        assert influx.org and influx.bucket and influx.token
+        return InfluxV2Writer(
+            V2Target(
+                influx.url,
+                influx.org,
+                influx.bucket,
+                influx.token.get_secret_value(),
+                influx.timeout_s,
+            )
+        )
+    return InfluxV1Writer(
+        V1Target(
+            influx.url,
+            influx.database,
+            influx.retention_policy,
+            influx.username,
+            influx.password.get_secret_value() if influx.password else None,
+            influx.timeout_s,
+            create_database=influx.create_database,
+        )
+    )
+
+
+def query_target(settings: Settings) -> QueryTarget:
+    """InfluxQL target for readers (status, benchmark, later: dashboards, training)."""
+    influx = settings.influx
+    return QueryTarget(
+        url=influx.url,
+        database=influx.database if influx.api == "v1" else (influx.bucket or influx.database),
+        retention_policy=influx.retention_policy,
+        username=influx.username,
+        password=influx.password.get_secret_value() if influx.password else None,
+        token=influx.token.get_secret_value() if influx.token else None,
+    )
+
+
+# ---------------------------------------------------------------------- stores
+
+
+def store_url(settings: Settings) -> str:
+    url = settings.events.store_url
+    if url:
+        return url
+    return f"sqlite:///{Path(settings.hub.data_dir).resolve() / 'events.db'}"
+
+
+def open_registry(settings: Settings) -> RegistryStore:
+    """The registry in the event store's database, migrated."""
+    url = store_url(settings)
+    if settings.events.store_url is None:  # the default SQLite file under data_dir
+        Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
+    store = RegistryStore(url)
+    store.migrate()
+    return store
+
+
+def registry_gate(settings: Settings) -> RegistryGate | None:
+    """The gate when `registry.enforce` is on, else None (every device is accepted)."""
+    if not settings.registry.enforce:
+        return None
+    return RegistryGate(open_registry(settings), settings.registry.refresh_s)
+
+
+# ---------------------------------------------------------------------- rules, events, anomaly
+
+
+def influx_write(writer: InfluxWriter) -> Callable[[Sequence[str]], Awaitable[None]]:
+    """Event points through the hub's InfluxDB writer; refused data is not retried."""
+
+    async def write(lines: Sequence[str]) -> None:
+        try:
+            await writer.write(("\n".join(lines) + "\n").encode())
+        except WriteError as exc:
+            if exc.failure is Failure.REJECTED:
+                raise SinkRejected(exc.detail) from exc
+            raise
+
+    return write
+
+
+@dataclass
+class EventsSide:
+    store: EventStore
+    service: RulesService
+    dispatcher: OutboxDispatcher
+    webhooks: list[WebhookSink]
+    directory: DirectorySource | None = None
+    """Keeps the rules' directory in step with the registry (run it as a task)."""
+
+
+def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -> EventsSide:
+    """Open (and migrate) the store, compile the rules, wire the sinks."""
+    cfg = settings.events
+    sinks: list[Sink] = []
+    if cfg.write_influx:
+        sinks.append(InfluxSink(influx_write(influx)))
+    if cfg.publish_mqtt:
+
+        async def publish(topic: str, payload: bytes) -> None:
+            await client.publish(topic, payload, qos=1)
+
+        sinks.append(MqttSink(publish, settings.mqtt.topic_prefix.strip("/")))
+    webhooks = [
+        WebhookSink(url, secret=cfg.webhook_secret, name=f"webhook-{i}")
+        for i, url in enumerate(cfg.webhooks)
+    ]
+    sinks += webhooks
+    Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
+    store = EventStore(store_url(settings))
+    store.migrate()
+
+    rules = load_rules(cfg.rules)
+    source = directory_source(settings, rules)  # the registry's sites, else the site files
+    directory = source.current
+    manager = EventManager(store, workers=directory.workers(), sinks=[s.name for s in sinks])
+    dispatcher = OutboxDispatcher(store, sinks, clock_ms=_now_ms)
+    service = RulesService(
+        Engine(rules, directory),
+        store,
+        manager,
+        topic_prefix=settings.mqtt.topic_prefix,
+        rule_paths=cfg.rules,
+        snapshot_interval_s=cfg.snapshot_interval_s,
+        on_events=dispatcher.wake,
+    )
+    service.restore()
+    return EventsSide(store, service, dispatcher, webhooks, source)
+
+
+def directory_source(settings: Settings, rules: Sequence[Rule] = ()) -> DirectorySource:
+    """Site files of `events.sites` as the fallback, the registry in the event store."""
+    files = directory_from_sites([load_site_ref(ref) for ref in settings.events.sites])
+    try:
+        store: RegistryStore | None = open_registry(settings)
+    except SQLAlchemyError as exc:
+        log.warning("registry unavailable, rules use the site files only: %s", exc)
+        store = None
+    return DirectorySource(store, files, rules)
+
+
+def model_dir(settings: Settings) -> Path:
+    """`anomaly.model_dir`, or `<hub.data_dir>/anomaly`."""
+    configured = settings.anomaly.model_dir
+    return configured if configured is not None else Path(settings.hub.data_dir) / "anomaly"
+
+
+def build_anomaly(
+    settings: Settings, manager: EventManager, on_events: Callable[[], None]
+) -> AnomalyService | None:
+    """The service, or None (logged) when scoring is off or no usable model exists.
+
+    A model that exists but does not fit this code (schema, versions, digest) is an
+    error: the hub must not run believing it detects anomalies when it cannot."""
+    cfg = settings.anomaly
+    if not cfg.enabled:
+        return None
+    directory = model_dir(settings)
+    if not (directory / META_NAME).exists() or not (directory / ARRAYS_NAME).exists():
+        log.warning(
+            "anomaly: no model in %s; scoring is off until `gridwatch anomaly train` saves one",
+            directory,
+        )
+        return None
+    try:
+        model = load_model(directory)
+    except ModelMismatch as exc:
+        raise ModelMismatch(f"anomaly model in {directory}: {exc}") from exc
+    policy = ScoringPolicy(
+        repeat_after_ms=round(cfg.repeat_after_s * 1000),
+        clear_after_ms=round(cfg.clear_after_s * 1000),
+    )
+    log.info(
+        "anomaly: scoring %s with the model in %s (thresholds %s)",
+        ", ".join(sorted(model.kinds)),
+        directory,
+        ", ".join(f"{k} {m.threshold.value:.3g}" for k, m in sorted(model.kinds.items())),
+    )
+    return AnomalyService(
+        AnomalyScorer(model, policy),
+        manager,
+        queue_max=cfg.queue_max,
+        batch_interval_s=cfg.batch_interval_s,
+        on_events=on_events,
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
