@@ -149,10 +149,6 @@ def _detector(spec: Any, prefix: str, arrays: Any, width: int) -> Any:
         raise ModelMismatch(f"{prefix}: {exc}") from exc
 
 
-def _scaler(arrays: dict[str, FloatArray], prefix: str) -> Scaler:
-    return Scaler(arrays[f"{prefix}|scaler_center"], arrays[f"{prefix}|scaler_scale"])
-
-
 def load_model(directory: Path) -> AnomalyModel:
     """Read and check a model; raise `ModelMismatch` (or FileNotFoundError) if unusable."""
     meta_path = directory / META_NAME

@@ -7,13 +7,17 @@ project's own MQTT client (`broker.client`), one short connection per batch of
 commands: registrations are rare, and a connection that lives only for a request needs
 no supervisor, cannot go stale, and cannot take over another admin's session.
 
-Identities and what they may do (topics under `mqtt.topic_prefix`, `gw/v1` by default):
+Identities and what they may do (topics from `sensors.topics` for `mqtt.topic_prefix`,
+`gw/v1` by default):
 
 - a device: username = client id = device id, role `device:<id>`: publish and read
   only `gw/v1/<site>/<kind>/<id>/#`;
 - the hub: `mqtt.username`, role `gridwatch-hub`: read `gw/v1/#` (also as a shared
-  group), publish `gw/v1/_hub/#` (its status) and `gw/v1/+/events`;
-- a simulator: a chosen username, role `gridwatch-sim:<sites>`: publish `gw/v1/<site>/#`.
+  group), publish `gw/v1/_hub/#` (its status) and `gw/events/v1/+` (the security
+  events, outside what it reads);
+- a simulator: a chosen username, role `gridwatch-sim:<sites>`: publish `gw/v1/<site>/#`;
+- an events reader (operators' tools, integrations): role `gridwatch-events-reader`:
+  read `gw/events/v1/+`, nothing else.
 
 The default ACL access is set to deny everything but unsubscribing, so a client reads
 and writes only what a role grants. Passwords are generated here, returned once, and
@@ -36,6 +40,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from broker.client import ConnectOptions, MqttClient, MqttError
+from sensors.topics import (
+    DEFAULT_PREFIX,
+    events_filter,
+    hub_presence_filter,
+    normalise_prefix,
+    site_filter,
+    subscription,
+    subtree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,7 @@ CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC: Final = "$CONTROL/dynamic-security/v1/response"
 PLUGIN_PATH: Final = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 HUB_ROLE: Final = "gridwatch-hub"
+EVENTS_READER_ROLE: Final = "gridwatch-events-reader"
 PASSWORD_BYTES: Final = 24
 ALREADY_EXISTS: Final = ("already exists",)
 
@@ -111,8 +125,9 @@ def device_role(device_id: str) -> str:
 
 
 def device_acls(topic_root: str) -> list[Acl]:
-    """A device publishes and reads its own topics, nothing else."""
-    own = f"{topic_root}/#"
+    """A device publishes and reads its own topics (`sensors.topics.device_root`),
+    nothing else."""
+    own = subtree(topic_root)
     return [
         Acl("publishClientSend", own),
         Acl("subscribePattern", own),
@@ -120,21 +135,29 @@ def device_acls(topic_root: str) -> list[Acl]:
     ]
 
 
-def hub_acls(prefix: str = "gw/v1") -> list[Acl]:
+def hub_acls(prefix: str = DEFAULT_PREFIX) -> list[Acl]:
     """The hub reads every device topic (also as a shared group) and publishes its own
     status and the sites' event streams."""
     return [
-        Acl("subscribePattern", f"{prefix}/#"),
-        Acl("subscribePattern", f"$share/+/{prefix}/#"),
-        Acl("publishClientReceive", f"{prefix}/#"),
-        Acl("publishClientSend", f"{prefix}/_hub/#"),
-        Acl("publishClientSend", f"{prefix}/+/events"),
+        Acl("subscribePattern", subscription(prefix)),
+        Acl("subscribePattern", subscription(prefix, "+")),
+        Acl("publishClientReceive", subscription(prefix)),
+        Acl("publishClientSend", hub_presence_filter(prefix)),
+        Acl("publishClientSend", events_filter(prefix)),
     ]
 
 
-def simulator_acls(sites: Iterable[str], prefix: str = "gw/v1") -> list[Acl]:
+def events_reader_acls(prefix: str = DEFAULT_PREFIX) -> list[Acl]:
+    """Operators' tools and integrations read every site's security events, nothing else."""
+    return [
+        Acl("subscribePattern", events_filter(prefix)),
+        Acl("publishClientReceive", events_filter(prefix)),
+    ]
+
+
+def simulator_acls(sites: Iterable[str], prefix: str = DEFAULT_PREFIX) -> list[Acl]:
     """A simulator speaks for every device of its sites (as each, or through gateways)."""
-    return [Acl("publishClientSend", f"{prefix}/{site}/#") for site in sites]
+    return [Acl("publishClientSend", site_filter(prefix, site)) for site in sites]
 
 
 class DynsecClient:
@@ -235,9 +258,9 @@ class DynsecClient:
 class BrokerAccounts:
     """The MQTT identities GridWatch manages: devices, the hub and simulators."""
 
-    def __init__(self, client: DynsecClient, *, topic_prefix: str = "gw/v1") -> None:
+    def __init__(self, client: DynsecClient, *, topic_prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
-        self.prefix = topic_prefix.strip("/")
+        self.prefix = normalise_prefix(topic_prefix)
 
     async def prepare(self) -> None:
         """Deny by default: nothing is readable or writable unless a role grants it."""
@@ -337,6 +360,11 @@ class BrokerAccounts:
         await self.ensure_role(HUB_ROLE, hub_acls(self.prefix))
         return await self._login_for(username, HUB_ROLE, None, "GridWatch hub")
 
+    async def register_events_reader(self, username: str) -> Credentials:
+        """A login that reads every site's security events and nothing else."""
+        await self.ensure_role(EVENTS_READER_ROLE, events_reader_acls(self.prefix))
+        return await self._login_for(username, EVENTS_READER_ROLE, None, "GridWatch events reader")
+
     async def register_simulator(self, username: str, sites: Sequence[str]) -> Credentials:
         if not sites:
             raise ValueError("a simulator needs at least one site")
@@ -370,5 +398,3 @@ def init_config(path: Path, admin_username: str, admin_password: str) -> None:
 def broker_conf(config_file: Path) -> str:
     """mosquitto.conf lines that load the plugin and require a login from everyone."""
     return f"plugin {PLUGIN_PATH}\nplugin_opt_config_file {config_file}\nallow_anonymous false\n"
-
-

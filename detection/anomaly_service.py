@@ -7,6 +7,10 @@ queue: when the scorer falls behind, readings beyond `queue_max` are dropped and
 manager's SQL all run there), so the event loop only swaps a deque. Detections go
 through the same event manager as rule events (source `anomaly`), which deduplicates
 them by (rule, key) and feeds the same sinks.
+
+`step` is one turn of `run` done synchronously: score what is queued at the clock's
+`now` (`clock_ms`, the wall clock by default) in the caller's thread. The offline
+scenario harness drives the service with it in simulated time.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from anomaly.online import AnomalyScorer
+from anomaly.online import AnomalyScorer, Scored
 from events.manager import EventManager
 from events.model import Detection
 from ingest.decode import Rejected
@@ -51,6 +55,7 @@ class AnomalyService:
         batch_interval_s: float = 0.5,
         on_events: Callable[[], None] = lambda: None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        on_scored: Callable[[list[Scored]], None] | None = None,
     ) -> None:
         self.scorer = scorer
         self.manager = manager
@@ -58,6 +63,9 @@ class AnomalyService:
         self.batch_interval_s = batch_interval_s
         self._on_events = on_events
         self._clock_ms = clock_ms
+        """Event time for the scorer's quiet-device clears and the event manager."""
+        self._on_scored = on_scored
+        """Sees every batch's scored vectors (the harness keeps some for plots)."""
         self._queue: deque[Reading] = deque()
         self._busy = asyncio.Lock()  # the scorer is not thread-safe: one batch at a time
         self.counters = AnomalyCounters()
@@ -85,6 +93,8 @@ class AnomalyService:
         """Score a batch and persist its detections (blocking: runs on a worker thread)."""
         started = time.perf_counter()
         detections, scored = self.scorer.score_batch(batch)
+        if self._on_scored is not None:
+            self._on_scored(scored)
         detections += self.scorer.tick(now_ms)
         for detection in detections:
             self.manager.handle(detection, now_ms)
@@ -94,6 +104,15 @@ class AnomalyService:
         counters.detections += len(detections)
         counters.batches += 1
         counters.busy_s += time.perf_counter() - started
+        return detections
+
+    def step(self) -> list[Detection]:
+        """One turn of `run`, synchronously and now (by the clock): score what is queued
+        and persist the detections, in the caller's thread (not while `run` runs).
+        Returns the detections."""
+        detections = self.process(self._take(), self._clock_ms())
+        if detections:
+            self._on_events()
         return detections
 
     async def run(self) -> None:

@@ -12,6 +12,11 @@ manager on a worker thread (SQL), wakes the outbox dispatcher, and snapshots the
 engine state after every change and every `snapshot_interval_s`, so a restart resumes
 open conditions instead of forgetting or repeating them.
 
+`step` is one turn of `run` done synchronously (evaluate what is queued at the clock's
+`now`, persist, snapshot): the offline evaluation harness drives the service with it in
+simulated time, through an injected clock (`clock_ms`), so its figures come from this
+code path.
+
 `reload_rules` (SIGHUP in `gridwatch run`; the hub API calls it too) re-reads the rule
 files and swaps the engine without a restart: conditions of unchanged rules carry on,
 those of changed or removed rules start afresh, and their open events return to normal
@@ -51,15 +56,32 @@ CHUNK: Final = 2_000
 """Readings evaluated per turn of `run` before the event loop goes to other tasks."""
 
 
-def as_reading(item: Reading | Rejected, prefix_parts: int) -> Reading | None:
+def as_reading(item: Reading | Rejected) -> Reading | None:
     """What rules see of a decoded message: the reading, or for a rejection a pseudo-
-    reading of its device (None when the topic names no device)."""
+    reading of its device (None when the topic is no device topic)."""
     if isinstance(item, Reading):
         return item
-    parts = item.topic.split("/")[prefix_parts:]
-    if len(parts) != 4:
+    route = item.route
+    if route is None:
         return None
-    return rejected_reading(parts[0], parts[1], parts[2], item.reason.value, item.received_ns)
+    return rejected_reading(
+        route.site, route.kind, route.device, item.reason.value, item.received_ns
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """What one turn evaluated at `now_ms`, and what its SQL half must do."""
+
+    now_ms: int
+    detections: list[Detection]
+    snapshot: bool
+    manager_tick: bool
+
+    @property
+    def persist(self) -> bool:
+        """Anything for the SQL half (detections always come with a snapshot)."""
+        return self.snapshot or self.manager_tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,23 +113,33 @@ class RulesService:
         store: EventStore,
         manager: EventManager,
         *,
-        topic_prefix: str,
         rule_paths: Sequence[Path] = (),
         snapshot_interval_s: float = 10.0,
         on_events: Callable[[], None] = lambda: None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         max_queue: int = MAX_QUEUE,
         pause_intake: Callable[[bool], None] = lambda _full: None,
+        manager_tick_ms: int | None = None,
     ) -> None:
         self.engine = engine
         self.rule_paths = tuple(rule_paths)
         """Where `reload_rules` reads rules from (empty: the built-in pack)."""
         self.store = store
         self.manager = manager
-        self._prefix_parts = len(topic_prefix.strip("/").split("/"))
         self._snapshot_interval_s = snapshot_interval_s
         self._on_events = on_events
         self._clock_ms = clock_ms
+        """Event time for rule timers and the event manager (the wall clock in the hub,
+        simulated time in the evaluation harness); snapshot intervals use a monotonic
+        clock of their own."""
+        if manager_tick_ms is not None and manager_tick_ms <= 0:
+            raise ValueError("manager_tick_ms must be positive (or None)")
+        self._manager_tick_ms = manager_tick_ms
+        """None: the event manager's timers (shelve expiry, flood quiet-down) are
+        checked at every persist (the hub). N: only at the first turn at or after each
+        multiple of N ms of the clock (the evaluation harness: its store queries cost)."""
+        self._manager_next_ms: int | None = None
+        self._last_snapshot = time.monotonic()
         self._queue: deque[Reading | Rejected] = deque()
         self.max_queue = max_queue
         self.pause_intake = pause_intake
@@ -219,7 +251,7 @@ class RulesService:
             queue = self._queue
             n = len(queue) if limit is None else min(limit, len(queue))
             for _ in range(n):
-                reading = as_reading(queue.popleft(), self._prefix_parts)
+                reading = as_reading(queue.popleft())
                 if reading is not None:
                     out += self.engine.evaluate(reading, self.state, now_ms)
                     self.evaluated += 1
@@ -231,15 +263,63 @@ class RulesService:
             self._dirty = False
             return self.state.to_json()
 
-    def _persist(self, detections: list[Detection], now_ms: int, snapshot: bool) -> None:
+    def _manager_due(self, now_ms: int) -> bool:
+        """With `manager_tick_ms`: whether this turn crossed the next multiple of it
+        (the first turn only sets the first one, after its own time)."""
+        every = self._manager_tick_ms
+        if every is None:
+            return False
+        due = self._manager_next_ms is not None and now_ms >= self._manager_next_ms
+        if self._manager_next_ms is None or due:
+            self._manager_next_ms = (now_ms // every + 1) * every
+        return due
+
+    def _turn(self, limit: int | None) -> _Turn:
+        """The event-loop half of a turn: evaluate at the clock's now, and decide what
+        the SQL half does (snapshot after a change or when the interval is up)."""
+        now_ms = self._clock_ms()
+        detections = self._evaluate_queued(now_ms, limit)
+        due = time.monotonic() - self._last_snapshot >= self._snapshot_interval_s or self._dirty
+        snapshot = bool(detections) or due
+        manager_tick = self._manager_due(now_ms) or (snapshot and self._manager_tick_ms is None)
+        return _Turn(now_ms, detections, snapshot, manager_tick)
+
+    def _persist(
+        self, detections: list[Detection], now_ms: int, snapshot: bool, manager_tick: bool = True
+    ) -> None:
+        """The SQL half of a turn (on a worker thread in the hub)."""
         for detection in detections:
             self.manager.handle(detection, now_ms)
-        self.manager.tick(now_ms)
+        if manager_tick:
+            self.manager.tick(now_ms)
         if snapshot:
             self.store.put_snapshot(SNAPSHOT_NAME, self._snapshot_json(), now_ms)
 
+    def _persist_turn(self, turn: _Turn) -> None:
+        self._persist(turn.detections, turn.now_ms, turn.snapshot, turn.manager_tick)
+
+    def _done(self, turn: _Turn) -> None:
+        if turn.snapshot:
+            self._last_snapshot = time.monotonic()
+        if turn.detections:
+            self.detections += len(turn.detections)
+            self._on_events()
+
+    def step(self, limit: int | None = None) -> list[Detection]:
+        """One turn of `run`, synchronously and now (by the clock): fire the rule timers
+        due, evaluate up to `limit` queued items (all when None) in arrival order, hand
+        the detections to the event manager, tick its timers and snapshot the state when
+        due. Returns the detections (already persisted)."""
+        turn = self._turn(limit)
+        if turn.persist:
+            self._persist_turn(turn)
+        self._done(turn)
+        return turn.detections
+
     async def run(self) -> None:
-        last_snapshot = time.monotonic()
+        """`step` in a loop, woken by `observe` or every `TICK_S`: evaluation on the
+        event loop in chunks of `CHUNK`, the SQL half of each turn on a worker thread."""
+        self._last_snapshot = time.monotonic()
         while True:
             if not self._queue:
                 with contextlib.suppress(TimeoutError):
@@ -247,16 +327,10 @@ class RulesService:
             else:
                 await asyncio.sleep(0)  # the intake's turn between chunks
             self._wake.clear()
-            now_ms = self._clock_ms()
-            detections = self._evaluate_queued(now_ms, CHUNK)
-            due = time.monotonic() - last_snapshot >= self._snapshot_interval_s or self._dirty
-            snapshot = bool(detections) or due
-            if detections or due:
-                await asyncio.to_thread(self._persist, detections, now_ms, snapshot)
-                last_snapshot = time.monotonic()
-            if detections:
-                self.detections += len(detections)
-                self._on_events()
+            turn = self._turn(CHUNK)
+            if turn.persist:
+                await asyncio.to_thread(self._persist_turn, turn)
+            self._done(turn)
 
     async def flush(self) -> None:
         """Evaluate what is queued and snapshot (graceful stop)."""

@@ -8,7 +8,9 @@ Opt-in; plain `stack up` is unchanged (anonymous loopback broker). With `--dynse
    loads the plugin and refuses anonymous clients;
 2. once the broker runs, the hub's login (`gridwatch-hub`, role `gridwatch-hub`) and a
    simulator login for the demo sites (`gridwatch-demo`) are provisioned through
-   `broker.dynsec` (deny-by-default ACLs), with fresh passwords at every `stack up --dynsec`;
+   `broker.dynsec` (deny-by-default ACLs: the hub reads the device topics `gw/v1/#` and
+   publishes its presence and the security events `gw/events/v1/<site>`, topics from
+   `sensors.topics`), with fresh passwords at every `stack up --dynsec`;
 3. all three logins go to `<root>/mqtt-logins.toml` (mode 0600), which `gridwatch run`
    reads while that stack's broker is the one in `mqtt.url` and requires logins: the hub
    connects as `gridwatch-hub`, the API manages device logins as the admin
@@ -48,6 +50,7 @@ from devstack.stack import (
     StackError,
     ensure_installed,
 )
+from sensors.topics import DEFAULT_PREFIX
 from sites.model import DEMO_SITES
 
 log = logging.getLogger(__name__)
@@ -118,7 +121,7 @@ def _admin_password(root: Path) -> str:
     return password
 
 
-def dynsec_up(stack: LocalStack, topic_prefix: str = "gw/v1") -> dict[str, str]:
+def dynsec_up(stack: LocalStack, topic_prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
     """Start the stack with the plugin (what is not running yet) and provision logins."""
     ensure_installed({**MOSQUITTO_PACKAGES, **CLIENT_PACKAGES, CTRL_BIN: "mosquitto-clients"})
     running = stack.status()["mosquitto"]["running"]
@@ -195,5 +198,3 @@ def read_logins(path: Path) -> StackLogins:
         )
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
         raise StackError(f"unreadable logins file {path}: {exc}") from exc
-
-

@@ -19,7 +19,8 @@ and is scored as such, against `incident_storm` labels. Its children:
 
 `peak_events_per_10min` counts top-level events only: the desk shows a flood as one row.
 
-Matching. An event E matches a label L when
+Matching (`evaluation.matching`, shared with the anomaly harness). An event E matches a
+label L when
 
 - `E.incident == L.kind`,
 - E's devices (`E.devices`, plus `E.device` when set) intersect `L.devices`, and
@@ -53,11 +54,11 @@ window `[t, t + 10 min)` (t sliding over event times), divided by the number of 
 from __future__ import annotations
 
 import statistics
-from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from evaluation.matching import Hit, match_labels, matches
 from events.model import SecurityEvent
 from simulators.labels import IncidentKind, Label
 
@@ -167,12 +168,8 @@ def shown_before_grouping(events: Sequence[SecurityEvent]) -> list[SecurityEvent
 
 
 def _in_storm(event: SecurityEvent, storms: Sequence[Label], early_ms: int, grace: int) -> bool:
-    devices = _event_devices(event)
-    return any(
-        not devices.isdisjoint(storm.devices)
-        and storm.start_ms - early_ms <= event.raised_ms <= storm.end_ms + grace
-        for storm in storms
-    )
+    hit = Hit(event.raised_ms, _event_devices(event))
+    return any(matches(storm, hit, early_ms=early_ms, grace_ms=grace) for storm in storms)
 
 
 def _event_devices(event: SecurityEvent) -> set[str]:
@@ -190,7 +187,8 @@ def _match(
     default_grace_ms: int,
     early_ms: int,
 ) -> dict[str, _KindMatch]:
-    """Match the events an operator saw to labels, per kind (see the module docstring)."""
+    """Match the events an operator saw to labels, per kind (see the module docstring;
+    the matching itself is `evaluation.matching`, exclusive)."""
     by_kind: dict[str, _KindMatch] = {}
     for label in labels:
         by_kind.setdefault(label.kind.value, _KindMatch()).labels.append(label)
@@ -203,33 +201,26 @@ def _match(
     storm_grace = grace.get(IncidentKind.INCIDENT_STORM.value, default_grace_ms)
     child_ids = {e.id for e in early_children}
     for kind, m in by_kind.items():
-        kind_grace = grace.get(kind, default_grace_ms)
         m.labels.sort(key=lambda label: (label.start_ms, label.id))
         m.events.sort(key=lambda event: (event.raised_ms, event.id))
-        times = [e.raised_ms for e in m.events]
-        devices = [_event_devices(e) for e in m.events]
-        taken = [False] * len(m.events)
-        matched_any = [False] * len(m.events)
-        for label in m.labels:
-            lo = bisect_left(times, label.start_ms - early_ms)
-            hi = bisect_right(times, label.end_ms + kind_grace)
-            hit: int | None = None
-            for i in range(lo, hi):
-                if devices[i].isdisjoint(label.devices):
-                    continue
-                matched_any[i] = True
-                if hit is None and not taken[i]:
-                    hit = i
+        found = match_labels(
+            m.labels,
+            [Hit(e.raised_ms, _event_devices(e)) for e in m.events],
+            early_ms=early_ms,
+            grace_ms=grace.get(kind, default_grace_ms),
+            exclusive=True,
+        )
+        for label, hit in zip(m.labels, found.taken, strict=True):
             if hit is None:
                 m.missed.append(label)
             else:
-                taken[hit] = True
                 m.detected.append((label, m.events[hit]))
+        taken = {hit for hit in found.taken if hit is not None}
         covered: set[str] = set()
         for i, event in enumerate(m.events):
-            if taken[i]:
+            if i in taken:
                 continue
-            if matched_any[i]:
+            if found.matched[i]:
                 m.duplicates.append(event)
             elif event.id in child_ids and _in_storm(event, storms, early_ms, storm_grace):
                 covered.add(event.id)  # part of the storm: scored through its parent

@@ -2,14 +2,18 @@
 
 Detectors are trained on days of the site's background traffic just before the scenario
 window (same seed, so the same devices; no incidents). Then the scenario traffic goes
-through decode → `AnomalyScorer` in simulated time, as the hub scores live readings.
+through decode → `AnomalyService` (scorer, event manager, a temporary SQLite event store)
+in simulated time, as the hub scores live readings: the service's clock is set to the
+last reading of each batch before the service takes its turn (`AnomalyService.step`).
 Anomaly events name no incident kind, so a label counts as detected when any anomaly
 detection (raise or repeat) lands on one of its devices between its start and
-`GRACE_MS` after its end. An event that opens outside every label's span is a false alarm.
+`GRACE_MS` after its end (`evaluation.matching`, not exclusive). An event that opens
+outside every label's span is a false alarm.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -19,7 +23,12 @@ from typing import Final
 
 from anomaly.online import AnomalyScorer, Scored
 from anomaly.training import AnomalyModel, TrainConfig, train
+from detection.anomaly_service import AnomalyService
+from evaluation.matching import Hit, match_labels
+from evaluation.rules_eval import SimClock
+from events.manager import EventManager
 from events.model import Detection
+from events.store import EventStore
 from ingest.decode import Decoder
 from sensors.base import DecodeContext, Reading, keyed_hash
 from sensors.registry import KINDS
@@ -117,20 +126,32 @@ def score_stream(
     on_progress: Callable[[int], None] | None = None,
     keep: Callable[[Scored], bool] = lambda _s: False,
 ) -> tuple[list[Detection], int, list[Scored]]:
-    """Run readings through the online scorer in batches: all detections, the number of
-    vectors scored, and the scored vectors `keep` selects (for plots)."""
-    scorer = AnomalyScorer(model)
-    detections: list[Detection] = []
+    """Run readings through `AnomalyService` in batches of `BATCH`, each scored when its
+    last reading has arrived, the detections persisted as in the hub: all detections,
+    the number of vectors scored, and the scored vectors `keep` selects (for plots)."""
     kept: list[Scored] = []
-    for i in range(0, len(readings), BATCH):
-        batch = readings[i : i + BATCH]
-        found, scored = scorer.score_batch(batch)
-        detections += found
-        kept += [s for s in scored if keep(s)]
-        detections += scorer.tick(batch[-1].ts_ns // 1_000_000)
-        if on_progress is not None:
-            on_progress(len(batch))
-    return detections, scorer.scored, kept
+    clock = SimClock()
+    detections: list[Detection] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="gridwatch-anomaly-eval-") as tmp,
+        EventStore(f"sqlite:///{Path(tmp) / 'events.db'}") as store,
+    ):
+        store.migrate()
+        service = AnomalyService(
+            AnomalyScorer(model),
+            EventManager(store, workers={}),
+            clock_ms=clock,
+            on_scored=lambda scored: kept.extend(s for s in scored if keep(s)),
+        )
+        for i in range(0, len(readings), BATCH):
+            batch = readings[i : i + BATCH]
+            for reading in batch:
+                service.observe(reading)
+            clock.now_ms = batch[-1].ts_ns // 1_000_000
+            detections += service.step()
+            if on_progress is not None:
+                on_progress(len(batch))
+    return detections, service.counters.scored, kept
 
 
 def match(
@@ -140,18 +161,22 @@ def match(
     device_count: int,
     span_ms: int,
 ) -> tuple[list[LabelResult], int, int, float]:
-    """Per label: detected and delay; plus events opened, false alarms, device-days."""
-    raised = [d for d in detections if d.raised and d.device is not None]
+    """Per label: detected and delay (from its start); plus events opened (a raise of a
+    (rule, key) not open yet), false alarms (opened events matching no label), and
+    device-days."""
+    raised = sorted(
+        (n for n, d in enumerate(detections) if d.raised), key=lambda n: detections[n].at_ms
+    )
+    hits = [Hit(detections[n].at_ms, _devices(detections[n])) for n in raised]
+    found = match_labels(labels, hits, early_ms=EARLY_MS, grace_ms=GRACE_MS, exclusive=False)
     results = []
-    for label in labels:
-        lo, hi = label.start_ms - EARLY_MS, label.end_ms + GRACE_MS
-        hits = [d.at_ms for d in raised if d.device in label.devices and lo <= d.at_ms <= hi]
-        first = min(hits, default=None)
-        delay = None if first is None else max(0.0, (first - label.start_ms) / 1000)
-        results.append(LabelResult(label, first is not None, delay))
+    for label, hit in zip(labels, found.taken, strict=True):
+        delay = None if hit is None else max(0.0, (hits[hit].at_ms - label.start_ms) / 1000)
+        results.append(LabelResult(label, hit is not None, delay))
+    covered = {n for n, matched in zip(raised, found.matched, strict=True) if matched}
     open_keys: set[tuple[str, str]] = set()
     events = false_alarms = 0
-    for d in detections:
+    for n, d in enumerate(detections):
         key = (d.rule_id, d.key)
         if not d.raised:
             open_keys.discard(key)
@@ -160,13 +185,12 @@ def match(
             continue
         open_keys.add(key)
         events += 1
-        covered = any(
-            d.device in label.devices
-            and label.start_ms - EARLY_MS <= d.at_ms <= label.end_ms + GRACE_MS
-            for label in labels
-        )
-        false_alarms += not covered
+        false_alarms += n not in covered
     return results, events, false_alarms, device_count * span_ms / DAY_MS
+
+
+def _devices(detection: Detection) -> frozenset[str]:
+    return frozenset() if detection.device is None else frozenset((detection.device,))
 
 
 def evaluate_scenarios(

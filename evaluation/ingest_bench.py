@@ -56,6 +56,7 @@ from evaluation.bench_costs import (
 )
 from ingest.influxql import InfluxQLError, QueryTarget, query
 from ingest.status import read_status
+from sensors import topics
 from simulators.traffic import make_fleet, message
 
 KIND_MEASUREMENTS = ("access", "smoke", "parking")
@@ -274,7 +275,7 @@ def _sub_argv(mqtt_port: int, client_id: str, *extra: str) -> list[str]:
     """mosquitto_sub with a persistent session (-c, fixed id) at QoS 1 on all telemetry."""
     return [
         "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mqtt_port),
-        "-c", "-i", client_id, "-q", "1", "-t", "gw/v1/#", *extra,
+        "-c", "-i", client_id, "-q", "1", "-t", topics.subscription(topics.DEFAULT_PREFIX), *extra,
     ]  # fmt: skip
 
 

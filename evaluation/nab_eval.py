@@ -13,9 +13,11 @@ from evaluation.nab import (
     FileScore,
     NabSeries,
     load_nab_dir,
+    probationary_length,
     profiles_for,
     score_table,
 )
+from evaluation.plots import Panel
 
 
 @dataclass(frozen=True)
@@ -104,3 +106,22 @@ def format_nab(report: NabReport) -> str:
     for profile, value in report.overall.items():
         lines.append(f"overall {profile:<19} {value:6.1f}")
     return "\n".join(lines)
+
+
+def nab_panels(report: NabReport, threshold: float) -> list[Panel]:
+    """One panel per series: values, score, NAB's windows, the end of the probation."""
+    return [
+        Panel(
+            title=f"{run.series.name}: standard raw {run.scores['standard'].raw:.2f}, "
+            f"{run.scores['standard'].detected_windows}/{run.scores['standard'].windows}"
+            f" windows, {run.scores['standard'].fp} FP",
+            values=run.series.values,
+            score=run.result.score,
+            alarms=run.result.alarms,
+            spans=[(w.left, w.right) for w in run.series.windows],
+            threshold=threshold,
+            marker=probationary_length(len(run.series.timestamps)),
+            marker_label="end of probation",
+        )
+        for run in report.runs
+    ]

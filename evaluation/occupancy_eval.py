@@ -19,6 +19,7 @@ import numpy as np
 from anomaly.protocol import FloatArray, JsonValue
 from anomaly.streaming import StreamConfig, StreamResult, run_stream
 from evaluation.nab import FileScore, Window, nab_default_profiles, normalised, score_detections
+from evaluation.plots import Panel
 
 OCCUPANCY_CHANNELS: tuple[str, ...] = ("Temperature", "Humidity", "Light", "CO2", "HumidityRatio")
 OCCUPANCY_FILES: tuple[str, ...] = ("datatest.txt", "datatraining.txt")
@@ -163,4 +164,18 @@ def format_occupancy(report: OccupancyReport) -> str:
         f"{delay_text}; alarms inside {j['alarms_inside']}, outside {j['alarms_outside']}; "
         f"ROC AUC {report.roc_auc:.3f}; NAB standard (episodes as windows) "
         f"{report.nab_standard:.1f}"
+    )
+
+
+def occupancy_panel(report: OccupancyReport, threshold: float) -> Panel:
+    """CO2 with the score and the occupied episodes."""
+    return Panel(
+        title=f"UCI occupancy, CO2 shown: {report.caught}/{len(report.spans)} episodes "
+        f"caught, {report.alarms_outside} alarms outside, ROC AUC {report.roc_auc:.3f}",
+        values=report.data.readings[:, OCCUPANCY_CHANNELS.index("CO2")],
+        score=report.result.score,
+        alarms=report.result.alarms,
+        spans=[(w.left, w.right) for w in report.spans],
+        threshold=threshold,
+        span_label="occupied",
     )

@@ -1,11 +1,14 @@
 """Alarm-quality harness: simulated incidents through the hub's rule path, scored.
 
 The site's traffic (background plus labelled scenarios, or dataset replays) goes
-through the same decoder, rules engine, event manager and event store the hub runs,
-in simulated time and as fast as the CPU allows: `now` is each message's simulated
-time, so a 40-hour scenario suite takes minutes. MQTT and InfluxDB are left out on
-purpose (they move messages, they do not decide events; the end-to-end test covers
-them). Events are then matched to the ground-truth labels (`evaluation.alarm_quality`).
+through the hub's own decoder, `RulesService` (rules engine, event manager, event store,
+snapshots), in simulated time and as fast as the CPU allows: the service's clock is set
+to each message's simulated time and the service takes one synchronous turn
+(`RulesService.step`) per message, plus one every simulated second between messages
+(the hub's run loop wakes at least once a second to fire timers), so a 40-hour scenario
+suite takes seconds. MQTT and InfluxDB are left out on purpose (they move messages,
+they do not decide events; the end-to-end test covers them). Events are then matched to
+the ground-truth labels (`evaluation.alarm_quality`).
 """
 
 from __future__ import annotations
@@ -17,26 +20,32 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from detection.rules_service import as_reading
+from detection.rules_service import RulesService
 from evaluation.alarm_quality import DEFAULT_GRACE_MS, QualityReport, score
 from events.manager import EventManager
 from events.model import Action, SecurityEvent, State
 from events.store import EventStore
 from ingest.decode import Decoder, Rejected
-from rules.engine import Engine, EngineState
+from rules.engine import Engine
 from rules.schema import Rule, rule_wait_ms
 from rules.site_directory import directory_from_sites
+from sensors import topics
 from sensors.base import DecodeContext, keyed_hash
 from sensors.registry import KINDS
 from simulators.engine import SimMessage
 from simulators.labels import HELD_OPEN_MS, IncidentKind, Label, held_open_labels
 from sites.model import Site
 
+HASH_KEY: Final = b"alarm-quality-harness"
+"""The harness's key for hashing card numbers and plates (rule keys name the hashes)."""
+
 TICK_MS: Final = 1_000
-"""Rule timers fire at least this often in simulated time (between sparse messages)."""
+"""Rule timers fire at least this often in simulated time (between sparse messages), as
+the hub's run loop wakes at least every `detection.rules_service.TICK_S`."""
 
 MANAGER_TICK_MS: Final = 60_000
-"""Shelve expiry and flood-window checks (store queries) run this often."""
+"""Shelve expiry and flood-window checks (store queries) run this often in simulated
+time (`RulesService(manager_tick_ms=...)`)."""
 
 
 def wait_s(rules: Sequence[Rule]) -> dict[str, float]:
@@ -158,49 +167,60 @@ class EvalRun:
         return body
 
 
+class SimClock:
+    """The service's clock in the harness: simulated epoch ms, set before each turn."""
+
+    def __init__(self, now_ms: int = 0) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
 def run_rules(
     sites: Sequence[Site],
     messages: Iterable[SimMessage],
     rules: Sequence[Rule],
     *,
     store_url: str,
-    topic_prefix: str = "gw/v1",
+    topic_prefix: str = topics.DEFAULT_PREFIX,
     on_progress: Callable[[int], None] | None = None,
 ) -> tuple[list[SecurityEvent], int, int]:
-    """Feed messages (in time order) through decode → rules → events; return every
-    event in the store, the message count and the rejected count."""
+    """Feed messages (in time order) through decode → `RulesService` → events; return
+    every event in the store (with its re-annunciations), the message count and the
+    rejected count."""
     directory = directory_from_sites(sites)
-    engine = Engine(rules, directory)
-    state = EngineState()
-    key = b"alarm-quality-harness"
     decoder = Decoder(
         KINDS,
-        DecodeContext(hash_identifier=lambda v: keyed_hash(key, v)),
+        DecodeContext(hash_identifier=lambda v: keyed_hash(HASH_KEY, v)),
         topic_prefix=topic_prefix,
     )
-    prefix_parts = len(topic_prefix.strip("/").split("/"))
+    clock = SimClock()
     with EventStore(store_url) as store:
         store.migrate()
-        manager = EventManager(store, workers=directory.workers())
+        service = RulesService(
+            Engine(rules, directory),
+            store,
+            EventManager(store, workers=directory.workers()),
+            clock_ms=clock,
+            manager_tick_ms=MANAGER_TICK_MS,
+        )
         count = rejected = 0
         next_tick = None
         for message in messages:
             now = message.sim_ms
             if next_tick is None:
                 next_tick = (now // TICK_MS + 1) * TICK_MS
-            while next_tick <= now:
-                for detection in engine.tick(state, next_tick):
-                    manager.handle(detection, next_tick)
-                if next_tick % MANAGER_TICK_MS == 0:
-                    manager.tick(next_tick)
+            while next_tick <= now:  # the run loop's idle wake-ups, for rule timers
+                clock.now_ms = next_tick
+                service.step()
                 next_tick += TICK_MS
+            clock.now_ms = now
             decoded = decoder.decode(message.topic, message.payload, now * 1_000_000)
             rejected += isinstance(decoded, Rejected)
             count += 1
-            reading = as_reading(decoded, prefix_parts)
-            if reading is not None:
-                for detection in engine.evaluate(reading, state, now):
-                    manager.handle(detection, now)
+            service.observe(decoded)
+            service.step()
             if on_progress is not None and count % 10_000 == 0:
                 on_progress(count)
         events = store.list_events(limit=1_000_000)

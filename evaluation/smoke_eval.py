@@ -13,6 +13,7 @@ import numpy as np
 
 from anomaly.protocol import FloatArray, JsonValue
 from anomaly.streaming import StreamConfig, StreamResult, run_stream
+from evaluation.plots import Panel
 
 SMOKE_CHANNELS: tuple[str, ...] = (
     "Temperature[C]",
@@ -138,4 +139,20 @@ def format_smoke(report: SmokeReport) -> str:
         f"smoke: {j['rows']} rows ({j['skipped_rows']} malformed skipped); "
         f"Fire Alarm 0->1 at row {j['transition_row']}; first alarm after it: {delay}; "
         f"false alarms before it: {j['false_alarms_before']}; alarms in all: {j['alarms']}"
+    )
+
+
+def smoke_panel(report: SmokeReport, threshold: float) -> Panel:
+    """TVOC with the score, from the Fire Alarm label's rise to the end of the run."""
+    last_row = report.data.readings.shape[0] - 1
+    spans = [] if report.transition_row is None else [(report.transition_row, last_row)]
+    return Panel(
+        title=f"smoke run, TVOC[ppb] shown; first alarm after fire label: "
+        f"{report.delay_s} s; false alarms before: {report.false_alarms_before}",
+        values=report.data.readings[:, SMOKE_CHANNELS.index("TVOC[ppb]")],
+        score=report.result.score,
+        alarms=report.result.alarms,
+        spans=spans,
+        threshold=threshold,
+        span_label="Fire Alarm = 1",
     )

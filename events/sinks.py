@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from events.model import OutboxItem
 from events.render import event_json, event_point
+from sensors.topics import DEFAULT_PREFIX, TopicError, events_topic, normalise_prefix
 
 __all__ = [
     "InfluxSink",
@@ -126,12 +127,10 @@ class InfluxSink:
             raise SinkRejected(f"cannot render: {bad[1]}", item_id=bad[0].id, delivered=done)
 
 
-def _topic_safe(site: str) -> bool:
-    return bool(site) and not any(c in site for c in "/+#\x00")
-
-
 class MqttSink:
-    """Each transition as compact JSON (`event_json`) on `{prefix}/{site}/events`.
+    """Each transition as compact JSON (`event_json`) on `sensors.topics.events_topic`,
+    `gw/events/v1/<site>` for the prefix `gw/v1`: outside the device topics, so no hub
+    receives the events it publishes.
 
     `publish(topic, payload)` must return once the broker has the message (QoS 1 PUBACK);
     it is awaited one item at a time so consumers see transitions in order.
@@ -140,29 +139,32 @@ class MqttSink:
     def __init__(
         self,
         publish: Callable[[str, bytes], Awaitable[None]],
-        topic_prefix: str = "gw/v1",
+        topic_prefix: str = DEFAULT_PREFIX,
         *,
         name: str = "mqtt",
         timeout_s: float = 10.0,
     ) -> None:
         self.name = name
         self._publish = publish
-        self._prefix = topic_prefix.rstrip("/")
+        self._prefix = normalise_prefix(topic_prefix)
         # A publish that waits for a connection would otherwise hold the sink forever.
         self._timeout_s = timeout_s
 
     def topic(self, site: str) -> str:
-        return f"{self._prefix}/{site}/events"
+        """Raises TopicError for a site that cannot be a topic level."""
+        return events_topic(self._prefix, site)
 
     async def deliver(self, items: Sequence[OutboxItem]) -> None:
         done: list[int] = []
         for item in items:
-            if not _topic_safe(item.event.site):
+            try:
+                topic = self.topic(item.event.site)
+            except TopicError:
                 raise SinkRejected(
                     f"site {item.event.site!r} cannot be an MQTT topic level",
                     item_id=item.id,
                     delivered=done,
-                )
+                ) from None
             try:
                 payload = _json_bytes(item)
             except ValueError as exc:
@@ -171,7 +173,7 @@ class MqttSink:
                 ) from exc
             try:
                 async with asyncio.timeout(self._timeout_s):
-                    await self._publish(self.topic(item.event.site), payload)
+                    await self._publish(topic, payload)
             except SinkRejected as exc:
                 raise SinkRejected(exc.reason, item_id=item.id, delivered=done) from exc
             except SinkUnavailable as exc:

@@ -42,18 +42,19 @@ from ingest.status import write_status
 from ingest.writer import SpoolWriter
 from sensors.base import HUB_STATS, DecodeContext, keyed_hash
 from sensors.registry import KINDS
+from sensors.topics import hub_presence_head, hub_presence_topic, subscription
 
 log = logging.getLogger(__name__)
 
 
 def subscription_filter(settings: Settings) -> str:
     """`gw/v1/#`, or `$share/<group>/gw/v1/#` so several hubs split the load."""
-    base = f"{settings.mqtt.topic_prefix.strip('/')}/#"
-    return f"$share/{settings.mqtt.shared_group}/{base}" if settings.mqtt.shared_group else base
+    return subscription(settings.mqtt.topic_prefix, settings.mqtt.shared_group)
 
 
 def hub_status_topic(settings: Settings) -> str:
-    return f"{settings.mqtt.topic_prefix.strip('/')}/_hub/{settings.mqtt.client_id}/status"
+    """`gw/v1/_hub/<client id>/status`: our retained online/offline (and will)."""
+    return hub_presence_topic(settings.mqtt.topic_prefix, settings.mqtt.client_id)
 
 
 class Hub:
@@ -147,17 +148,14 @@ class Hub:
         if self.events is not None:  # a full rules queue stops reading, never drops
             self.events.service.pause_intake = self.intake.consumer_full
         self._own_status_topic = hub_status_topic(settings)
-        self._hub_topics = f"{settings.mqtt.topic_prefix.strip('/')}/_hub/"
-        self._prefix_depth = len(settings.mqtt.topic_prefix.strip("/").split("/"))
+        self._presence_head = hub_presence_head(settings.mqtt.topic_prefix)
 
     def _on_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
     ) -> None:
-        # Not device data: presence flags of hubs (ours and peers in a shared group), and
-        # our own (or a peer hub's) event stream on <prefix>/<site>/events.
-        if topic.startswith(self._hub_topics) or (
-            topic.endswith("/events") and topic.count("/") == self._prefix_depth + 1
-        ):
+        # Not device data: presence flags of hubs (ours and peers in a shared group). The
+        # security events we publish lie outside our subscription (sensors.topics).
+        if topic.startswith(self._presence_head):
             self.client.ack(self.client.generation, [packet_id] if qos else [])
             return
         self.intake.on_publish(topic, payload, qos, retain, packet_id)

@@ -65,7 +65,7 @@ def build_deps(
             token_lifetime_s=settings.api.token_lifetime_s,
             login_attempts=settings.api.login_attempts,
             login_window_s=settings.api.login_window_s,
-            topic_prefix=settings.mqtt.topic_prefix.strip("/"),
+            topic_prefix=settings.mqtt.topic_prefix,
         ),
         events=store,
         manager=manager,

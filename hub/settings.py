@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sensors import topics
+
 ENV_PREFIX = "GRIDWATCH_"
 _PLACEHOLDERS = frozenset(
     {"changethis", "changeme", "change-me", "secret", "password", "xxx", "todo"}
@@ -53,7 +55,9 @@ class MqttSettings(_Section):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    topic_prefix: str = "gw/v1"
+    topic_prefix: str = topics.DEFAULT_PREFIX
+    """Device topics are `<prefix>/<site>/<kind>/<device>/<channel>` (outer slashes are
+    dropped); security events go to `<events root>/<site>`, e.g. `gw/events/v1/<site>`."""
     shared_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
     """MQTT 5 shared subscription group: hubs with the same group split the load."""
     protocol: Literal["5", "3.1.1"] = "5"
@@ -77,6 +81,18 @@ class MqttSettings(_Section):
     @classmethod
     def _password(cls, value: SecretStr | None) -> SecretStr | None:
         return _refuse_placeholder(value, "mqtt.password")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        return topics.normalise_prefix(value)
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        if not topics.is_topic_level(value):  # it names the hub's presence topic
+            raise ValueError("must not contain '/', '+', '#' or NUL")
+        return value
 
     @property
     def host(self) -> str:
@@ -184,7 +200,8 @@ class EventsSettings(_Section):
     sites: list[str] = Field(default_factory=lambda: ["yingyang"])
     """Site files (or demo site names) that tell rules where devices are."""
     publish_mqtt: bool = True
-    """Publish every transition on <topic_prefix>/<site>/events (QoS 1)."""
+    """Publish every transition on `<events root>/<site>` (QoS 1): `gw/events/v1/<site>`
+    for the default prefix, outside the device topics the hub subscribes to."""
     write_influx: bool = True
     """Write every transition as a point in security_event."""
     webhooks: list[str] = Field(default_factory=list)

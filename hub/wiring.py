@@ -75,7 +75,7 @@ def broker_options(settings: Settings) -> BrokerOptions:
         username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
         tls=tls_context(settings),
-        topic_prefix=mqtt.topic_prefix.strip("/"),
+        topic_prefix=mqtt.topic_prefix,
     )
 
 
@@ -179,7 +179,7 @@ def build_writer(settings: Settings) -> InfluxWriter:
 
 
 def query_target(settings: Settings) -> QueryTarget:
-    """InfluxQL target for readers (status, benchmark, later: dashboards, training)."""
+    """InfluxQL target for readers (benchmarks, anomaly training, dashboards' checks)."""
     influx = settings.influx
     return QueryTarget(
         url=influx.url,
@@ -256,7 +256,7 @@ def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -
         async def publish(topic: str, payload: bytes) -> None:
             await client.publish(topic, payload, qos=1)
 
-        sinks.append(MqttSink(publish, settings.mqtt.topic_prefix.strip("/")))
+        sinks.append(MqttSink(publish, settings.mqtt.topic_prefix))
     webhooks = [
         WebhookSink(url, secret=cfg.webhook_secret, name=f"webhook-{i}")
         for i, url in enumerate(cfg.webhooks)
@@ -275,7 +275,6 @@ def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -
         Engine(rules, directory),
         store,
         manager,
-        topic_prefix=settings.mqtt.topic_prefix,
         rule_paths=cfg.rules,
         snapshot_interval_s=cfg.snapshot_interval_s,
         on_events=dispatcher.wake,

@@ -7,7 +7,6 @@ fixed vocabulary (counted per reason in `hub_stats`) and the raw bytes (dead let
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,10 +25,10 @@ from sensors.base import (
     SensorKind,
     new_reading,
 )
+from sensors.topics import DEFAULT_PREFIX, Route, TopicError, normalise_prefix, parse
 
 log = logging.getLogger(__name__)
 
-_IDENTIFIER: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _MAX_CACHED_ROUTES: Final = 200_000
 _NS_PER_MS: Final = 1_000_000
 _NS_PER_S: Final = 1_000_000_000
@@ -59,6 +58,9 @@ class Rejected:
     topic: str
     payload: bytes
     received_ns: int
+    route: Route | None
+    """Site, kind, device and channel as the topic names them (the kind or channel may
+    be unknown, the device unregistered); None when the topic is no device topic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,8 @@ class _Route:
     validate: Callable[[bytes], Envelope] | None
     """The channel model's validator (pydantic-core, no Python frame); None for status."""
     to_point: Callable[[str, Envelope, DecodeContext], Point]
+    route: Route
+    """The same four names, as rejections carry them."""
 
 
 class Decoder:
@@ -93,13 +97,13 @@ class Decoder:
         kinds: Mapping[str, SensorKind],
         context: DecodeContext,
         *,
-        topic_prefix: str = "gw/v1",
+        topic_prefix: str = DEFAULT_PREFIX,
         limits: DecodeLimits | None = None,
         allow_device: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self._kinds = kinds
         self._context = context
-        self._prefix_parts = tuple(topic_prefix.strip("/").split("/"))
+        self._prefix = normalise_prefix(topic_prefix)
         self._limits = limits = limits or DecodeLimits()
         self._max_payload = limits.max_payload_bytes
         self._max_future_ns = int(limits.max_future_s * _NS_PER_S)
@@ -122,36 +126,42 @@ class Decoder:
         a route is built, so a cached route has passed them all.
         """
         if len(payload) > self._max_payload:
+            cached = self._routes.get(topic)
+            parsed = cached.route if cached is not None else parse(self._prefix, topic)
             return Rejected(
                 RejectReason.OVERSIZE,
                 f"{len(payload)} bytes > limit {self._max_payload}",
                 topic,
                 payload,
                 received_ns,
+                parsed if isinstance(parsed, Route) else None,
             )
         route = self._routes.get(topic)
         if route is None:
             found = self._route(topic)
             if not isinstance(found, _Route):
-                return Rejected(found[0], found[1], topic, payload, received_ns)
+                return Rejected(found[0], found[1], topic, payload, received_ns, found[2])
             route = found
         validate = route.validate
         if validate is None:
-            return self._decode_status(
-                topic, payload, received_ns, route.site, route.kind_name, route.device
-            )
+            return self._decode_status(topic, payload, received_ns, route)
         try:
             message = validate(payload)
         except ValidationError as exc:
             reason, detail = _explain(exc)
-            return Rejected(reason, detail, topic, payload, received_ns)
+            return Rejected(reason, detail, topic, payload, received_ns, route.route)
         # The model's own dict: the fields every Envelope has, without attribute lookups.
         carried = message.__dict__
         if not (carried["site"] is carried["kind"] is carried["device"] is None):
             mismatch = _identity_mismatch(message, route.site, route.kind_name, route.device)
             if mismatch:
                 return Rejected(
-                    RejectReason.IDENTITY_MISMATCH, mismatch, topic, payload, received_ns
+                    RejectReason.IDENTITY_MISMATCH,
+                    mismatch,
+                    topic,
+                    payload,
+                    received_ns,
+                    route.route,
                 )
         raw_ts = carried["ts"]
         try:
@@ -163,7 +173,9 @@ class Decoder:
                     raise self._implausible(ts_ns, received_ns)
             point = route.to_point(route.channel, message, self._context)
         except _Refused as refused:
-            return Rejected(refused.reason, refused.detail, topic, payload, received_ns)
+            return Rejected(
+                refused.reason, refused.detail, topic, payload, received_ns, route.route
+            )
         except (ValueError, TypeError) as exc:
             # A kind's mapping refused a field combination (or has a bug): count, keep, go on.
             log.error("mapping %s/%s failed: %s", route.kind_name, route.channel, exc)
@@ -173,6 +185,7 @@ class Decoder:
                 topic,
                 payload,
                 received_ns,
+                route.route,
             )
         return new_reading(
             route.kind.measurement,
@@ -188,34 +201,29 @@ class Decoder:
             point.fields,
         )
 
-    def _route(self, topic: str) -> _Route | tuple[RejectReason, str]:
+    def _route(self, topic: str) -> _Route | tuple[RejectReason, str, Route | None]:
         """Parse and check a topic; valid ones are cached (a device reuses its topics)."""
         cached = self._routes.get(topic)
         if cached is not None:
             return cached
-        parts = topic.split("/")
-        n_prefix = len(self._prefix_parts)
-        if len(parts) != n_prefix + 4 or tuple(parts[:n_prefix]) != self._prefix_parts:
-            return (
-                RejectReason.BAD_TOPIC,
-                f"expected {'/'.join(self._prefix_parts)}/<site>/<kind>/<device>/<channel>",
-            )
-        site, kind_name, device, channel = parts[n_prefix:]
-        for label, value in (("site", site), ("kind", kind_name), ("device", device)):
-            if not _IDENTIFIER.fullmatch(value):
-                return RejectReason.BAD_TOPIC, f"{label} {value[:80]!r} is not an identifier"
+        parsed = parse(self._prefix, topic)
+        if isinstance(parsed, TopicError):
+            return RejectReason.BAD_TOPIC, str(parsed), None
+        site, kind_name, device, channel = parsed
         kind = self._kinds.get(kind_name)
         if kind is None:
-            return RejectReason.UNKNOWN_KIND, f"kind {kind_name!r} is not registered"
+            return RejectReason.UNKNOWN_KIND, f"kind {kind_name!r} is not registered", parsed
         if channel != STATUS and channel not in kind.channels:
             return (
                 RejectReason.UNKNOWN_CHANNEL,
                 f"kind {kind_name!r} has channels {sorted([*kind.channels, STATUS])}",
+                parsed,
             )
         if self._allow_device is not None and not self._allow_device(site, kind_name, device):
             return (
                 RejectReason.UNKNOWN_DEVICE,
                 f"{kind_name} {device!r} of site {site!r} is not registered (or retired)",
+                parsed,
             )
         if len(self._routes) >= _MAX_CACHED_ROUTES:
             self._routes.clear()  # bounded: a flood of made-up topics cannot grow memory
@@ -224,7 +232,7 @@ class Decoder:
             # The validator itself: model_validate_json adds a Python frame per message.
             validate = kind.channels[channel].__pydantic_validator__.validate_json
         route = self._routes[topic] = _Route(
-            site, kind_name, device, channel, kind, validate, kind.to_point
+            site, kind_name, device, channel, kind, validate, kind.to_point, parsed
         )
         return route
 
@@ -250,9 +258,10 @@ class Decoder:
         return _Refused(RejectReason.TIMESTAMP_PAST, f"ts is {behind:.0f} s behind the hub clock")
 
     def _decode_status(
-        self, topic: str, payload: bytes, received_ns: int, site: str, kind: str, device: str
+        self, topic: str, payload: bytes, received_ns: int, route: _Route
     ) -> Reading | Rejected:
         """`online`/`offline` as plain text (last wills) or {"status": ..., "ts": ...}."""
+        site, kind, device = route.site, route.kind_name, route.device
         text = payload.strip()
         ts_ns = received_ns
         from_device = False
@@ -263,16 +272,23 @@ class Decoder:
                 message = _StatusPayload.model_validate_json(payload)
             except ValidationError as exc:
                 reason, detail = _explain(exc)
-                return Rejected(reason, detail, topic, payload, received_ns)
+                return Rejected(reason, detail, topic, payload, received_ns, route.route)
             mismatch = _identity_mismatch(message, site, kind, device)
             if mismatch:
                 return Rejected(
-                    RejectReason.IDENTITY_MISMATCH, mismatch, topic, payload, received_ns
+                    RejectReason.IDENTITY_MISMATCH,
+                    mismatch,
+                    topic,
+                    payload,
+                    received_ns,
+                    route.route,
                 )
             try:
                 ts_ns, from_device = self._timestamp(message, received_ns)
             except _Refused as refused:
-                return Rejected(refused.reason, refused.detail, topic, payload, received_ns)
+                return Rejected(
+                    refused.reason, refused.detail, topic, payload, received_ns, route.route
+                )
             state = message.status
         return Reading(
             measurement=DEVICE_STATUS,

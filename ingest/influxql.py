@@ -79,15 +79,3 @@ def query(target: QueryTarget, influxql: str, *, epoch: str = "ns") -> list[Seri
         raise InfluxQLError(f"{target.url}: {type(exc).__name__}: {exc}") from exc
     return _parse(resp)
 
-
-async def query_async(target: QueryTarget, influxql: str, *, epoch: str = "ns") -> list[Series]:
-    """The same, for code already on the event loop."""
-    args = _request_args(target, influxql, epoch)
-    try:
-        async with httpx.AsyncClient(timeout=target.timeout_s, auth=args["auth"]) as client:
-            resp = await client.post(
-                f"{target.url.rstrip('/')}/query", params=args["params"], headers=args["headers"]
-            )
-    except httpx.HTTPError as exc:
-        raise InfluxQLError(f"{target.url}: {type(exc).__name__}: {exc}") from exc
-    return _parse(resp)

@@ -23,6 +23,7 @@ from ingest.line_protocol import LineEncoder, LineProtocolError
 from ingest.spool import Spool, encode_frame
 from ingest.stats import IngestStats
 from sensors.base import Reading
+from sensors.topics import Route
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ class Intake:
             try:
                 batch.lines.append(self._encoder.encode(result))
             except LineProtocolError as exc:
+                route = Route(result.site, result.kind, result.device, result.channel)
                 batch.rejects.append(
-                    Rejected(RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns)
+                    Rejected(RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns, route)
                 )
                 stats.rejected[RejectReason.INVALID_PAYLOAD.value] += 1
         if qos:

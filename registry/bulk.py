@@ -13,7 +13,6 @@ import csv
 import io
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final, Literal
 
 import yaml
@@ -57,15 +56,6 @@ _SECTIONS: Final[Mapping[str, type[BaseModel]]] = {
     "devices": DeviceSpec,
 }
 MAX_ROWS: Final = 100_000
-
-
-def format_of(path: str | Path) -> Format:
-    suffix = Path(path).suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in {".yaml", ".yml"}:
-        return "yaml"
-    raise Invalid([Problem("file", f"unknown format {suffix!r}: use .csv or .yaml")], str(path))
 
 
 def parse(text: str, fmt: Format, source: str = "import") -> tuple[Bundle, RowLines]:

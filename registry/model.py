@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from sensors.topics import DEFAULT_PREFIX, device_root
+
 AttributeValue = str | int | float | bool | None
 T = TypeVar("T")
 Point = tuple[float, float]
@@ -115,9 +117,9 @@ class Device:
     def retired(self) -> bool:
         return self.retired_ms is not None
 
-    def topic_root(self, prefix: str = "gw/v1") -> str:
+    def topic_root(self, prefix: str = DEFAULT_PREFIX) -> str:
         """The only topics this device may publish under (with `/#`)."""
-        return f"{prefix}/{self.site}/{self.kind}/{self.id}"
+        return device_root(prefix, self.site, self.kind, self.id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,13 +91,9 @@ def matches(obs: Obs, match: Match) -> bool:
     return True
 
 
-def any_match(obs: Obs, options: Sequence[Match] | None) -> bool:
-    """None means "anything"."""
-    return options is None or any(matches(obs, m) for m in options)
-
-
 Matcher = Callable[[Obs], bool]
-"""`any_match` of fixed options, compiled once per condition (runs per reading)."""
+"""Whether a reading matches any of a condition's options (None: anything), compiled
+once per condition because it runs per reading."""
 
 
 def _compile_match(m: Match) -> Matcher:
@@ -146,7 +142,7 @@ def _compile_match(m: Match) -> Matcher:
 
 
 def compile_any(options: Sequence[Match] | None) -> Matcher:
-    """`any_match(obs, options)` as a closure."""
+    """A `Matcher` for these options: true when any matches (None means anything)."""
     if options is None:
         return lambda obs: True
     parts = [_compile_match(m) for m in options]

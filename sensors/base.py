@@ -16,6 +16,8 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from sensors import topics
+
 FieldValue = float | int | bool | str
 
 # Measurements outside the per-kind ones (ARCHITECTURE.md, "InfluxDB").
@@ -26,14 +28,17 @@ SECURITY_EVENT: Final = "security_event"
 # Tags every kind's points carry; values come from the topic (and `cell` from the payload).
 COMMON_TAGS: Final = ("site", "kind", "device", "channel", "cell")
 
-# MQTT channels: measured values, discrete happenings, retained online/offline.
-TELEMETRY: Final = "telemetry"
-EVENT: Final = "event"
-STATUS: Final = "status"
+# MQTT channels (sensors.topics): measured values, discrete happenings, online/offline.
+TELEMETRY: Final = topics.TELEMETRY
+EVENT: Final = topics.EVENT
+STATUS: Final = topics.STATUS
 
 # Topic segments are bounded identifiers: they become tags and MQTT ACL patterns.
 Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    str,
+    StringConstraints(
+        min_length=1, max_length=topics.SEGMENT_MAX_LENGTH, pattern=topics.SEGMENT_PATTERN
+    ),
 ]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
 # RFC 3339 with a mandatory offset. Kept as text (the decoder parses it, keeping up to

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from sensors.base import STATUS
+from sensors.topics import DEFAULT_PREFIX, device_root, normalise_prefix
 from simulators.behaviour import (
     DEFAULT_RATES,
     MS_PER_S,
@@ -76,7 +77,7 @@ def simulate(
     duration_s: float,
     seed: int,
     rates: Rates = DEFAULT_RATES,
-    topic_prefix: str = "gw/v1",
+    topic_prefix: str = DEFAULT_PREFIX,
     exclude: Collection[str] = (),
 ) -> Iterator[SimMessage]:
     """Messages of every device of the site in [start, start + duration), in time order.
@@ -91,7 +92,9 @@ def simulate(
         for device in site.devices
         if device.id not in exclude
     ]
-    prefixes = [f"{topic_prefix}/{site.site}/{b.kind}/{b.device_id}/" for b in behaviours]
+    prefix = normalise_prefix(topic_prefix)
+    # Each device's topics but the channel, built once: `root + channel` per message.
+    roots = [device_root(prefix, site.site, b.kind, b.device_id) + "/" for b in behaviours]
     # Device ids are unique in a site: they break ties, the index is never compared.
     heap = [(b.next_ms, b.device_id, i) for i, b in enumerate(behaviours)]
     heapq.heapify(heap)
@@ -106,7 +109,7 @@ def simulate(
                 device_id=device_id,
                 kind=behaviour.kind,
                 channel=emission.channel,
-                topic=prefixes[i] + emission.channel,
+                topic=roots[i] + emission.channel,
                 payload=encode_payload(emission, behaviour.cell),
                 retain=emission.retain,
             )

@@ -42,6 +42,7 @@ from typing import Final, Literal, TypedDict
 
 from broker.client import ConnectionLost, ConnectOptions, MqttClient, MqttError, Will
 from sensors.base import STATUS
+from sensors.topics import DEFAULT_PREFIX, device_topic, normalise_prefix
 from simulators.behaviour import Emission
 from simulators.engine import SimMessage, encode_payload, epoch_ms, pace, simulate
 from sites.model import Site
@@ -133,8 +134,8 @@ def gateway_of(device_id: str, gateways: int) -> int:
     return int.from_bytes(digest, "big") % gateways
 
 
-def status_topic(site: Site, kind: str, device_id: str, topic_prefix: str = "gw/v1") -> str:
-    return f"{topic_prefix}/{site.site}/{kind}/{device_id}/{STATUS}"
+def status_topic(site: Site, kind: str, device_id: str, topic_prefix: str = DEFAULT_PREFIX) -> str:
+    return device_topic(topic_prefix, site.site, kind, device_id, STATUS)
 
 
 def status_payload(state: Literal["online", "offline"], ts_ms: int, cell: str) -> bytes:
@@ -214,7 +215,7 @@ class Simulation:
         gateways: int | None = None,
         progress: Callable[[SimProgress], None] | None = None,
         max_lead_s: float | None = None,
-        topic_prefix: str = "gw/v1",
+        topic_prefix: str = DEFAULT_PREFIX,
         window: int = WINDOW,
         reconnect_min_s: float = 0.2,
         connect_timeout_s: float = 15.0,
@@ -240,7 +241,7 @@ class Simulation:
         self.end_ms = self.start_ms + round(self.duration_s * 1000)
         self.progress = progress
         self.max_lead_s = max_lead_s
-        self.topic_prefix = topic_prefix
+        self.topic_prefix = normalise_prefix(topic_prefix)
         self._extra = sorted(extra, key=lambda m: m.sim_ms)
         self._source = source
         self.mode: Literal["device", "gateway"] = "device" if gateways is None else "gateway"
@@ -277,7 +278,8 @@ class Simulation:
 
         if gateways is None:
             for device in site.devices:
-                will = Will(status_topic(site, device.kind, device.id, topic_prefix), b"offline")
+                offline = status_topic(site, device.kind, device.id, self.topic_prefix)
+                will = Will(offline, b"offline")
                 link = _Link(client(device.id, will), self._counts, window, [device.id])
                 self._links.append(link)
                 self._link_of[device.id] = link

@@ -29,12 +29,11 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 from sensors.base import EVENT, TELEMETRY
+from sensors.topics import DEFAULT_PREFIX, device_root
 from simulators.behaviour import Emission, JsonScalar
 from simulators.engine import SimMessage, encode_payload, epoch_ms
 from simulators.labels import IncidentKind, Label, sorted_labels
 from sites.model import AccessDevice, ParkingDevice, Site, SmokeDevice
-
-TOPIC_PREFIX: Final = "gw/v1"
 
 # Smoke CSV column → telemetry field, and whether the model's field is an integer.
 SMOKE_COLUMNS: Final[tuple[tuple[str, str, bool], ...]] = (
@@ -89,7 +88,8 @@ class _Stream:
         self.device_id = device_id
         self.kind = kind
         self.cell = cell
-        self._prefix = f"{TOPIC_PREFIX}/{site.site}/{kind}/{device_id}/"
+        # The device's topics but the channel (replays use the default prefix).
+        self._prefix = device_root(DEFAULT_PREFIX, site.site, kind, device_id) + "/"
         self._seq = 0
         self._last_ts: int | None = None
         self.messages: list[SimMessage] = []

@@ -14,6 +14,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from sensors.topics import DEFAULT_PREFIX, device_topic
+
 KINDS = ("access", "smoke", "parking")
 
 
@@ -27,8 +29,8 @@ class SimDevice:
     last_ts_ms: int = 0
     state: dict[str, float | int | bool] = field(default_factory=dict)
 
-    def topic(self, channel: str, prefix: str = "gw/v1") -> str:
-        return f"{prefix}/{self.site}/{self.kind}/{self.device}/{channel}"
+    def topic(self, channel: str, prefix: str = DEFAULT_PREFIX) -> str:
+        return device_topic(prefix, self.site, self.kind, self.device, channel)
 
     def next_ts(self, now_ms: int) -> int:
         self.last_ts_ms = max(now_ms, self.last_ts_ms + 1)
@@ -112,7 +114,7 @@ _MAKERS = {"smoke": _smoke, "parking": _parking, "access": _access}
 
 
 def message(
-    dev: SimDevice, rng: random.Random, now_ms: int, prefix: str = "gw/v1"
+    dev: SimDevice, rng: random.Random, now_ms: int, prefix: str = DEFAULT_PREFIX
 ) -> tuple[str, bytes]:
     """Next message of a device: (topic, JSON payload) with ts and seq."""
     channel, body = _MAKERS[dev.kind](dev, rng)

@@ -8,7 +8,6 @@ references are errors) and `load_site` reports every problem with its path and l
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, overload
@@ -28,6 +27,7 @@ from pydantic import (
 
 from sensors.base import Identifier
 from sensors.parking import LotName
+from sensors.topics import is_topic_segment
 from sensors.yaml_doc import (
     DocumentError,
     Loc,
@@ -419,14 +419,6 @@ class Site(_Strict):
 def distance_m(a: Location, b: Location) -> float:
     """Great-circle distance in metres between two locations."""
     return haversine_m(a.lon, a.lat, b.lon, b.lat)
-
-
-_TOPIC_SEGMENT: Final = re.compile(r"^[^/+#\x00]+$")
-
-
-def is_topic_segment(value: str) -> bool:
-    """Whether a string can stand as one MQTT topic level (no /, wildcards, NUL)."""
-    return bool(_TOPIC_SEGMENT.match(value)) and not value.startswith("$")
 
 
 # --- YAML ---------------------------------------------------------------------------

@@ -5,39 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from pydantic import BaseModel, ConfigDict
 
-from accounts.roles import PEOPLE_AND_INTEGRATIONS, Role
+from accounts.roles import PEOPLE_AND_INTEGRATIONS
 from api.deps import get_deps
 from api.problems import problem_responses
 from api.roles import Principal, check_password_login, issue_token, public, requires
-
-
-class TokenOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "access_token": "eyJhbGciOi…",
-                    "token_type": "bearer",
-                    "expires_in": 3600,
-                    "role": "operator",
-                }
-            ]
-        }
-    )
-
-    access_token: str
-    token_type: str = "bearer"  # noqa: S105  # the OAuth2 token type name
-    expires_in: int
-    role: Role
-
-
-class PrincipalOut(BaseModel):
-    subject: str
-    role: Role
-    via: str
-
+from api.schemas.auth import PrincipalOut, TokenOut
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 

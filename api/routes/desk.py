@@ -1,9 +1,9 @@
 """The event desk: server-rendered pages for operators (Jinja2, plain HTML forms).
 
 No front-end build: every action is a form POST that goes through the same
-`routes_events.act` as the JSON API and redirects back (POST/redirect/GET). The session
-is the API's JWT in an HttpOnly, SameSite=Strict cookie; every form also carries a CSRF
-token derived from that session, so another site cannot act with it.
+`api.event_actions.act` as the JSON API and redirects back (POST/redirect/GET). The
+session is the API's JWT in an HttpOnly, SameSite=Strict cookie; every form also carries
+a CSRF token derived from that session, so another site cannot act with it.
 """
 
 from __future__ import annotations
@@ -21,18 +21,11 @@ from fastapi.templating import Jinja2Templates
 
 from accounts.roles import Role
 from api.deps import ApiDeps, get_deps
+from api.event_actions import act, event_detail, query_events, shelve_until_ms
 from api.problems import ApiError, Forbidden, to_api_error
 from api.roles import SESSION_COOKIE, Principal, check_password_login, issue_token, requires
 from api.roles import public as public_marker
-from api.routes.events import (
-    EVENT_ID_PATTERN,
-    ActionIn,
-    ShelveFor,
-    act,
-    event_detail,
-    query_events,
-    shelve_until_ms,
-)
+from api.schemas.events import EVENT_ID_PATTERN, ActionIn, ShelveFor
 from events.model import Action, ForbiddenTransition, SecurityEvent, State
 from events.store import EventFilter, StaleEvent, UnknownEvent
 

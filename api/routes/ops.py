@@ -5,47 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import ReadyProbe, get_deps
 from api.probes import PROBE_TIMEOUT_S
 from api.roles import public
-
-
-class Check(BaseModel):
-    ok: bool
-    detail: str = ""
-
-
-class Readiness(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ready",
-                    "checks": {
-                        "store": {"ok": True, "detail": ""},
-                        "broker": {"ok": True, "detail": ""},
-                        "influxdb": {"ok": True, "detail": ""},
-                    },
-                }
-            ]
-        }
-    )
-
-    status: Literal["ready", "not_ready"]
-    checks: dict[str, Check]
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+from api.schemas.ops import Check, Health, Readiness
 
 
 async def run_probes(probes: Mapping[str, ReadyProbe]) -> dict[str, Check]:

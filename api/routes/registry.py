@@ -14,19 +14,31 @@ async and run the store on a worker thread.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Final, Generic, Literal, TypeVar
+from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from accounts.roles import Role
 from api.deps import get_deps
 from api.problems import Unavailable, problem_responses
 from api.roles import Principal, requires
-from broker.dynsec import BrokerAccounts, Credentials
+from api.schemas.registry import (
+    IDENT,
+    CellOut,
+    CredentialsOut,
+    DeviceOut,
+    ImportOut,
+    PageOut,
+    ProfileOut,
+    RegisteredDeviceOut,
+    ServiceLoginIn,
+    SiteOut,
+    WorkerOut,
+)
+from broker.dynsec import BrokerAccounts
 from registry import bulk
 from registry.errors import Conflict, Invalid, Problem
-from registry.model import Cell, Device, Page, Profile, Site, Status, Worker
+from registry.model import Device, Status
 from registry.schema import (
     CellPatch,
     CellSpec,
@@ -41,8 +53,6 @@ from registry.schema import (
 )
 from registry.store import MAX_PAGE, RegistryStore
 
-T = TypeVar("T")
-IDENT: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MAX_IMPORT_BYTES: Final = 16 * 1024 * 1024
 
 Ident = Annotated[str, Path(pattern=IDENT, description="The record's id")]
@@ -79,223 +89,6 @@ def _required_accounts(request: Request) -> BrokerAccounts:
     return accounts
 
 
-# ---------------------------------------------------------------------- models
-
-
-class PageOut(BaseModel, Generic[T]):
-    items: list[T]
-    total: int = Field(description="Records matching the filters, over all pages")
-    limit: int
-    offset: int
-
-
-def _page(page: Page[Any], convert: Any) -> dict[str, Any]:
-    return {
-        "items": [convert(i) for i in page.items],
-        "total": page.total,
-        "limit": page.limit,
-        "offset": page.offset,
-    }
-
-
-class _Out(BaseModel):
-    created_ms: int
-    updated_ms: int
-    retired_ms: int | None
-
-
-class ScheduleRuleOut(BaseModel):
-    days: list[str]
-    open: str
-    close: str
-
-
-class SiteOut(_Out):
-    id: str
-    name: str
-    timezone: str
-    description: str | None
-    schedules: dict[str, list[ScheduleRuleOut]]
-
-    @classmethod
-    def of(cls, site: Site) -> SiteOut:
-        return cls(
-            id=site.id,
-            name=site.name,
-            timezone=site.timezone,
-            description=site.description,
-            schedules={
-                name: [
-                    ScheduleRuleOut(days=list(r.days), open=r.open, close=r.close) for r in rules
-                ]
-                for name, rules in site.schedules.items()
-            },
-            created_ms=site.created_ms,
-            updated_ms=site.updated_ms,
-            retired_ms=site.retired_ms,
-        )
-
-
-class WorkerOut(_Out):
-    id: str
-    name: str
-    phone: str | None
-
-    @classmethod
-    def of(cls, worker: Worker) -> WorkerOut:
-        return cls(
-            id=worker.id,
-            name=worker.name,
-            phone=worker.phone,
-            created_ms=worker.created_ms,
-            updated_ms=worker.updated_ms,
-            retired_ms=worker.retired_ms,
-        )
-
-
-class CellOut(_Out):
-    id: str
-    site: str
-    name: str
-    worker: str | None
-    polygon: list[tuple[float, float]]
-
-    @classmethod
-    def of(cls, cell: Cell) -> CellOut:
-        return cls(
-            id=cell.id,
-            site=cell.site,
-            name=cell.name,
-            worker=cell.worker,
-            polygon=list(cell.polygon),
-            created_ms=cell.created_ms,
-            updated_ms=cell.updated_ms,
-            retired_ms=cell.retired_ms,
-        )
-
-
-class ProfileOut(_Out):
-    id: str
-    kind: str
-    interval_s: float
-    thresholds: dict[str, float]
-    description: str | None
-
-    @classmethod
-    def of(cls, profile: Profile) -> ProfileOut:
-        return cls(
-            id=profile.id,
-            kind=profile.kind,
-            interval_s=profile.interval_s,
-            thresholds=dict(profile.thresholds),
-            description=profile.description,
-            created_ms=profile.created_ms,
-            updated_ms=profile.updated_ms,
-            retired_ms=profile.retired_ms,
-        )
-
-
-class LocationOut(BaseModel):
-    lon: float
-    lat: float
-    floor: int | None
-    label: str | None
-
-
-class DeviceOut(_Out):
-    """A device as the registry knows it (`DevicePublic`: no secrets, ever)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "yy-smoke-012",
-                    "kind": "smoke",
-                    "site": "yingyang",
-                    "cell": "yy-g03",
-                    "location": {"lon": 113.392, "lat": 22.517, "floor": 2, "label": None},
-                    "profile": None,
-                    "attributes": {"room": "kitchen", "unit": "3-201"},
-                    "topic": "gw/v1/yingyang/smoke/yy-smoke-012",
-                    "created_ms": 1764450000000,
-                    "updated_ms": 1764450000000,
-                    "retired_ms": None,
-                }
-            ]
-        }
-    )
-
-    id: str
-    kind: str
-    site: str
-    cell: str
-    location: LocationOut
-    profile: str | None
-    attributes: dict[str, str | int | float | bool | None]
-    topic: str = Field(description="The device publishes only under `<topic>/#`")
-
-    @classmethod
-    def of(cls, device: Device, prefix: str = "gw/v1") -> DeviceOut:
-        loc = device.location
-        return cls(
-            id=device.id,
-            kind=device.kind,
-            site=device.site,
-            cell=device.cell,
-            location=LocationOut(lon=loc.lon, lat=loc.lat, floor=loc.floor, label=loc.label),
-            profile=device.profile,
-            attributes=dict(device.attributes),
-            topic=device.topic_root(prefix),
-            created_ms=device.created_ms,
-            updated_ms=device.updated_ms,
-            retired_ms=device.retired_ms,
-        )
-
-
-class CredentialsOut(BaseModel):
-    """An MQTT login. The password is shown this once; GridWatch does not keep it."""
-
-    username: str
-    password: str
-    client_id: str | None = Field(description="The client id the login must connect with")
-    role: str
-
-    @classmethod
-    def of(cls, creds: Credentials) -> CredentialsOut:
-        return cls(
-            username=creds.username,
-            password=creds.password,
-            client_id=creds.client_id,
-            role=creds.role,
-        )
-
-
-class RegisteredDeviceOut(BaseModel):
-    device: DeviceOut
-    credentials: CredentialsOut | None = Field(
-        description="null when the hub manages no broker logins (no dynamic security)"
-    )
-
-
-class ImportOut(BaseModel):
-    counts: dict[str, dict[str, int]] = Field(
-        description="created/updated records per section",
-        examples=[{"devices": {"created": 75, "updated": 0}}],
-    )
-    credentials: list[CredentialsOut] = Field(
-        description="Logins of the devices this import created (passwords shown once)"
-    )
-
-
-class ServiceLoginIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(pattern=IDENT)
-    sites: list[Annotated[str, Field(pattern=IDENT)]] = Field(
-        default_factory=list, max_length=100, description="Simulators: the sites they speak for"
-    )
-
-
 def _prefix(request: Request) -> str:
     return get_deps(request).config.topic_prefix
 
@@ -312,7 +105,7 @@ def list_sites(
     offset: Offset = 0,
 ) -> PageOut[SiteOut]:
     page = _store(request).list_sites(status=status, limit=limit, offset=offset)
-    return PageOut[SiteOut].model_validate(_page(page, SiteOut.of))
+    return PageOut[SiteOut].of(page, SiteOut.of)
 
 
 @router.post("/sites", status_code=201, responses=WRITE_ERRORS, summary="Create a site")
@@ -349,7 +142,7 @@ def list_workers(
     offset: Offset = 0,
 ) -> PageOut[WorkerOut]:
     page = _store(request).list_workers(status=status, limit=limit, offset=offset)
-    return PageOut[WorkerOut].model_validate(_page(page, WorkerOut.of))
+    return PageOut[WorkerOut].of(page, WorkerOut.of)
 
 
 @router.post("/workers", status_code=201, responses=WRITE_ERRORS, summary="Add a grid worker")
@@ -392,7 +185,7 @@ def list_cells(
     page = _store(request).list_cells(
         site=site, worker=worker, status=status, limit=limit, offset=offset
     )
-    return PageOut[CellOut].model_validate(_page(page, CellOut.of))
+    return PageOut[CellOut].of(page, CellOut.of)
 
 
 @router.post("/cells", status_code=201, responses=WRITE_ERRORS, summary="Create a grid cell")
@@ -434,7 +227,7 @@ def list_profiles(
     offset: Offset = 0,
 ) -> PageOut[ProfileOut]:
     page = _store(request).list_profiles(kind=kind, status=status, limit=limit, offset=offset)
-    return PageOut[ProfileOut].model_validate(_page(page, ProfileOut.of))
+    return PageOut[ProfileOut].of(page, ProfileOut.of)
 
 
 @router.post("/profiles", status_code=201, responses=WRITE_ERRORS, summary="Create a profile")
@@ -486,7 +279,7 @@ def list_devices(
         offset=offset,
     )
     prefix = _prefix(request)
-    return PageOut[DeviceOut].model_validate(_page(page, lambda d: DeviceOut.of(d, prefix)))
+    return PageOut[DeviceOut].of(page, lambda d: DeviceOut.of(d, prefix))
 
 
 async def _issue(accounts: BrokerAccounts, device: Device) -> CredentialsOut:

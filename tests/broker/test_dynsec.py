@@ -57,7 +57,7 @@ async def test_a_device_publishes_only_its_own_topics_and_reads_nothing_else(
 
         assert device.publish(f"{DOOR_1}/telemetry", b'{"seq": 1}') in ACCEPTED
         assert device.publish(f"{DOOR_2}/telemetry", b'{"seq": 666}') == NOT_AUTHORISED
-        assert device.publish("gw/v1/s1/events", b"{}") == NOT_AUTHORISED
+        assert device.publish("gw/events/v1/s1", b"{}") == NOT_AUTHORISED
         assert device.subscribe(f"{DOOR_2}/#") == NOT_AUTHORISED
         assert device.subscribe("gw/v1/#") == NOT_AUTHORISED
         assert device.subscribe(f"{DOOR_1}/#") == 1  # its own topics (commands)
@@ -67,10 +67,43 @@ async def test_a_device_publishes_only_its_own_topics_and_reads_nothing_else(
         assert {t for t, _ in hub.received} == {f"{DOOR_1}/telemetry"}  # never door-2's
         # the hub publishes its status and the event streams, and cannot pose as a device
         assert hub.publish("gw/v1/_hub/gridwatch-hub/status", b"online") in ACCEPTED
-        assert hub.publish("gw/v1/s1/events", b"{}") in ACCEPTED
+        assert hub.publish("gw/events/v1/s1", b"{}") in ACCEPTED
+        assert hub.publish("gw/v1/s1/events", b"{}") == NOT_AUTHORISED  # the old place
         assert hub.publish(f"{DOOR_2}/telemetry") == NOT_AUTHORISED
     finally:
         hub.close()
+        device.close()
+
+
+async def test_an_events_reader_reads_the_events_and_nothing_else(
+    broker: tuple[ManagedProcess, AdminLogin],
+) -> None:
+    proc, admin = broker
+    accounts = BrokerAccounts(DynsecClient(admin))
+    await accounts.prepare()
+    hub_login = await accounts.register_hub("gridwatch-hub")
+    reader_login = await accounts.register_events_reader("desk-integration")
+    door1 = await accounts.register_device("door-1", DOOR_1)
+
+    hub = Device(proc.port, "hub")
+    reader = Device(proc.port, "reader")
+    device = Device(proc.port, "door-1")
+    try:
+        assert hub.connect(hub_login.username, hub_login.password) == 0
+        assert reader.connect(reader_login.username, reader_login.password) == 0
+        assert device.connect("door-1", door1.password) == 0
+        assert reader.subscribe("gw/events/v1/+") == 1
+        assert reader.subscribe("gw/v1/#") == NOT_AUTHORISED
+        assert reader.publish("gw/events/v1/s1", b"{}") == NOT_AUTHORISED
+
+        assert device.publish(f"{DOOR_1}/telemetry", b'{"seq": 1}') in ACCEPTED
+        assert hub.publish("gw/events/v1/s1", b'{"event": 1}') in ACCEPTED
+        assert wait_for(lambda: ("gw/events/v1/s1", b'{"event": 1}') in reader.received)
+        await asyncio.sleep(0.2)
+        assert reader.received == [("gw/events/v1/s1", b'{"event": 1}')]
+    finally:
+        hub.close()
+        reader.close()
         device.close()
 
 

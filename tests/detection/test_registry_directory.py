@@ -84,7 +84,6 @@ def test_refresh_swaps_the_directory_and_keeps_condition_state(
             Engine(rules, source.current),
             events,
             EventManager(events, workers=source.current.workers()),
-            topic_prefix="gw/v1",
             clock_ms=lambda: 1_000,
         )
         door = site.devices_of("access")[0].id

@@ -141,7 +141,6 @@ def test_a_full_rules_queue_pauses_the_intake_and_loses_nothing(
         Engine(load_rules([rules])),
         store,
         EventManager(store, workers={}),
-        topic_prefix="gw/v1",
         max_queue=10,
     )
     intake = rig.intake()

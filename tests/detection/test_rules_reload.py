@@ -56,7 +56,6 @@ def service(tmp_path: Path) -> Iterator[RulesService]:
             Engine(load_rules([rules])),
             store,
             EventManager(store, workers={}),
-            topic_prefix="gw/v1",
             rule_paths=[rules],
             clock_ms=lambda: clock[0],
         )

@@ -101,6 +101,7 @@ def test_dynsec_stack_provisions_logins_and_refuses_anonymous(
         assert hub.connect(logins.hub.username, logins.hub.password) == 0
         assert hub.subscribe("gw/v1/#") == 1
         assert hub.publish("gw/v1/yingyang/smoke/x/telemetry") == 135
+        assert hub.publish("gw/events/v1/yingyang") in (0, 16)  # the security events
     finally:
         simulator.close()
         hub.close()

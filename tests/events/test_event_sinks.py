@@ -586,7 +586,7 @@ async def mqtt_client(port: int) -> AsyncIterator[MqttClient]:
 
 @pytest.mark.integration
 async def test_mqtt_sink_publishes_to_mosquitto(mosquitto: ManagedProcess) -> None:
-    sub = await asyncio.to_thread(Subscriber, mosquitto.port, "gw/v1/+/events")
+    sub = await asyncio.to_thread(Subscriber, mosquitto.port, "gw/events/v1/+")
     store = FakeStore()
     event, audit = raised("ev-1")
     store.add("mqtt", event, audit)
@@ -605,9 +605,9 @@ async def test_mqtt_sink_publishes_to_mosquitto(mosquitto: ManagedProcess) -> No
     finally:
         sub.close()
     assert [(t, q) for t, _, q in sub.messages] == [
-        ("gw/v1/s1/events", 1),
-        ("gw/v1/s1/events", 1),
-        ("gw/v1/s2/events", 1),
+        ("gw/events/v1/s1", 1),
+        ("gw/events/v1/s1", 1),
+        ("gw/events/v1/s2", 1),
     ]
     docs = [json.loads(p) for _, p, _ in sub.messages]
     assert docs[1] == event_json(*acked)
@@ -627,6 +627,14 @@ async def test_mqtt_sink_without_broker_is_unavailable() -> None:
             await MqttSink(publish, timeout_s=0.3).deliver([item])
 
 
+def test_mqtt_sink_topic_lies_outside_the_device_topics() -> None:
+    async def publish(topic: str, payload: bytes) -> None:
+        raise AssertionError("not called")
+
+    assert MqttSink(publish).topic("s1") == "gw/events/v1/s1"
+    assert MqttSink(publish, "/acme/grid/v9/").topic("s1") == "acme/grid/events/v9/s1"
+
+
 async def test_mqtt_sink_refuses_a_site_that_is_not_a_topic_level() -> None:
     store = FakeStore()
     good = store.add("mqtt", *raised("a"))
@@ -641,7 +649,7 @@ async def test_mqtt_sink_refuses_a_site_that_is_not_a_topic_level() -> None:
     assert (info.value.item_id, info.value.delivered, sent) == (
         bad.id,
         (good.id,),
-        ["gw/v1/s1/events"],
+        ["gw/events/v1/s1"],
     )
 
 

@@ -224,3 +224,11 @@ def test_site_validate_names_the_line_of_an_error(runner: CliRunner, tmp_path: P
     result = runner.invoke(main, ["site", "validate", str(bad)])
     assert result.exit_code != 0
     assert "bogus" in result.output and "line 4" in result.output
+
+
+def test_cli_detector_names_are_the_detectors_of_anomaly_streaming() -> None:
+    """The CLI spells the names out so `--help` need not import numpy; keep them equal."""
+    from anomaly.streaming import DETECTOR_NAMES
+    from hub.cli.options import DETECTOR_NAMES as CLI_NAMES
+
+    assert tuple(CLI_NAMES) == tuple(DETECTOR_NAMES)

@@ -236,6 +236,28 @@ def test_bad_mqtt_url_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> N
         load_settings()
 
 
+def test_topic_prefix_is_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().mqtt.topic_prefix == "gw/v1"
+    monkeypatch.setenv("GRIDWATCH_MQTT__TOPIC_PREFIX", "/acme/grid/v9/")
+    assert load_settings().mqtt.topic_prefix == "acme/grid/v9"
+
+
+@pytest.mark.parametrize("prefix", ["", "gw//v1", "gw/+", "gw/#/x", "gw/v 1", "gw/events"])
+def test_bad_topic_prefix_is_refused(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    monkeypatch.setenv("GRIDWATCH_MQTT__TOPIC_PREFIX", prefix)
+    with pytest.raises(SettingsError, match=r"mqtt\.topic_prefix"):
+        load_settings()
+
+
+@pytest.mark.parametrize("client_id", ["hub/1", "hub+", "#"])
+def test_client_id_that_cannot_name_the_presence_topic_is_refused(
+    monkeypatch: pytest.MonkeyPatch, client_id: str
+) -> None:
+    monkeypatch.setenv("GRIDWATCH_MQTT__CLIENT_ID", client_id)
+    with pytest.raises(SettingsError, match=r"mqtt\.client_id"):
+        load_settings()
+
+
 def test_bad_influx_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRIDWATCH_INFLUX__URL", "ftp://influx:8086")
     with pytest.raises(SettingsError, match=r"influx\.url"):

@@ -29,6 +29,7 @@ from sensors.base import (
     keyed_hash,
 )
 from sensors.registry import KINDS
+from sensors.topics import Route, parse
 from tests.support.golden import GoldenCase, load_cases
 
 GOLDEN_KEY = b"golden-test-key"
@@ -167,7 +168,14 @@ def rejected(
     assert result.payload == payload
     assert result.received_ns == received_ns
     assert result.detail
+    assert result.route == route_of(topic)
     return result
+
+
+def route_of(topic: str) -> Route | None:
+    """What a rejection must carry: the topic's route when it is a device topic."""
+    parsed = parse("gw/v1", topic)
+    return parsed if isinstance(parsed, Route) else None
 
 
 def test_every_reason_has_a_stable_value() -> None:
@@ -203,6 +211,35 @@ def test_payload_at_the_limit_is_accepted() -> None:
 
 def test_oversize_is_checked_before_the_topic() -> None:
     rejected(RejectReason.OVERSIZE, topic="garbage", payload=b"x" * (16 * 1024 + 1))
+
+
+def test_rejections_carry_the_route_of_their_topic() -> None:
+    """Consumers (rules) never parse a rejected topic again: the route comes along."""
+    sd1 = Route("yingyang", "smoke", "sd-0001", "telemetry")
+    assert rejected(RejectReason.INVALID_PAYLOAD, payload=b'{"temperature": "hot"}').route == sd1
+    assert rejected(RejectReason.BAD_JSON, payload=b"{").route == sd1
+    oversize = b"x" * (16 * 1024 + 1)
+    assert rejected(RejectReason.OVERSIZE, payload=oversize).route == sd1  # cached route
+    fresh = "gw/v1/yingyang/smoke/sd-fresh/telemetry"
+    assert rejected(RejectReason.OVERSIZE, fresh, oversize).route == Route(
+        "yingyang", "smoke", "sd-fresh", "telemetry"
+    )
+    assert rejected(RejectReason.OVERSIZE, "garbage", oversize).route is None
+    water = rejected(RejectReason.UNKNOWN_KIND, "gw/v1/s1/water/w-1/telemetry").route
+    assert water == Route("s1", "water", "w-1", "telemetry")
+    assert rejected(RejectReason.UNKNOWN_CHANNEL, "gw/v1/s1/smoke/d/x y").route == Route(
+        "s1", "smoke", "d", "x y"
+    )
+    assert rejected(RejectReason.BAD_TOPIC, "gw/v1/s1/smoke/a b/telemetry").route is None
+    status = "gw/v1/s1/access/dc-1/status"
+    claims = b'{"status": "online", "device": "other"}'
+    assert rejected(RejectReason.IDENTITY_MISMATCH, status, claims).route == Route(
+        "s1", "access", "dc-1", "status"
+    )
+    gated = Decoder(KINDS, CTX, allow_device=lambda site, kind, device: False)
+    refused = gated.decode(TOPIC, GOOD, NOW_NS)
+    assert isinstance(refused, Rejected) and refused.reason is RejectReason.UNKNOWN_DEVICE
+    assert refused.route == sd1
 
 
 def test_custom_limits() -> None:
@@ -558,6 +595,9 @@ def check_result(result: object, topic: str, payload: bytes) -> None:
         assert isinstance(result.reason, RejectReason)
         assert result.payload == payload and result.topic == topic
         assert len(result.detail) <= 400
+        assert result.route == route_of(topic)
+        if result.reason is not RejectReason.OVERSIZE:  # the size is checked first
+            assert (result.route is None) == (result.reason is RejectReason.BAD_TOPIC)
         return
     check_reading(result)
 

@@ -2,7 +2,7 @@
 travel rules under any key, bounded state (count and travel slots are forgotten), and
 the clears a reload owes for the events of changed rules.
 
-Helpers (times in seconds after T0, `Run`) come from tests/test_rules_conditions.py.
+Helpers (times in seconds after T0, `Run`) come from tests/support/rules.py.
 """
 
 from __future__ import annotations

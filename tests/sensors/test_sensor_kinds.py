@@ -36,7 +36,7 @@ from sensors.registry import KINDS
 from tests.support.golden import CASES_DIR, GoldenCase, load_cases
 
 SENSORS_DIR = Path(sensors.__file__).parent
-NOT_PLUGINS = frozenset({"__init__", "base", "registry", "geo", "yaml_doc"})
+NOT_PLUGINS = frozenset({"__init__", "base", "registry", "geo", "topics", "yaml_doc"})
 GOLDEN_KEY = b"golden-test-key"
 CTX = DecodeContext(hash_identifier=lambda value: keyed_hash(GOLDEN_KEY, value))
 REJECT_REASONS = frozenset({"bad_json", "invalid_payload", "unknown_channel"})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sensors.topics import is_topic_segment
 from sites.generate import (
     MIN_DEVICES_FOR_ALL_SCENARIOS,
     farthest_pair_m,
@@ -27,7 +28,6 @@ from sites.model import (
     demo_site_path,
     distance_m,
     dump_site,
-    is_topic_segment,
     load_site,
     parse_site,
 )

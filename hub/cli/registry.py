@@ -14,26 +14,15 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
+from hub.cli.options import config_option, load
+
 if TYPE_CHECKING:
     from broker.dynsec import BrokerAccounts, Credentials
     from hub.settings import Settings
 
-_CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="TOML settings file (the registry lives in [events] store_url's database).",
+_CONFIG = config_option(
+    help="TOML settings file (the registry lives in [events] store_url's database)."
 )
-
-
-def _settings(config_path: Path | None) -> Settings:
-    from hub.settings import SettingsError, load_settings
-
-    try:
-        return load_settings(config_path)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _accounts(settings: Settings) -> BrokerAccounts:
@@ -60,11 +49,11 @@ def _print_credentials(creds: Credentials) -> None:
 
 
 @click.group("registry")
-def registry_group() -> None:
+def registry() -> None:
     """The device registry: sites, cells, workers, profiles, devices; broker logins."""
 
 
-@registry_group.command("import")
+@registry.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--format",
@@ -86,7 +75,7 @@ def import_command(
     from registry.site_import import import_sites
     from sites.model import SiteError, load_site_ref
 
-    settings = _settings(config_path)
+    settings = load(config_path)
     failed = False
     with (
         open_registry(settings) as store,
@@ -122,7 +111,7 @@ def import_command(
         raise click.ClickException("some files were refused (nothing of them was imported)")
 
 
-@registry_group.command("devices")
+@registry.command("devices")
 @click.option("--site", default=None)
 @click.option("--kind", default=None)
 @click.option("--cell", default=None)
@@ -141,7 +130,7 @@ def devices_command(
     from hub.wiring import open_registry
     from registry.model import Status
 
-    with open_registry(_settings(config_path)) as store:
+    with open_registry(load(config_path)) as store:
         offset = 0
         while True:
             page = store.list_devices(
@@ -170,7 +159,7 @@ def devices_command(
                 break
 
 
-@registry_group.command("broker-init")
+@registry.command("broker-init")
 @click.argument("config_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--admin", default="gridwatch-admin", show_default=True)
 @click.password_option("--password", prompt="dynamic-security admin password")
@@ -186,7 +175,7 @@ def broker_init(config_file: Path, admin: str, password: str) -> None:
     click.echo(broker_conf(config_file.resolve()), nl=False)
 
 
-@registry_group.command("login")
+@registry.command("login")
 @click.argument("who", type=click.Choice(["hub", "simulator", "device"]))
 @click.argument("username")
 @click.option("--site", "sites", multiple=True, help="simulator: a site it speaks for")
@@ -201,7 +190,7 @@ def login_command(
     device's (USERNAME is its id). Prints the new password once."""
     from hub.wiring import open_registry
 
-    settings = _settings(config_path)
+    settings = load(config_path)
     accounts = _accounts(settings)
     if who == "hub":
         creds = asyncio.run(accounts.register_hub(username))

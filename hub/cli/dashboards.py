@@ -9,18 +9,14 @@ from urllib.parse import urlsplit
 
 import click
 
+from hub.cli.options import config_option, load
+
 if TYPE_CHECKING:
     from dashboards.common import BuildConfig
     from dashboards.provisioning import InfluxTarget
     from hub.settings import Settings
 
-_CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="TOML settings file: the datasource points at its [influx] section.",
-)
+_CONFIG = config_option(help="TOML settings file: the datasource points at its [influx] section.")
 _HUB_URL = click.option(
     "--hub-url",
     default=None,
@@ -38,15 +34,6 @@ _MAP_KEY = click.option(
     is_flag=True,
     help="Append ?api_key=${map_api_key} (a hidden dashboard variable) to the map layer URLs.",
 )
-
-
-def _settings(config_path: Path | None) -> Settings:
-    from hub.settings import SettingsError, load_settings
-
-    try:
-        return load_settings(config_path)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _influx(settings: Settings) -> InfluxTarget:
@@ -114,7 +101,7 @@ def build_command(
     """Write Grafana's file-provisioning tree: datasource, provider, one JSON per dashboard."""
     from dashboards.provisioning import DEFAULT_DASHBOARDS_PATH, tree, write_tree
 
-    settings = _settings(config_path)
+    settings = load(config_path)
     files = tree(
         _influx(settings),
         _build_config(settings, hub_url, map_site, map_api_key_param),
@@ -173,7 +160,7 @@ def push_command(
         run_push,
     )
 
-    settings = _settings(config_path)
+    settings = load(config_path)
     config = _build_config(settings, hub_url, map_site, map_api_key_param)
     plan = PushPlan(
         url=url,

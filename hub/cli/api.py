@@ -7,7 +7,6 @@ imported inside the commands so `gridwatch --help` stays fast.
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,30 +14,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from accounts.roles import Role
+from hub.cli.options import config_option, load
+
 if TYPE_CHECKING:
-
     from accounts.users import UserStore
-    from hub.settings import Settings
 
-log = logging.getLogger(__name__)
-ROLES = ("admin", "integrator", "operator", "resident", "device")
+ROLES = tuple(role.value for role in Role)
 
-_CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="TOML settings file (users live in [events] store_url's database).",
-)
-
-
-def _settings(config_path: Path | None) -> Settings:
-    from hub.settings import SettingsError, load_settings
-
-    try:
-        return load_settings(config_path)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
+_CONFIG = config_option(help="TOML settings file (users live in [events] store_url's database).")
 
 
 # ---------------------------------------------------------------------- serving
@@ -59,7 +43,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     from api.server import api_server, close_api
     from hub.serving import build_api
 
-    settings = _settings(config_path)
+    settings = load(config_path)
     app, deps = build_api(settings)
     server = api_server(app, host or settings.api.host, port or settings.api.port, embedded=False)
     click.echo(
@@ -84,7 +68,7 @@ def _users(config_path: Path | None) -> Iterator[UserStore]:
     from accounts.users import UserStore, UserStoreError
     from hub.wiring import store_url
 
-    settings = _settings(config_path)
+    settings = load(config_path)
     Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
     store = UserStore(store_url(settings))
     try:
@@ -115,8 +99,6 @@ def users() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 def users_add(config_path: Path | None, username: str, role: str, password_stdin: bool) -> None:
     """Create a user (e.g. the first admin)."""
-    from accounts.roles import Role
-
     with _users(config_path) as store:
         store.add_user(username, _password(password_stdin), Role(role))
     click.echo(f"created {role} {username}")
@@ -164,8 +146,6 @@ def users_list(config_path: Path | None) -> None:
 @click.option("--subject", default=None, help="Who acts through the key [default: NAME]")
 def users_key_add(config_path: Path | None, name: str, role: str, subject: str | None) -> None:
     """Create an API key; the key is printed once, on stdout."""
-    from accounts.roles import Role
-
     with _users(config_path) as store:
         key, plaintext = store.add_key(name, Role(role), subject or name)
     click.echo(f"created API key {key.id} ({role}, acting as {key.subject}); shown once:", err=True)

@@ -1,0 +1,60 @@
+"""`gridwatch bench ingest|anomaly`: benchmarks (separate commands, not timed tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hub.cli.options import DETECTOR_NAMES
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks (separate commands, not timed tests)."""
+
+
+@bench.command("ingest")
+@click.option("--messages", "n_messages", default=100_000, show_default=True)
+@click.option("--devices", default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--rate", type=float, default=None, help="Pace the live publisher (msg/s); default flat out."
+)
+@click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--rules/--no-rules",
+    default=False,
+    help="Evaluate the rules in the hub too (default: off; their cost is measured apart).",
+)
+def ingest(
+    n_messages: int,
+    devices: int,
+    as_json: bool,
+    rate: float | None,
+    workdir: Path | None,
+    rules: bool,
+) -> None:
+    """Publish N realistic messages and measure the full pipeline, live and backlog."""
+    from evaluation.ingest_bench import format_result, run_ingest_bench
+
+    result = run_ingest_bench(
+        n_messages, devices, workdir, progress=not as_json, rate=rate, rules=rules
+    )
+    click.echo(json.dumps(result, sort_keys=True) if as_json else format_result(result))
+
+
+@bench.command("anomaly")
+@click.option("--train-days", default=2.0, show_default=True)
+@click.option("--hours", default=6.0, show_default=True, help="Simulated hours to score.")
+@click.option(
+    "--detector", type=click.Choice(DETECTOR_NAMES), default="median_mad", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True)
+def anomaly(train_days: float, hours: float, detector: str, as_json: bool) -> None:
+    """Cost per reading of online anomaly scoring (intake hook, scoring, events)."""
+    from evaluation.anomaly_bench import format_bench, run_anomaly_bench
+
+    result = run_anomaly_bench(train_days=train_days, hours=hours, detector=detector)
+    click.echo(json.dumps(result, sort_keys=True) if as_json else format_bench(result))

@@ -1,0 +1,67 @@
+"""`gridwatch status` and `gridwatch deadletters`: what a running (or the last) hub left on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.cli.options import config_option, load
+
+COUNTERS = ("received", "acked", "stored", "rejected", "dead_lettered", "write_failures")
+
+
+@click.command("status")
+@config_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Print the running hub's counters (from its status file)."""
+    from ingest.status import read_status
+
+    settings = load(config_path)
+    data = read_status(settings.hub.data_dir)
+    if data is None:
+        raise click.ClickException(f"no hub has run with data_dir {settings.hub.data_dir}")
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(format_status(data))
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """The status file as the lines `gridwatch status` prints."""
+    state = "running" if data["alive"] else "NOT RUNNING (last figures below)"
+    lines = [
+        f"hub {data.get('client_id')} pid {data.get('pid')}: {state}",
+        f"  subscription  {data.get('subscription')}   InfluxDB {data.get('influx')}",
+        f"  connected     {data.get('connected')}   reconnects {data.get('reconnects')}",
+    ]
+    lines += [f"  {key:<13} {data.get(key)}" for key in COUNTERS]
+    lines += [
+        f"    rejected {reason:<20} {count}"
+        for reason, count in sorted(data.get("rejected_by_reason", {}).items())
+    ]
+    lines += [
+        f"  spool         {data.get('spool_lines')} lines, {data.get('spool_bytes')} bytes",
+        f"  lag           {data.get('lag_s', 0):.1f} s",
+    ]
+    p50, p99 = data.get("latency_p50_ms"), data.get("latency_p99_ms")
+    if p50 is not None:
+        lines.append(f"  latency       p50 {p50:.1f} ms, p99 {p99:.1f} ms (publish→stored)")
+    return "\n".join(lines)
+
+
+@click.command("deadletters")
+@config_option()
+@click.option("--limit", default=20, show_default=True)
+def deadletters(config_path: Path | None, limit: int) -> None:
+    """Print the newest dead letters (JSON lines, newest first)."""
+    from ingest.deadletter import read_dead_letters
+
+    settings = load(config_path)
+    for record in read_dead_letters(
+        settings.deadletters.directory, keep=settings.deadletters.keep, limit=limit
+    ):
+        click.echo(json.dumps(record, ensure_ascii=False))
