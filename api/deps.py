@@ -53,6 +53,16 @@ class ApiConfig:
     login_window_s: float
     topic_prefix: str
     """Device topics start with it (credentials' ACLs)."""
+    max_body_bytes: int = 1024 * 1024
+    """Largest request body of any route but the registry import (413 beyond it)."""
+    max_import_bytes: int = 16 * 1024 * 1024
+    """Largest body of `POST /api/v1/registry/import`."""
+    trusted_proxies: tuple[str, ...] = ()
+    """IPs/CIDRs whose X-Forwarded-For/-Proto are believed (client address, https)."""
+    login_account_failures: int = 10
+    """Failed logins on one account, from any address, before its backoff starts."""
+    login_backoff_max_s: float = 900.0
+    """The account backoff's ceiling (it doubles from 1 s per further failure)."""
 
 
 @dataclass
@@ -70,7 +80,8 @@ class ApiDeps:
     cells: Mapping[str, Sequence[CellArea]] = field(default_factory=dict)
     """Grid cells per site, for placing resident reports."""
     probes: Mapping[str, ReadyProbe] = field(default_factory=dict)
-    """Readiness checks by name (store, broker, influxdb); see ops.default_probes."""
+    """Readiness checks by name: store, broker, influxdb (`api.probes.default_probes`);
+    inside the running hub also mqtt, intake, writer, tasks (`api.probes.ingestion_probes`)."""
     registry: RegistryStore | None = None
     """The device registry (sites, cells, workers, devices), when this hub has one."""
     dynsec: BrokerAccounts | None = None

@@ -11,9 +11,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from api.deps import ApiDeps
-from api.problems import NotFound
+from api.problems import InvalidInput, NotFound
 from api.roles import Principal
-from api.schemas.events import ActionIn, AuditOut, EventDetail, EventOut, ShelveFor, ShelveIn
+from api.schemas.events import (
+    MAX_SHELVE_S,
+    ActionIn,
+    AuditOut,
+    EventDetail,
+    EventOut,
+    ShelveFor,
+    ShelveIn,
+)
 from events.model import Action, SecurityEvent
 from events.store import EventFilter, EventStore
 
@@ -75,9 +83,17 @@ def act(
 
 
 def shelve_until_ms(deps: ApiDeps, body: ShelveIn) -> int:
-    """When a shelve expires: now plus `for_s`, or the `until` given."""
+    """When a shelve expires: now plus `for_s`, or the `until` given, at most
+    MAX_SHELVE_S ahead like `for_s` (422 beyond). An `until` in the past is the
+    lifecycle's refusal (409, "expiry in the future"), as for any state."""
+    now = deps.clock_ms()
     if isinstance(body, ShelveFor):
-        return deps.clock_ms() + body.for_s * 1000
+        return now + body.for_s * 1000
     until = epoch_ms(body.until)
     assert until is not None
+    if until > now + MAX_SHELVE_S * 1000:
+        raise InvalidInput(
+            f"until must be at most {MAX_SHELVE_S // 86400} days ahead",
+            [{"loc": ["body", "until"], "msg": f"more than {MAX_SHELVE_S} s ahead"}],
+        )
     return until

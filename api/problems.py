@@ -97,6 +97,17 @@ class Conflict(ApiError):
     title = "Conflict"
 
 
+class PayloadTooLarge(ApiError):
+    """The request body is larger than the route accepts (refused before it is read)."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+    def __init__(self, detail: str, limit_bytes: int, **extra: Any) -> None:
+        super().__init__(detail, limit_bytes=limit_bytes, **extra)
+
+
 class TooManyRequests(ApiError):
     status = 429
     slug = "too-many-requests"
@@ -152,6 +163,7 @@ _REASONS: Final = {
     403: "Role not allowed",
     404: "Not found",
     409: "Conflict with the current state",
+    413: "Request body too large",
     422: "Invalid input",
     429: "Too many requests",
     503: "A dependency is unavailable",
@@ -234,16 +246,21 @@ def problem_response(error: ApiError, instance: str) -> JSONResponse:
     )
 
 
+def error_response(error: ApiError, instance: str) -> Response:
+    """The response for a refusal: a problem document, or the desk's login redirect."""
+    if isinstance(error, LoginRequired):
+        target = "/desk/login?" + urlencode({"next": error.next_url})
+        return RedirectResponse(target, status_code=303)
+    return problem_response(error, instance)
+
+
 def install(app: FastAPI) -> None:
     """Register the problem handlers: the one place errors become HTTP responses."""
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         error = to_api_error(exc)
         assert error is not None
-        if isinstance(error, LoginRequired):
-            target = "/desk/login?" + urlencode({"next": error.next_url})
-            return RedirectResponse(target, status_code=303)
-        return problem_response(error, request.url.path)
+        return error_response(error, request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

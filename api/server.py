@@ -14,9 +14,11 @@ from typing import Final
 import uvicorn
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import problems
 from api.deps import ApiDeps
+from api.hardening import BodyLimits, RequestGuard
 from api.metrics import install_metrics
 from api.roles import LoginLimiter
 from api.routes import auth, desk, events, geo, ops, registry, reports
@@ -44,9 +46,19 @@ def create_app(deps: ApiDeps) -> FastAPI:
     )
     app.state.deps = deps
     app.state.templates = desk.make_templates()
-    app.state.login_limiter = LoginLimiter(deps.config.login_attempts, deps.config.login_window_s)
+    config = deps.config
+    app.state.login_limiter = LoginLimiter(
+        config.login_attempts,
+        config.login_window_s,
+        account_failures=config.login_account_failures,
+        backoff_max_s=config.login_backoff_max_s,
+    )
     problems.install(app)
+    limits = BodyLimits(config.max_body_bytes, {registry.IMPORT_PATH: config.max_import_bytes})
+    app.add_middleware(RequestGuard, limits=limits)  # inside the metrics: refusals counted
     install_metrics(app, deps.metrics)
+    if config.trusted_proxies:  # outermost: everything after sees the real client
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.trusted_proxies))
     for router in (
         auth.router,
         ops.router,
@@ -78,7 +90,9 @@ def api_server(app: FastAPI, host: str, port: int, *, embedded: bool) -> uvicorn
         log_level="warning",
         access_log=False,
         lifespan="off",
-        proxy_headers=False,  # the login rate limit keys on the peer address: never trust
+        # X-Forwarded-* are honoured by the app itself, and only from api.trusted_proxies
+        # (create_app): the login limits key on the client address.
+        proxy_headers=False,
     )
     if not embedded:
         return uvicorn.Server(config)

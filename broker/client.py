@@ -92,7 +92,12 @@ _CONNACK_V311_REASONS: Final = {
 MAX_INBOUND_PACKET: Final = 1 << 20
 
 OnPublish = Callable[[str, bytes, int, bool, int], None]
-"""(topic, payload, qos, retain, packet_id or 0) — called synchronously on receipt."""
+"""(topic, payload, qos, retain, packet_id or 0) — called synchronously on receipt.
+
+It owns the message: it acks a QoS 1 message (`MqttClient.ack`) when it is done with it.
+It should not raise; if it does, the client logs it, counts it (`dispatch_errors`) and
+acks the message itself, as a message that raised would raise again on redelivery: the
+connection stays up (a callback that raises must not have arranged the ack already)."""
 
 
 class MqttError(Exception):
@@ -275,7 +280,9 @@ def encode_pubacks(packet_ids: Sequence[int]) -> bytes:
 class MqttProtocol(asyncio.Protocol):
     """One network connection: framing, CONNACK/SUBACK/PUBACK bookkeeping, inbound PUBLISH."""
 
-    def __init__(self, opts: ConnectOptions, on_publish: OnPublish) -> None:
+    def __init__(
+        self, opts: ConnectOptions, on_publish: OnPublish, counters: ClientCounters | None = None
+    ) -> None:
         self._opts = opts
         self._v5 = opts.protocol == MQTT_V5
         self._on_publish = on_publish
@@ -290,6 +297,7 @@ class MqttProtocol(asyncio.Protocol):
         self._loop = loop
         self.last_inbound = loop.time()
         self.paused = False
+        self.counters = counters if counters is not None else ClientCounters()
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -368,7 +376,10 @@ class MqttProtocol(asyncio.Protocol):
                             j += prop_len
                     if j > end:
                         raise ProtocolViolation("PUBLISH header overruns packet")
-                    on_publish(topic, data[j:end], qos, bool(header & 0x01), packet_id)
+                    try:  # the message boundary: costs nothing until the callback raises
+                        on_publish(topic, data[j:end], qos, bool(header & 0x01), packet_id)
+                    except Exception as exc:  # noqa: BLE001 (one message must not drop us)
+                        self._dispatch_failed(topic, end - j, qos, packet_id, exc)
                 else:
                     self._handle_control(header, data[i:end])
                 pos = end
@@ -386,6 +397,25 @@ class MqttProtocol(asyncio.Protocol):
                 self.abort()
 
     # -- inbound ----------------------------------------------------------------------
+    def _dispatch_failed(
+        self, topic: str, size: int, qos: int, packet_id: int, exc: Exception
+    ) -> None:
+        """The PUBLISH callback raised: log, count and ack (QoS 1) the message, so that
+        the broker does not send it again (it would raise again) and the link stays up."""
+        self.counters.dispatch_errors += 1
+        seen = self.counters.dispatch_errors
+        if seen <= 3 or seen % 1000 == 0:
+            log.error(
+                "PUBLISH callback raised %s on %r (%d bytes, %d so far): message acked, dropped",
+                type(exc).__name__,
+                topic[:200],
+                size,
+                seen,
+                exc_info=exc if seen <= 3 else None,
+            )
+        if qos:
+            self.write(encode_pubacks([packet_id]))
+
     def _handle_control(self, header: int, body: bytes) -> None:
         kind = header >> 4
         if kind == CONNACK:
@@ -499,6 +529,8 @@ class ClientCounters:
     connects: int = 0
     reconnects: int = 0
     connect_failures: int = 0
+    dispatch_errors: int = 0
+    """PUBLISH callbacks that raised (each message acked and dropped, logged)."""
 
 
 @dataclass(slots=True)
@@ -642,7 +674,7 @@ class MqttClient:
         self.generation += 1
         _, proto = await asyncio.wait_for(
             loop.create_connection(
-                lambda: MqttProtocol(self.opts, self._on_publish),
+                lambda: MqttProtocol(self.opts, self._on_publish, self.counters),
                 self.host,
                 self.port,
                 ssl=self._tls,

@@ -11,11 +11,14 @@ Identities and what they may do (topics from `sensors.topics` for `mqtt.topic_pr
 `gw/v1` by default):
 
 - a device: username = client id = device id, role `device:<id>`: publish and read
-  only `gw/v1/<site>/<kind>/<id>/#`;
+  only `gw/v1/<site>/<kind>/<id>/#`; never publish under the hub's reserved topics
+  (`gw/v1/_hub/#`, `gw/events/v1/#`: explicit denies first in the role, so no other
+  grant of the client, present or future, lets a device pose as the hub);
 - the hub: `mqtt.username`, role `gridwatch-hub`: read `gw/v1/#` (also as a shared
   group), publish `gw/v1/_hub/#` (its status) and `gw/events/v1/+` (the security
   events, outside what it reads);
-- a simulator: a chosen username, role `gridwatch-sim:<sites>`: publish `gw/v1/<site>/#`;
+- a simulator: a chosen username, role `gridwatch-sim:<sites>`: publish `gw/v1/<site>/#`
+  (with the same denies as a device);
 - an events reader (operators' tools, integrations): role `gridwatch-events-reader`:
   read `gw/events/v1/+`, nothing else.
 
@@ -43,6 +46,7 @@ from broker.client import ConnectOptions, MqttClient, MqttError
 from sensors.topics import (
     DEFAULT_PREFIX,
     events_filter,
+    events_root,
     hub_presence_filter,
     normalise_prefix,
     site_filter,
@@ -59,6 +63,8 @@ HUB_ROLE: Final = "gridwatch-hub"
 EVENTS_READER_ROLE: Final = "gridwatch-events-reader"
 PASSWORD_BYTES: Final = 24
 ALREADY_EXISTS: Final = ("already exists",)
+RESERVED_PRIORITY: Final = 100
+"""Priority of the denies on the hub's reserved topics: checked before any grant."""
 
 
 class DynsecError(Exception):
@@ -124,11 +130,21 @@ def device_role(device_id: str) -> str:
     return f"device:{device_id}"
 
 
-def device_acls(topic_root: str) -> list[Acl]:
+def reserved_denies(prefix: str = DEFAULT_PREFIX) -> list[Acl]:
+    """What only the hub publishes: its presence (`<prefix>/_hub/#`) and the security
+    events (`<events root>/#`), denied first in every role that is not the hub's."""
+    return [
+        Acl("publishClientSend", hub_presence_filter(prefix), False, RESERVED_PRIORITY),
+        Acl("publishClientSend", subtree(events_root(prefix)), False, RESERVED_PRIORITY),
+    ]
+
+
+def device_acls(topic_root: str, prefix: str = DEFAULT_PREFIX) -> list[Acl]:
     """A device publishes and reads its own topics (`sensors.topics.device_root`),
-    nothing else."""
+    nothing else, and never the hub's reserved topics."""
     own = subtree(topic_root)
     return [
+        *reserved_denies(prefix),
         Acl("publishClientSend", own),
         Acl("subscribePattern", own),
         Acl("publishClientReceive", own),
@@ -156,8 +172,12 @@ def events_reader_acls(prefix: str = DEFAULT_PREFIX) -> list[Acl]:
 
 
 def simulator_acls(sites: Iterable[str], prefix: str = DEFAULT_PREFIX) -> list[Acl]:
-    """A simulator speaks for every device of its sites (as each, or through gateways)."""
-    return [Acl("publishClientSend", site_filter(prefix, site)) for site in sites]
+    """A simulator speaks for every device of its sites (as each, or through gateways),
+    never for the hub."""
+    return [
+        *reserved_denies(prefix),
+        *(Acl("publishClientSend", site_filter(prefix, site)) for site in sites),
+    ]
 
 
 class DynsecClient:
@@ -334,7 +354,7 @@ class BrokerAccounts:
     async def register_device(self, device_id: str, topic_root: str) -> Credentials:
         """A device's login (username = client id = device id) and its own-topics role."""
         role = device_role(device_id)
-        await self.ensure_role(role, device_acls(topic_root))
+        await self.ensure_role(role, device_acls(topic_root, self.prefix))
         return await self._login_for(device_id, role, device_id, f"device {topic_root}")
 
     async def retire_device(self, device_id: str) -> None:

@@ -25,7 +25,7 @@ from rules.directory import DeviceInfo, Directory, OpeningHours, SiteInfo
 from rules.overrides import compile_overrides
 from rules.schema import Rule
 from rules.site_directory import opening_hours
-from sites.model import Schedule
+from sites.model import Schedule, known_zone
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,18 @@ def directory_from_registry(store: RegistryStore) -> Directory:
         d.id: _device_info(d, sites, thresholds) for d in store.all_devices() if d.site in sites
     }
     return Directory(
-        {s.id: SiteInfo(s.id, s.timezone, workers[s.id]) for s in sites.values()}, devices
+        {s.id: SiteInfo(s.id, _zone(s), workers[s.id]) for s in sites.values()}, devices
     )
+
+
+def _zone(site: RegistrySite) -> str:
+    """The site's zone; UTC (logged) for a name an older database accepted but the tz
+    database does not hold: a stored bad value must never stop the rules."""
+    try:
+        return known_zone(site.timezone)
+    except ValueError as exc:
+        log.warning("site %s: %s; its schedules use UTC", site.id, exc)
+        return "UTC"
 
 
 def _device_info(
@@ -114,6 +124,9 @@ class DirectorySource:
         except SQLAlchemyError as exc:
             log.warning("registry unreachable, rules use the site files only: %s", exc)
             return self.files
+        except (ValueError, TypeError) as exc:  # a stored record this code cannot read
+            log.exception("registry unreadable, rules use the site files only: %s", exc)
+            return self.files
 
     def _report(self, directory: Directory, problems: Sequence[str]) -> None:
         log.info(
@@ -144,6 +157,8 @@ class DirectorySource:
                     await asyncio.to_thread(self.refresh, service)
                 except SQLAlchemyError as exc:
                     log.warning("registry unreachable, rules keep the last directory: %s", exc)
+                except (ValueError, TypeError) as exc:  # a stored record this code cannot read
+                    log.exception("registry unreadable, rules keep the last directory: %s", exc)
         finally:
             if self.store is not None:
                 self.store.close()

@@ -17,6 +17,16 @@ open conditions instead of forgetting or repeating them.
 simulated time, through an injected clock (`clock_ms`), so its figures come from this
 code path.
 
+Rejections become pseudo-readings keyed by the device their topic names, so rules can
+count malformed traffic per device; but those names are the sender's to choose. Only a
+device the rules' directory knows (on its own site), or an `unknown_device` rejection
+under a known site (its `unregistered_device` alarm), keeps a key of its own. Every
+other rejection is tallied by `UnknownSources`: per known site (devices it does not
+know) or for the hub (`HUB_SCOPE`: sites it does not know), names and counts in a
+bounded table, and reaches the rules as a `rejected` reading of that scope carrying the tally,
+so a storm of made-up names opens at most one event per known site plus one for the
+hub (rule `unknown_sources` of the default pack), which lists them.
+
 `reload_rules` (SIGHUP in `gridwatch run`; the hub API calls it too) re-reads the rule
 files and swaps the engine without a restart: conditions of unchanged rules carry on,
 those of changed or removed rules start afresh, and their open events return to normal
@@ -39,9 +49,15 @@ from typing import Final
 from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore
-from ingest.decode import Rejected
+from ingest.decode import Rejected, RejectReason
 from rules.directory import Directory
-from rules.engine import Engine, EngineState, rejected_reading
+from rules.engine import (
+    HUB_SCOPE,
+    Engine,
+    EngineState,
+    rejected_reading,
+    unknown_sources_reading,
+)
 from rules.schema import RuleError, load_rules
 from sensors.base import Reading
 
@@ -67,6 +83,77 @@ def as_reading(item: Reading | Rejected) -> Reading | None:
     return rejected_reading(
         route.site, route.kind, route.device, item.reason.value, item.received_ns
     )
+
+
+MAX_NAMES: Final = 1_000
+"""Distinct unknown names tallied per scope; messages of further names are counted as
+`others` (memory stays bounded whatever the sender makes up)."""
+LISTED_NAMES: Final = 10
+"""Names an event's message lists (the most frequent)."""
+TALLY_RESET_MS: Final = 60 * 60_000
+"""A scope's tally starts afresh after this long without a rejection under it."""
+
+
+@dataclass(slots=True)
+class _Tally:
+    counts: dict[str, int]
+    others: int = 0
+    total: int = 0
+    last_ns: int = 0
+
+    def add(self, name: str, at_ns: int) -> None:
+        if name in self.counts:
+            self.counts[name] += 1
+        elif len(self.counts) < MAX_NAMES:
+            self.counts[name] = 1
+        else:
+            self.others += 1
+        self.total += 1
+        self.last_ns = max(self.last_ns, at_ns)
+
+    def names(self) -> str:
+        top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:LISTED_NAMES]
+        listed = ", ".join(f"{name} ({n})" for name, n in top)
+        rest = self.total - sum(n for _, n in top)
+        if not rest:
+            return listed
+        names = len(self.counts) - len(top)
+        beyond = " and more" if self.others else ""  # names beyond the table
+        return f"{listed}; {rest} more message(s) from {names}{beyond} other name(s)"
+
+
+class UnknownSources:
+    """Turns rejections into what rules see, aggregating those under unknown names."""
+
+    def __init__(self) -> None:
+        self.tallies: dict[str, _Tally] = {}
+
+    def reading(self, item: Rejected, directory: Directory) -> Reading | None:
+        """The pseudo-reading of a rejection (None: no device topic)."""
+        route = item.route
+        if route is None:
+            return None
+        info = directory.device(route.device)
+        known_site = route.site in directory.sites
+        if (info is not None and info.site == route.site) or (
+            known_site and item.reason is RejectReason.UNKNOWN_DEVICE
+        ):
+            return as_reading(item)
+        scope = route.site if known_site else HUB_SCOPE
+        name = route.device if known_site else f"{route.site}/{route.device}"
+        at_ns = item.received_ns
+        tally = self.tallies.get(scope)
+        if tally is None or at_ns - tally.last_ns > TALLY_RESET_MS * 1_000_000:
+            tally = self.tallies[scope] = _Tally({})
+        tally.add(name, at_ns)
+        return unknown_sources_reading(
+            scope,
+            item.reason.value,
+            at_ns,
+            total=tally.total,
+            sources=len(tally.counts) + (1 if tally.others else 0),
+            names=tally.names(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +246,8 @@ class RulesService:
         self._owed: list[Detection] = []
         """Clears a reload owes, persisted with the next evaluation."""
         self._dirty = False
+        self.unknown = UnknownSources()
+        """Rejections under names the directory does not know, tallied per scope."""
 
     def restore(self) -> None:
         """Load the last snapshot (a corrupt or foreign one is logged and ignored)."""
@@ -251,7 +340,12 @@ class RulesService:
             queue = self._queue
             n = len(queue) if limit is None else min(limit, len(queue))
             for _ in range(n):
-                reading = as_reading(queue.popleft())
+                item = queue.popleft()
+                reading = (
+                    item
+                    if isinstance(item, Reading)
+                    else self.unknown.reading(item, self.engine.directory)
+                )
                 if reading is not None:
                     out += self.engine.evaluate(reading, self.state, now_ms)
                     self.evaluated += 1

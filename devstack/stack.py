@@ -35,6 +35,26 @@ VICTORIA_METRICS_BIN = "/usr/bin/victoria-metrics"
 MOSQUITTO_PACKAGES = {MOSQUITTO_BIN: "mosquitto"}
 INFLUXDB_PACKAGES = {INFLUXD_BIN: "influxdb"}
 VICTORIA_METRICS_PACKAGES = {VICTORIA_METRICS_BIN: "victoria-metrics"}
+HUB_MAX_PAYLOAD_BYTES = 16 * 1024
+"""The hub's default payload limit (`hub.max_payload_bytes`; devstack cannot read the
+hub's settings, so a hub with another limit passes its own to `LocalStack`)."""
+
+
+def broker_max_packet(max_payload_bytes: int = HUB_MAX_PAYLOAD_BYTES) -> int:
+    """The broker's `max_packet_size` for a hub that accepts `max_payload_bytes`.
+
+    The hub's MQTT client announces a maximum packet size of 4x its payload limit plus
+    1 KiB (oversize payloads up to that arrive, to be counted and dead-lettered as
+    `too_big`). A broker that accepts a larger publish PUBACKs it to the device and
+    then drops it before the hub (a log line only): the broker must refuse first. Its
+    limit is the hub's, less 512 bytes for what forwarding may add (a 3.1.1 device's
+    publish gains the MQTT 5 properties length, identifiers), so whatever the broker
+    accepts reaches the hub. Above it, Mosquitto disconnects the publisher (an MQTT 5
+    client learns the limit in CONNACK, and its library refuses to send such a packet).
+    """
+    return 4 * max_payload_bytes + 1024 - 512
+
+
 CLIENT_PACKAGES = {
     "/usr/bin/mosquitto_pub": "mosquitto-clients",
     "/usr/bin/mosquitto_sub": "mosquitto-clients",
@@ -405,10 +425,15 @@ def _mosquitto_ready(proc: ManagedProcess, offset: int) -> bool:
     return b" running" in _log_since(proc.log, offset) and _tcp_ok(proc.port)
 
 
-def mosquitto_conf(workdir: Path, port: int, extra_conf: str = "") -> str:
-    """Config text: loopback listener, persistence that survives restarts, deep queues."""
+def mosquitto_conf(
+    workdir: Path, port: int, extra_conf: str = "", *, max_packet_size: int | None = None
+) -> str:
+    """Config text: loopback listener, persistence that survives restarts, deep queues,
+    and publishes larger than the hub takes refused (`broker_max_packet`)."""
     lines = [
         f"listener {port} {HOST}",
+        # refuse (disconnect) what the hub could not receive, instead of PUBACK + drop
+        f"max_packet_size {max_packet_size or broker_max_packet()}",
         "allow_anonymous true",
         "persistence true",
         f"persistence_location {workdir / 'data'}/",
@@ -429,13 +454,15 @@ def mosquitto_conf(workdir: Path, port: int, extra_conf: str = "") -> str:
     return "\n".join(lines) + "\n" + extra_conf + ("\n" if extra_conf else "")
 
 
-def start_mosquitto(workdir: Path, port: int, *, extra_conf: str = "") -> ManagedProcess:
+def start_mosquitto(
+    workdir: Path, port: int, *, extra_conf: str = "", max_packet_size: int | None = None
+) -> ManagedProcess:
     """Run a private broker on 127.0.0.1:port with config, data and log in workdir."""
     ensure_installed(MOSQUITTO_PACKAGES)
     workdir = workdir.resolve()
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(workdir, port, extra_conf))
+    conf.write_text(mosquitto_conf(workdir, port, extra_conf, max_packet_size=max_packet_size))
     cmd = [MOSQUITTO_BIN, "-c", str(conf)]
     log_path = workdir / "mosquitto.log"  # mosquitto's log_dest and its stdout/stderr
     return _launch("mosquitto", cmd, workdir, log_path, port, ready=_mosquitto_ready)
@@ -565,8 +592,17 @@ def restart(proc: ManagedProcess) -> ManagedProcess:
 class LocalStack:
     """A long-lived Mosquitto + InfluxDB under one root, tracked in root/stack.json."""
 
-    def __init__(self, root: Path, mqtt_port: int = 18830, influx_port: int = 18086) -> None:
+    def __init__(
+        self,
+        root: Path,
+        mqtt_port: int = 18830,
+        influx_port: int = 18086,
+        *,
+        max_payload_bytes: int = HUB_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self.root = root.resolve()
+        self.max_packet_size = broker_max_packet(max_payload_bytes)
+        """The broker's `max_packet_size`, from the hub's payload limit."""
         self.ports = {"mosquitto": mqtt_port, "influxdb": influx_port}
         self.state_file = self.root / "stack.json"
         self._children: dict[str, ManagedProcess] = {}
@@ -634,7 +670,12 @@ class LocalStack:
         """Start one service in its own subdirectory of root."""
         workdir = self.root / name
         if name == "mosquitto":
-            return start_mosquitto(workdir, self.ports[name], extra_conf=self.mosquitto_extra_conf)
+            return start_mosquitto(
+                workdir,
+                self.ports[name],
+                extra_conf=self.mosquitto_extra_conf,
+                max_packet_size=self.max_packet_size,
+            )
         return start_influxdb(workdir, self.ports[name])
 
     def _load(self) -> dict[str, ManagedProcess]:

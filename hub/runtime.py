@@ -4,6 +4,12 @@ MQTT client ──on_publish──► Intake ──fsync──► Spool ──�
      ▲                        │  └──────► dead letters
      └──────── PUBACK ◄───────┘ (after fsync)
 + hub_stats every stats_interval_s (through the spool) and a status file every second.
+
+The MQTT client, the intake and the spool writer are the pipeline: when one fails the
+hub stops, loudly. Every other long-lived task (rules, the registry's refreshes, the
+event sinks, anomaly scoring, stats and status) runs under `Supervisor`: a failure is
+logged with its traceback, counted, shown in the status file and `/readyz`, and the
+task restarts after a capped exponential backoff; it never ends the hub.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
 
+from api.probes import IngestionView
 from broker.client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient, Will
 from detection.anomaly_service import fan_out
 from hub.serving import embedded_api
@@ -30,10 +40,7 @@ from hub.wiring import (
 )
 from ingest.deadletter import DeadLetterStore
 from ingest.decode import DecodeLimits, Decoder
-from ingest.influx import (
-    InfluxV1Writer,
-    WriteError,
-)
+from ingest.influx import InfluxV1Writer, WatchedWriter, WriteError
 from ingest.intake import Intake
 from ingest.line_protocol import encode_point
 from ingest.spool import Spool
@@ -45,6 +52,97 @@ from sensors.registry import KINDS
 from sensors.topics import hub_presence_head, hub_presence_topic, subscription
 
 log = logging.getLogger(__name__)
+
+RESTART_MIN_S: Final = 1.0
+"""A failed supervised task restarts after this long, doubling per failure ..."""
+RESTART_MAX_S: Final = 60.0
+"""... up to this."""
+RESTART_STABLE_S: Final = 60.0
+"""A task that ran this long before failing starts its backoff from the minimum again."""
+READY_PAUSE_GRACE_S: Final = 30.0
+"""`/readyz`: the intake may stop reading (back-pressure) this long before it counts."""
+READY_WRITER_GRACE_S: Final = 60.0
+"""`/readyz`: InfluxDB may refuse writes this long (the spool holds them) before it counts."""
+
+
+@dataclass
+class TaskHealth:
+    """One supervised task as the status file and `/readyz` see it."""
+
+    state: str = "running"
+    """running, restarting (failed, waiting out its backoff) or ended (returned)."""
+    failures: int = 0
+    last_error: str | None = None
+    last_failure_at: float | None = None
+    """Wall-clock time (s) of the last failure."""
+    restart_at: float | None = None
+    """Wall-clock time (s) of the next start while restarting."""
+
+
+class Supervisor:
+    """Runs background tasks so that a failure restarts the task instead of ending the
+    hub: `await supervisor.run(name, factory)` calls `factory()` for a fresh coroutine
+    after each failure, waiting `min_s`, then twice as long each time, up to `max_s`."""
+
+    def __init__(
+        self,
+        *,
+        min_s: float = RESTART_MIN_S,
+        max_s: float = RESTART_MAX_S,
+        stable_s: float = RESTART_STABLE_S,
+    ) -> None:
+        self.min_s, self.max_s, self.stable_s = min_s, max_s, stable_s
+        self.tasks: dict[str, TaskHealth] = {}
+
+    async def run(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `factory()` until it returns or is cancelled, restarting it on failure."""
+        health = self.tasks.setdefault(name, TaskHealth())
+        delay = self.min_s
+        while True:
+            health.state, health.restart_at = "running", None
+            started = time.monotonic()
+            try:
+                await factory()
+            except Exception as exc:  # a background task must not end the hub
+                if time.monotonic() - started >= self.stable_s:
+                    delay = self.min_s
+                health.failures += 1
+                health.last_error = f"{type(exc).__name__}: {exc}"
+                health.last_failure_at = time.time()
+                health.state, health.restart_at = "restarting", time.time() + delay
+                log.exception(
+                    "task %s failed (%d failures so far); restarting in %.0f s",
+                    name,
+                    health.failures,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_s)
+            else:
+                health.state = "ended"
+                log.info("task %s ended", name)
+                return
+
+    def problems(self) -> dict[str, str]:
+        """The tasks that are not running, with why (for `/readyz`)."""
+        return {
+            name: f"failed {h.failures}x, restarting (last: {h.last_error})"
+            for name, h in self.tasks.items()
+            if h.state == "restarting"
+        }
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per task: state, failures, last error (for the status file)."""
+        return {
+            name: {
+                "state": h.state,
+                "failures": h.failures,
+                "last_error": h.last_error,
+                "last_failure_at": h.last_failure_at,
+                "restart_at": h.restart_at,
+            }
+            for name, h in self.tasks.items()
+        }
 
 
 def subscription_filter(settings: Settings) -> str:
@@ -118,7 +216,8 @@ class Hub:
             if self.events is not None
             else None
         )
-        self.api = embedded_api(settings, self.events)
+        self.supervisor = Supervisor()
+        self._reading_paused_since: float | None = None
         self.intake = Intake(
             self.decoder,
             self.spool,
@@ -126,7 +225,7 @@ class Hub:
             self.stats,
             ack=self.client.ack,
             generation=lambda: self.client.generation,
-            set_reading=self.client.set_reading,
+            set_reading=self._set_reading,
             batch_max=settings.spool.fsync_batch,
             linger_s=settings.spool.fsync_linger_ms / 1000,
             high_water=max(settings.mqtt.receive_maximum * 2, settings.spool.fsync_batch * 4),
@@ -135,9 +234,10 @@ class Hub:
                 self.anomaly.observe if self.anomaly is not None else None,
             ),
         )
+        self.watched_sink = WatchedWriter(self.sink)
         self.writer = SpoolWriter(
             self.spool,
-            self.sink,
+            self.watched_sink,
             self.dead_letters,
             self.stats,
             batch_size=settings.influx.batch_size,
@@ -149,14 +249,41 @@ class Hub:
             self.events.service.pause_intake = self.intake.consumer_full
         self._own_status_topic = hub_status_topic(settings)
         self._presence_head = hub_presence_head(settings.mqtt.topic_prefix)
+        self.api = embedded_api(settings, self.events, self.ingestion_view())
+
+    def ingestion_view(self) -> IngestionView:
+        """What `/readyz` checks about ingestion, read live from this hub."""
+        return IngestionView(
+            connected=self.client.connected.is_set,
+            reading_paused_s=self.reading_paused_s,
+            spool_full=lambda: self.spool.full,
+            writer_failing_s=self.watched_sink.failing_s,
+            task_problems=self.supervisor.problems,
+            pause_grace_s=READY_PAUSE_GRACE_S,
+            writer_grace_s=READY_WRITER_GRACE_S,
+        )
+
+    def _set_reading(self, enabled: bool) -> None:
+        """The intake pauses and resumes reading through here: note since when it paused."""
+        if enabled:
+            self._reading_paused_since = None
+        elif self._reading_paused_since is None:
+            self._reading_paused_since = time.monotonic()
+        self.client.set_reading(enabled)
+
+    def reading_paused_s(self) -> float:
+        since = self._reading_paused_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def _on_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
     ) -> None:
-        # Not device data: presence flags of hubs (ours and peers in a shared group). The
-        # security events we publish lie outside our subscription (sensors.topics).
+        # Not device data: under `_hub/` hubs (ours and peers in a shared group) publish
+        # their presence, dropped; anything else there is a `reserved_topic` rejection.
+        # The security events we publish lie outside our subscription (sensors.topics).
+        # Neither call raises for a message (each is a message boundary).
         if topic.startswith(self._presence_head):
-            self.client.ack(self.client.generation, [packet_id] if qos else [])
+            self.intake.on_reserved(topic, payload, qos, retain, packet_id)
             return
         self.intake.on_publish(topic, payload, qos, retain, packet_id)
 
@@ -173,28 +300,16 @@ class Hub:
         try:
             await self._prepare_influx()
             async with asyncio.TaskGroup() as tasks:
+                # The pipeline: a failure here ends the hub (loudly, through the TaskGroup).
                 runners = [
                     tasks.create_task(self.client.run(), name="mqtt"),
                     tasks.create_task(self.intake.run(), name="intake"),
                     tasks.create_task(self.writer.run(), name="writer"),
-                    tasks.create_task(self._stats_loop(), name="stats"),
-                    tasks.create_task(self._status_loop(), name="status"),
                 ]
-                if self.registry_gate is not None:
-                    gate = self.registry_gate.run(self.decoder.forget_routes)
-                    runners.append(tasks.create_task(gate, name="registry-allowlist"))
-                if self.events is not None:
-                    runners.append(tasks.create_task(self.events.service.run(), name="rules"))
-                    if self.events.directory is not None:  # the registry's devices, kept fresh
-                        refresh = self.events.directory.run(
-                            self.events.service, self.settings.registry.refresh_s
-                        )
-                        runners.append(tasks.create_task(refresh, name="rules-directory"))
-                    runners.append(
-                        tasks.create_task(self.events.dispatcher.run(), name="event-sinks")
-                    )
-                if self.anomaly is not None:
-                    runners.append(tasks.create_task(self.anomaly.run(), name="anomaly"))
+                # Everything else is supervised: restarted on failure, never fatal.
+                for name, factory in self.background_tasks().items():
+                    supervised = self.supervisor.run(name, factory)
+                    runners.append(tasks.create_task(supervised, name=name))
                 if self.api is not None:
                     tasks.create_task(self.api.run(), name="api")
                 await stop.wait()
@@ -214,6 +329,25 @@ class Hub:
             self._refresh_gauges()
             self.spool.close()
             self._write_status(running=False)
+
+    def background_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        """The supervised tasks by name, each a factory of a fresh coroutine (a restart
+        needs a new one)."""
+        found: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "stats": self._stats_loop,
+            "status": self._status_loop,
+        }
+        if (gate := self.registry_gate) is not None:
+            found["registry-allowlist"] = lambda: gate.run(self.decoder.forget_routes)
+        if (events := self.events) is not None:
+            found["rules"] = events.service.run
+            if (directory := events.directory) is not None:  # the registry's devices, fresh
+                refresh_s = self.settings.registry.refresh_s
+                found["rules-directory"] = lambda: directory.run(events.service, refresh_s)
+            found["event-sinks"] = events.dispatcher.run
+        if self.anomaly is not None:
+            found["anomaly"] = self.anomaly.run
+        return found
 
     async def _graceful_stop(self, runners: list[asyncio.Task[None]]) -> None:
         mqtt_task, intake_task = runners[0], runners[1]
@@ -289,6 +423,7 @@ class Hub:
             snapshot.update(self.events.service.status())
         if self.anomaly is not None:
             snapshot["anomaly"] = self.anomaly.status()
+        snapshot["tasks"] = self.supervisor.status()
         write_status(self.settings.hub.data_dir, snapshot)
 
 

@@ -16,7 +16,7 @@ from accounts.roles import Role
 from accounts.users import UserStore
 from api.deps import ApiConfig, ApiDeps, cells_of
 from api.metrics import ApiMetrics
-from api.probes import default_probes
+from api.probes import IngestionView, default_probes, with_ingestion
 from api.server import EmbeddedApi, create_app
 from events.manager import EventManager
 from events.store import EventStore
@@ -42,8 +42,11 @@ def build_deps(
     *,
     store: EventStore | None = None,
     manager: EventManager | None = None,
+    ingestion: IngestionView | None = None,
 ) -> ApiDeps:
     """What the API needs, from settings; reuses the hub's store and manager when given.
+    `ingestion` (the running hub) makes the store/broker/influxdb readiness probes also
+    check ingestion (`api.probes.with_ingestion`).
 
     Users, API keys and report links live in the event store's database (own tables,
     own migration track); so does the registry.
@@ -60,12 +63,18 @@ def build_deps(
     users = UserStore(url)
     users.migrate()
     bootstrap_admin(settings, users)
+    probes = default_probes(users, settings.mqtt.host, settings.mqtt.port, settings.influx.url)
     return ApiDeps(
         config=ApiConfig(
             token_lifetime_s=settings.api.token_lifetime_s,
             login_attempts=settings.api.login_attempts,
             login_window_s=settings.api.login_window_s,
             topic_prefix=settings.mqtt.topic_prefix,
+            max_body_bytes=settings.api.max_body_bytes,
+            max_import_bytes=settings.api.max_import_bytes,
+            trusted_proxies=tuple(settings.api.trusted_proxies),
+            login_account_failures=settings.api.login_account_failures,
+            login_backoff_max_s=settings.api.login_backoff_max_s,
         ),
         events=store,
         manager=manager,
@@ -73,7 +82,7 @@ def build_deps(
         jwt_secret=jwt_secret(settings),
         metrics=ApiMetrics(),
         cells=cells_of(sites),
-        probes=default_probes(users, settings.mqtt.host, settings.mqtt.port, settings.influx.url),
+        probes=probes if ingestion is None else with_ingestion(probes, ingestion),
         registry=open_registry(settings),
         dynsec=accounts_from_settings(settings),
     )
@@ -108,19 +117,28 @@ def jwt_secret(settings: Settings) -> str:
 
 
 def build_api(
-    settings: Settings, *, store: EventStore | None = None, manager: EventManager | None = None
+    settings: Settings,
+    *,
+    store: EventStore | None = None,
+    manager: EventManager | None = None,
+    ingestion: IngestionView | None = None,
 ) -> tuple[FastAPI, ApiDeps]:
-    deps = build_deps(settings, store=store, manager=manager)
+    deps = build_deps(settings, store=store, manager=manager, ingestion=ingestion)
     return create_app(deps), deps
 
 
-def embedded_api(settings: Settings, events: EventsSide | None) -> EmbeddedApi | None:
-    """The API `gridwatch run` serves, unless `api.enabled` is off."""
+def embedded_api(
+    settings: Settings,
+    events: EventsSide | None,
+    ingestion: IngestionView | None = None,
+) -> EmbeddedApi | None:
+    """The API `gridwatch run` serves, unless `api.enabled` is off; `ingestion` is what
+    `/readyz` asks the running hub."""
     if not settings.api.enabled:
         return None
     store = events.store if events is not None else None
     manager = events.service.manager if events is not None else None
-    app, deps = build_api(settings, store=store, manager=manager)
+    app, deps = build_api(settings, store=store, manager=manager, ingestion=ingestion)
     host, port = settings.api.host, settings.api.port
     api = EmbeddedApi(app, deps, host, port, owns_store=events is None)
     log.info("API on %s (desk at /desk/, docs at /docs)", api.url)

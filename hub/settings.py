@@ -7,6 +7,7 @@ passed down; nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -226,6 +227,28 @@ class ApiSettings(_Section):
     login_attempts: int = Field(default=5, ge=1)
     """Failed logins per username and client within login_window_s before 429."""
     login_window_s: Positive = 60.0
+    login_account_failures: int = Field(default=10, ge=1)
+    """Failed logins on one account, from any address, before its backoff starts
+    (1 s, doubling per further failure, at most login_backoff_max_s)."""
+    login_backoff_max_s: float = Field(default=900.0, ge=1, le=86400)
+    """The account backoff's ceiling; addresses the owner logged in from are exempt."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Largest request body (413 beyond it, refused before it is read)."""
+    max_import_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """Largest body of the registry's bulk import (`POST /api/v1/registry/import`)."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """IPs or CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed: the
+    client address the login limits key on, and https for the desk's Secure cookie."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"api.trusted_proxies: {entry!r} is no IP or CIDR") from exc
+        return value
 
     @field_validator("jwt_secret")
     @classmethod

@@ -2,10 +2,16 @@
 
 Never raises on input: every failure becomes a `Rejected` with a reason from a small
 fixed vocabulary (counted per reason in `hub_stats`) and the raw bytes (dead letters).
+Hostile input included: numbers of any size (no arithmetic on a device's number may
+overflow), duplicate keys (refused: parsers disagree on which one wins), values outside
+a kind's physical bounds (the kind's model refuses them). Should a bug raise anyway, the
+intake catches it at the message boundary (`internal_error`): no message stops the hub.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,14 +31,26 @@ from sensors.base import (
     SensorKind,
     new_reading,
 )
-from sensors.topics import DEFAULT_PREFIX, Route, TopicError, normalise_prefix, parse
+from sensors.topics import (
+    DEFAULT_PREFIX,
+    Route,
+    TopicError,
+    hub_presence_client,
+    hub_presence_head,
+    normalise_prefix,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
 _MAX_CACHED_ROUTES: Final = 200_000
 _NS_PER_MS: Final = 1_000_000
 _NS_PER_S: Final = 1_000_000_000
+_MAX_SHOWN_S: Final = 10**12
+"""A time difference beyond this (~31 700 years) is shown as "more than"."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_JSON_WHITESPACE: Final = b" \t\r\n"
+_HUB_PRESENCE: Final = (b"online", b"offline")
 
 
 class RejectReason(StrEnum):
@@ -47,6 +65,13 @@ class RejectReason(StrEnum):
     TIMESTAMP_PAST = "timestamp_past"
     UNKNOWN_DEVICE = "unknown_device"
     """Not in the registry, or retired (only with an `allow_device` hook)."""
+    DUPLICATE_KEY = "duplicate_key"
+    """The payload names a key of its model twice: which one counts is the parser's choice
+    (keys the model ignores may repeat, as they may be anything)."""
+    RESERVED_TOPIC = "reserved_topic"
+    """Published under `<prefix>/_hub/`, where only hubs publish their presence."""
+    INTERNAL_ERROR = "internal_error"
+    """Handling the message raised (a bug): kept with the exception type, acked, counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +134,7 @@ class Decoder:
         self._max_future_ns = int(limits.max_future_s * _NS_PER_S)
         self._max_age_ns = int(limits.max_age_s * _NS_PER_S)
         self._routes: dict[str, _Route] = {}
+        self._presence_head = hub_presence_head(self._prefix)
         # (site, kind, device) -> registered and active? Asked only when a topic's route
         # is built (cold path): cached routes skip it, so call `forget_routes` on change.
         self._allow_device = allow_device
@@ -116,6 +142,42 @@ class Decoder:
     def forget_routes(self) -> None:
         """Drop cached topic routes, e.g. after a device was retired (re-checks it)."""
         self._routes.clear()
+
+    def decode_reserved(self, topic: str, payload: bytes, received_ns: int) -> Rejected | None:
+        """A message under `<prefix>/_hub/` (`sensors.topics.is_hub_presence`): None for a
+        hub's presence flag, what hubs and their wills publish (`online` or `offline` on
+        `<prefix>/_hub/<client id>/status`), to be dropped; anything else is a device (or
+        a tool) writing where only hubs write: a `reserved_topic` rejection."""
+        if payload in _HUB_PRESENCE and hub_presence_client(self._prefix, topic) is not None:
+            return None
+        return Rejected(
+            RejectReason.RESERVED_TOPIC,
+            f"{self._presence_head}... is reserved for hub presence "
+            f"(online/offline on {self._presence_head}<client id>/status)",
+            topic,
+            payload,
+            received_ns,
+            None,
+        )
+
+    def internal_error(
+        self, topic: str, payload: bytes, received_ns: int, exc: BaseException, stage: str
+    ) -> Rejected:
+        """The rejection for a message whose handling raised: the exception type and the
+        stage in the detail (not its text, which may quote the input). Never raises."""
+        route: Route | None = None
+        with contextlib.suppress(Exception):
+            cached = self._routes.get(topic)
+            parsed = cached.route if cached is not None else parse(self._prefix, topic)
+            route = parsed if isinstance(parsed, Route) else None
+        return Rejected(
+            RejectReason.INTERNAL_ERROR,
+            f"{stage} raised {type(exc).__name__}",
+            topic,
+            payload,
+            received_ns,
+            route,
+        )
 
     def decode(self, topic: str, payload: bytes, received_ns: int) -> Reading | Rejected:
         """Validate one message; the received time stands in for a missing device time.
@@ -150,6 +212,16 @@ class Decoder:
         except ValidationError as exc:
             reason, detail = _explain(exc)
             return Rejected(reason, detail, topic, payload, received_ns, route.route)
+        # Duplicate keys: the parser keeps the last one silently. A key takes one colon
+        # outside strings, so as many colons as keys the model got means every key once
+        # (one count in C, ~0.1 µs); anything else is looked at closely (`_duplicate_key`).
+        colons = payload.count(b":")
+        if colons != len(message.__pydantic_fields_set__):
+            duplicate = _duplicate_key(payload, colons, message)
+            if duplicate is not None:
+                return Rejected(
+                    duplicate[0], duplicate[1], topic, payload, received_ns, route.route
+                )
         # The model's own dict: the fields every Envelope has, without attribute lookups.
         carried = message.__dict__
         if not (carried["site"] is carried["kind"] is carried["device"] is None):
@@ -176,7 +248,7 @@ class Decoder:
             return Rejected(
                 refused.reason, refused.detail, topic, payload, received_ns, route.route
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, ArithmeticError) as exc:
             # A kind's mapping refused a field combination (or has a bug): count, keep, go on.
             log.error("mapping %s/%s failed: %s", route.kind_name, route.channel, exc)
             return Rejected(
@@ -248,14 +320,15 @@ class Decoder:
 
     @staticmethod
     def _implausible(ts_ns: int, received_ns: int) -> _Refused:
-        """The refusal for a device time too far ahead of or behind the hub clock."""
+        """The refusal for a device time too far ahead of or behind the hub clock.
+
+        Integer arithmetic only: a JSON integer has no size limit (up to ~4300 digits get
+        through the parser), and true division or float formatting of one overflows."""
+        seconds = abs(ts_ns - received_ns) // _NS_PER_S
+        amount = f"{seconds} s" if seconds < _MAX_SHOWN_S else "more than 10^12 s"
         if ts_ns > received_ns:
-            ahead = (ts_ns - received_ns) / _NS_PER_S
-            return _Refused(
-                RejectReason.TIMESTAMP_FUTURE, f"ts is {ahead:.0f} s ahead of the hub clock"
-            )
-        behind = (received_ns - ts_ns) / _NS_PER_S
-        return _Refused(RejectReason.TIMESTAMP_PAST, f"ts is {behind:.0f} s behind the hub clock")
+            return _Refused(RejectReason.TIMESTAMP_FUTURE, f"ts is {amount} ahead of the hub clock")
+        return _Refused(RejectReason.TIMESTAMP_PAST, f"ts is {amount} behind the hub clock")
 
     def _decode_status(
         self, topic: str, payload: bytes, received_ns: int, route: _Route
@@ -273,6 +346,16 @@ class Decoder:
             except ValidationError as exc:
                 reason, detail = _explain(exc)
                 return Rejected(reason, detail, topic, payload, received_ns, route.route)
+            colons = payload.count(b":")
+            duplicate = (
+                _duplicate_key(payload, colons, message)
+                if colons != len(message.__pydantic_fields_set__)
+                else None
+            )
+            if duplicate is not None:
+                return Rejected(
+                    duplicate[0], duplicate[1], topic, payload, received_ns, route.route
+                )
             mismatch = _identity_mismatch(message, site, kind, device)
             if mismatch:
                 return Rejected(
@@ -315,10 +398,66 @@ def _rfc3339_ns(text: str) -> int:
     try:
         # Integer arithmetic: float seconds would lose microseconds at today's epoch.
         delta = datetime.fromisoformat(head + rest) - _EPOCH
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise _Refused(RejectReason.INVALID_PAYLOAD, f"ts: {exc}") from exc
     seconds = delta.days * 86400 + delta.seconds
     return seconds * _NS_PER_S + int(fraction.ljust(9, "0")) if fraction else seconds * _NS_PER_S
+
+
+def _duplicate_key(
+    payload: bytes, colons: int, message: Envelope
+) -> tuple[RejectReason, str] | None:
+    """Why a valid payload names a key of its model twice, or None (the parser kept the
+    last one silently; another parser, a gateway or a broker plugin, may keep the first).
+
+    Keys the model ignores may repeat, as they may be anything. The caller has counted
+    `colons`: as many as the model's keys means every key once and no other. Else, when
+    nothing is escaped (every key is written as is): colons that are the RFC 3339 time's
+    own, or each model key written once (`"name"` once in the bytes; ~0.1 µs a key). Else
+    a strict parse of the top-level keys decides (numbers skipped: no huge conversions)."""
+    fields_set = message.__pydantic_fields_set__
+    if payload.find(b"\\") < 0:  # cheaper than `in`
+        ts = message.__dict__["ts"]
+        if type(ts) is str and colons - ts.count(":") == len(fields_set):
+            return None
+        for name in fields_set:
+            quoted = _QUOTED_KEYS.get(name)
+            if quoted is None:
+                quoted = _QUOTED_KEYS[name] = f'"{name}"'.encode()
+            if payload.count(quoted) != 1:
+                break
+        else:
+            return None
+    try:
+        top = json.loads(
+            payload,
+            object_pairs_hook=_pairs,
+            parse_int=_skip,
+            parse_float=_skip,
+            parse_constant=_skip,
+        )
+    except (ValueError, RecursionError) as exc:  # the model's parser took it: unlikely
+        return RejectReason.BAD_JSON, f"not strict JSON: {type(exc).__name__}"
+    seen: set[str] = set()
+    for key, _ in top:
+        if key in fields_set:
+            if key in seen:
+                return RejectReason.DUPLICATE_KEY, f"key {key!r} appears more than once"
+            seen.add(key)
+    return None
+
+
+_QUOTED_KEYS: Final[dict[str, bytes]] = {}
+"""Model field names as they appear in JSON, `"name"` (bounded: the models' fields)."""
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """`object_pairs_hook`: every object as its list of pairs, duplicates kept."""
+    return pairs
+
+
+def _skip(_text: str) -> None:
+    return None
 
 
 class _Refused(Exception):

@@ -10,6 +10,7 @@ that the data is bad: they are retried too, loudly, so fixing the config loses n
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -210,3 +211,34 @@ class InfluxV2Writer:
 
 def _error_text(body: str) -> str:
     return " ".join(body.split())[:500]
+
+
+class WatchedWriter:
+    """The spool writer's InfluxDB writer, noting since when writes have been failing
+    (for `/readyz`); refused lines are InfluxDB working, not failing."""
+
+    def __init__(self, inner: InfluxWriter) -> None:
+        self.inner = inner
+        self.failing_since: float | None = None
+
+    def failing_s(self) -> float:
+        since = self.failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def write(self, payload: bytes) -> None:
+        try:
+            await self.inner.write(payload)
+        except WriteError as exc:
+            if exc.failure is not Failure.REJECTED:
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+            else:
+                self.failing_since = None
+            raise
+        self.failing_since = None
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

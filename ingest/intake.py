@@ -6,6 +6,11 @@ next one fills, then its packet ids are acked. So a QoS 1 message is acknowledge
 when it is durable, and the broker's Receive Maximum caps what sits unacked in memory.
 When the spool is full (InfluxDB down too long) the intake stops persisting and thus
 stops acking: the broker keeps the backlog for our persistent session.
+
+No message may stop the hub: whatever raises while one message is handled (decode, line
+protocol, an observer) is caught at the message boundary, and the message is
+dead-lettered as `internal_error` (with the exception type), counted and acked like any
+rejection. A message that raised once is therefore never redelivered (no poison loop).
 """
 
 from __future__ import annotations
@@ -79,11 +84,17 @@ class Intake:
         self._encoder = LineEncoder()
         self._observe = observe
         """Gets every decoded reading and rejection (the rules engine's queue)."""
+        self._internal_errors: dict[tuple[str, str], int] = {}
 
     # -- called by the MQTT client for every PUBLISH --------------------------------
     def on_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
     ) -> None:
+        """Decode one message into the batch being filled; never raises for a message.
+
+        Each step that runs code of other modules is its own message boundary: a `try`
+        costs nothing until something raises (CPython 3.11+), so the hot path is as it
+        was. The steps are inline, not helpers: a call costs per message."""
         now_ns = time.time_ns()
         stats = self._stats
         if not stats.received:
@@ -100,21 +111,34 @@ class Intake:
             batch.first_ns = now_ns
             self._wake.set()  # start the linger clock
         batch.size += 1
-        result = self._decoder.decode(topic, payload, now_ns)
+        try:
+            result = self._decoder.decode(topic, payload, now_ns)
+        except Exception as exc:  # noqa: BLE001 (the message boundary)
+            result = self._internal_error(topic, payload, now_ns, exc, "decode")
+        line = None
+        if not isinstance(result, Rejected):
+            try:
+                line = self._encoder.encode(result)
+            except LineProtocolError as exc:
+                route = Route(result.site, result.kind, result.device, result.channel)
+                result = Rejected(
+                    RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns, route
+                )
+            except Exception as exc:  # noqa: BLE001 (the message boundary)
+                result = self._internal_error(topic, payload, now_ns, exc, "line protocol")
         if self._observe is not None:
-            self._observe(result)
-        if isinstance(result, Rejected):
+            try:
+                self._observe(result)
+            except Exception as exc:  # noqa: BLE001 (the message boundary)
+                # Not stored either: the dead letter keeps it for a replay once fixed.
+                result = self._internal_error(topic, payload, now_ns, exc, "observe")
+                line = None
+        if line is None:
+            assert isinstance(result, Rejected)  # no line: decode or encoding refused it
             batch.rejects.append(result)
             stats.rejected[result.reason.value] += 1
         else:
-            try:
-                batch.lines.append(self._encoder.encode(result))
-            except LineProtocolError as exc:
-                route = Route(result.site, result.kind, result.device, result.channel)
-                batch.rejects.append(
-                    Rejected(RejectReason.INVALID_PAYLOAD, str(exc), topic, payload, now_ns, route)
-                )
-                stats.rejected[RejectReason.INVALID_PAYLOAD.value] += 1
+            batch.lines.append(line)
         if qos:
             batch.packet_ids.append(packet_id)
         self._waiting_messages += 1
@@ -124,6 +148,76 @@ class Intake:
             # Only QoS 0 floods or MQTT 3.1.1 without Receive Maximum get here.
             self._reading_paused = True
             self._set_reading(False)
+
+    def on_reserved(
+        self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int
+    ) -> None:
+        """A message under the hubs' `<prefix>/_hub/`: a hub's presence flag is dropped
+        (acked now: nothing to persist); anything else is a `reserved_topic` rejection,
+        dead-lettered, counted and acked like any other. Never raises for a message."""
+        now_ns = time.time_ns()
+        try:
+            result = self._decoder.decode_reserved(topic, payload, now_ns)
+        except Exception as exc:  # noqa: BLE001 (the boundary)
+            result = self._internal_error(topic, payload, now_ns, exc, "reserved topic")
+        if result is None:
+            self._ack(self._generation(), [packet_id] if qos else [])
+            return
+        self.reject(result, qos, packet_id)
+
+    def reject(self, rejected: Rejected, qos: int, packet_id: int) -> None:
+        """Dead-letter, count and (after the fsync) ack one message refused before decode."""
+        self._stats.received += 1
+        batch = self._batch_for(rejected.received_ns)
+        batch.rejects.append(rejected)
+        self._stats.rejected[rejected.reason.value] += 1
+        self._admit(batch, qos, packet_id)
+
+    def _batch_for(self, now_ns: int) -> _Batch:
+        """The batch a message received now joins (a new connection seals the old one)."""
+        generation = self._generation()
+        batch = self._batch
+        if batch.size and batch.generation != generation:
+            self._seal()
+            batch = self._batch
+        if not batch.size:
+            batch.generation = generation
+            batch.first_ns = now_ns
+            self._wake.set()  # start the linger clock
+        batch.size += 1
+        return batch
+
+    def _admit(self, batch: _Batch, qos: int, packet_id: int) -> None:
+        """The message is in the batch: ack it with the batch, seal a full one, and stop
+        reading above the high-water mark."""
+        if qos:
+            batch.packet_ids.append(packet_id)
+        self._waiting_messages += 1
+        if batch.size >= self._batch_max:
+            self._seal()
+        if self._waiting_messages >= self._high_water and not self._reading_paused:
+            # Only QoS 0 floods or MQTT 3.1.1 without Receive Maximum get here.
+            self._reading_paused = True
+            self._set_reading(False)
+
+    def _internal_error(
+        self, topic: str, payload: bytes, now_ns: int, exc: Exception, stage: str
+    ) -> Rejected:
+        """The rejection for a message whose handling raised; logged (with the traceback
+        the first times per exception type and stage, then every 1000th: a flood of
+        poison must not flood the log)."""
+        key = (type(exc).__name__, stage)
+        seen = self._internal_errors[key] = self._internal_errors.get(key, 0) + 1
+        if seen <= 3 or seen % 1000 == 0:
+            log.error(
+                "message on %r: %s raised %s (%d so far): dead-lettered as internal_error",
+                topic[:200],
+                stage,
+                key[0],
+                seen,
+                exc_info=exc if seen <= 3 else None,
+            )
+        return self._decoder.internal_error(topic, payload, now_ns, exc, stage)
 
     def add_point(self, line: bytes) -> None:
         """Spool a hub-generated point (hub_stats) through the same durable path."""

@@ -5,6 +5,13 @@ header is line 1; a quoted field spanning lines counts from where the record sta
 a YAML row is the line where the list item starts. Parsing collects every bad row; the
 store then checks references (against the database *and* the rest of the file) inside
 the one transaction that writes everything, so a file with one bad row changes nothing.
+
+Hostile files are refused before they cost much: a file over `MAX_BYTES` is refused
+unread, a CSV stops at `MAX_ROWS` records (a YAML file is counted before any row is
+validated), YAML aliases are bounded by `sensors.yaml_doc.compose`, and CSV cells that a
+spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or CR first) are refused
+with their row and column unless they are numbers (`-3.5`), so what the registry
+stores and serves (the map layers, exports) never carries a formula.
 """
 
 from __future__ import annotations
@@ -55,7 +62,40 @@ _SECTIONS: Final[Mapping[str, type[BaseModel]]] = {
     "profiles": ProfileSpec,
     "devices": DeviceSpec,
 }
-MAX_ROWS: Final = 100_000
+MAX_ROWS: Final = 50_000
+"""Records one import file may hold (a site of 5,000 devices is a tenth of it)."""
+MAX_BYTES: Final = 16 * 1024 * 1024
+"""Size of one import file (UTF-8), as the API's body limit."""
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet runs as a formula when a cell starts with it (CSV injection)."""
+
+
+def _too_big(text: str) -> bool:
+    # A character is 1-4 bytes: encode only when the length alone cannot tell.
+    return len(text) > MAX_BYTES or (4 * len(text) > MAX_BYTES and len(text.encode()) > MAX_BYTES)
+
+
+def _size_check(text: str, source: str) -> None:
+    if _too_big(text):
+        raise Invalid(
+            [Problem("file", f"larger than {MAX_BYTES:,} bytes; split it into several files", 1)],
+            source,
+        )
+
+
+def formula_problem(value: str) -> str | None:
+    """Why a text cell is refused (it would run as a spreadsheet formula), else None.
+    A number (`-3.5`, `+4`) is a value, not a formula."""
+    if not value.startswith(FORMULA_STARTS):
+        return None
+    try:
+        float(value)
+    except ValueError:
+        return (
+            f"starts with {value[0]!r}: a spreadsheet would run it as a formula "
+            "(remove the leading character)"
+        )
+    return None
 
 
 def parse(text: str, fmt: Format, source: str = "import") -> tuple[Bundle, RowLines]:
@@ -76,6 +116,7 @@ def import_text(
 
 def parse_csv(text: str, source: str = "import.csv") -> tuple[Bundle, RowLines]:
     """Devices, one per record, columns named by the header (order free)."""
+    _size_check(text, source)
     reader = csv.DictReader(io.StringIO(text, newline=""), restkey="__extra__")
     header = reader.fieldnames or []
     problems: list[Problem] = []
@@ -92,9 +133,11 @@ def parse_csv(text: str, source: str = "import.csv") -> tuple[Bundle, RowLines]:
     specs: list[DeviceSpec] = []
     rows: dict[tuple[str, int], int] = {}
     line = reader.line_num + 1
-    for record in reader:
-        if len(specs) + len(problems) >= MAX_ROWS:
-            problems.append(Problem("file", f"more than {MAX_ROWS} rows", line))
+    for count, record in enumerate(reader):
+        if count >= MAX_ROWS:
+            problems.append(
+                Problem("file", f"more than {MAX_ROWS:,} rows; split it into several files", line)
+            )
             break
         if "__extra__" in record:
             problems.append(Problem("row", "more fields than header columns", line))
@@ -116,6 +159,16 @@ def _csv_device(
         value = (record.get(name) or "").strip()
         return value or None
 
+    bad = False
+    for name in CSV_COLUMNS:
+        raw = record.get(name)
+        # the raw cell (a leading tab) and the stored one (`  =1+1` is stored stripped)
+        why = (formula_problem(raw) or formula_problem(raw.strip())) if raw else None
+        if why is not None:
+            problems.append(Problem(name, why, line))
+            bad = True
+    if bad:
+        return None
     raw_attrs = cell("attributes")
     attributes: object = {}
     if raw_attrs is not None:
@@ -123,6 +176,15 @@ def _csv_device(
             attributes = json.loads(raw_attrs)
         except json.JSONDecodeError as exc:
             problems.append(Problem("attributes", f"not JSON: {exc.msg}", line))
+            return None
+        if isinstance(attributes, dict):
+            for key, value in attributes.items():
+                why = formula_problem(value) if isinstance(value, str) else None
+                why = why or formula_problem(str(key))
+                if why is not None:
+                    problems.append(Problem(f"attributes.{key}", why, line))
+                    bad = True
+        if bad:
             return None
     data: dict[str, Any] = {
         "id": cell("id"),
@@ -152,6 +214,7 @@ def _csv_device(
 
 def parse_yaml(text: str, source: str = "import.yaml") -> tuple[Bundle, RowLines]:
     """A mapping with any of `sites, workers, cells, profiles, devices` (lists)."""
+    _size_check(text, source)
     root, data, found = compose(text)
     problems = [Problem(p.path or "file", p.message, p.line) for p in found]
     if problems:
@@ -171,6 +234,12 @@ def parse_yaml(text: str, source: str = "import.yaml") -> tuple[Bundle, RowLines
             problems.append(
                 Problem(str(key), f"unknown section; known: {', '.join(_SECTIONS)}", line)
             )
+    total = sum(len(v) for k, v in data.items() if k in _SECTIONS and isinstance(v, list))
+    if total > MAX_ROWS:
+        raise Invalid(
+            [Problem("file", f"{total:,} records, more than {MAX_ROWS:,}; split the file", 1)],
+            source,
+        )
     parsed: dict[str, list[BaseModel]] = {}
     rows: dict[tuple[str, int], int] = {}
     for section, model in _SECTIONS.items():

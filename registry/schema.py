@@ -7,10 +7,13 @@ body the API accepts and the other way round.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,6 +25,7 @@ from pydantic import (
 from registry.model import AttributeValue
 from sensors.base import Identifier
 from sites.geometry import polygon_problem
+from sites.model import MAX_ZONE_NAME, known_zone
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
@@ -36,11 +40,7 @@ Attributes = Annotated[dict[AttributeKey, AttributeValue], Field(max_length=64)]
 
 def _known_zone(value: str) -> str:
     """Refuse a zone the tz database lacks: every schedule would be silently wrong."""
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown IANA time zone {value!r}") from exc
-    return value
+    return known_zone(value)
 
 
 class _Spec(BaseModel):
@@ -68,7 +68,7 @@ class ScheduleRuleSpec(_Spec):
 class SiteSpec(_Spec):
     id: Identifier
     name: Name
-    timezone: str = Field(examples=["Asia/Shanghai"])
+    timezone: str = Field(max_length=MAX_ZONE_NAME, examples=["Asia/Shanghai"])
     description: Text | None = None
     schedules: dict[Identifier, list[ScheduleRuleSpec]] = Field(default_factory=dict)
 
@@ -80,7 +80,7 @@ class SiteSpec(_Spec):
 
 class SitePatch(_Spec):
     name: Name | None = None
-    timezone: str | None = None
+    timezone: str | None = Field(default=None, max_length=MAX_ZONE_NAME)
     description: Text | None = None
     schedules: dict[Identifier, list[ScheduleRuleSpec]] | None = None
 
@@ -144,7 +144,70 @@ class CellPatch(_Spec):
 
 
 ThresholdKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Thresholds = Annotated[dict[ThresholdKey, float], Field(max_length=128)]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The values a threshold parameter may take (inclusive unless `low_open`)."""
+
+    low: float
+    high: float
+    integer: bool = False
+    low_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if self.integer and value != int(value):
+            return "must be a whole number"
+        if (value <= self.low if self.low_open else value < self.low) or value > self.high:
+            low = "above" if self.low_open else "at least"
+            return f"must be {low} {self.low:.15g} and at most {self.high:.15g}"
+        return None
+
+
+MAX_THRESHOLD_DURATION_S: Final = 30 * 86_400
+_DURATION: Final = Bounds(0, MAX_THRESHOLD_DURATION_S)
+_LIMIT: Final = Bounds(-1e6, 1e6)
+THRESHOLD_BOUNDS: Final[Mapping[str, Bounds]] = {
+    "above": _LIMIT,
+    "below": _LIMIT,
+    "clear_at": _LIMIT,
+    "at_least": Bounds(0, 100_000, integer=True),
+    "at_most": Bounds(0, 100_000, integer=True),
+    "max_missing": Bounds(0, 1_000_000, integer=True),
+    "max_speed_m_s": Bounds(0, 1_000, low_open=True),
+    "min_distance_m": Bounds(0, 20_000_000),
+    "for": _DURATION,
+    "within": _DURATION,
+    "after": _DURATION,
+    "clear_for": _DURATION,
+    "confirm_after": _DURATION,
+}
+"""Per `<rule id>.<parameter>`: what the parameter accepts (durations in seconds, at
+most 30 days). The same table as `rules.overrides.PARAMETER_BOUNDS` (the rules skip a
+value out of it; the registry cannot import the rules, a test keeps the two equal).
+Parameters not listed still must be finite and within the limits' range."""
+_OTHER: Final = _LIMIT
+
+
+def _bounded_thresholds(value: dict[str, float]) -> dict[str, float]:
+    """Refuse non-finite and out-of-range values, naming the key (a bad duration such
+    as 1e308 must never reach the rules)."""
+    problems = []
+    for key, number in value.items():
+        parameter = key.rpartition(".")[2]
+        problem = THRESHOLD_BOUNDS.get(parameter, _OTHER).problem(number)
+        if problem is not None:
+            problems.append(f"{key}: {problem} (got {number!r})")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+Thresholds = Annotated[
+    dict[ThresholdKey, float], Field(max_length=128), AfterValidator(_bounded_thresholds)
+]
 
 
 class ProfileSpec(_Spec):

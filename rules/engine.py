@@ -37,6 +37,18 @@ REJECTED: Final = "rejected"
 """Channel (and measurement) of the pseudo-readings the hub makes of rejected messages,
 so rules can count malformed traffic per device."""
 
+UNKNOWN_SOURCES: Final = "unknown_sources"
+"""Field that marks the pseudo-readings standing for rejected messages under site or
+device names the directory does not know, aggregated per known site (or for the hub):
+channel `rejected` like a device's, but no `reason` field (so rules on a device's
+rejections never see them) and the scope's tally so far instead: `unknown_sources`
+(distinct names), `unknown_total` (messages), `unknown_names` (the most frequent, with
+counts) and `last_reason`."""
+
+HUB_SCOPE: Final = "_hub"
+"""The site of aggregated rejections under unknown sites (never a site id: `_` cannot
+start one)."""
+
 DEFAULT_INSTANT_CLEAR_MS: Final = 5 * 60_000
 """An instant condition with no `clear` returns to normal this long after its last raise."""
 
@@ -54,6 +66,20 @@ def rejected_reading(site: str, kind: str, device: str, reason: str, at_ns: int)
     return Reading(
         REJECTED, site, kind, device, REJECTED, None, at_ns, False, None, {}, {"reason": reason}
     )
+
+
+def unknown_sources_reading(
+    scope: str, reason: str, at_ns: int, *, total: int, sources: int, names: str
+) -> Reading:
+    """A rejection under unknown names as a reading of its scope (a known site, or
+    `HUB_SCOPE`), carrying the scope's tally so the event can list names and counts."""
+    fields: dict[str, FieldValue] = {
+        UNKNOWN_SOURCES: sources,
+        "unknown_total": total,
+        "unknown_names": names,
+        "last_reason": reason,
+    }
+    return Reading(REJECTED, scope, "", "", REJECTED, None, at_ns, False, None, {}, fields)
 
 
 @dataclass

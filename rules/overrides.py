@@ -10,12 +10,19 @@ raises that rule's battery alarm below 25 % instead of 15 %. Only values the rul
 sets can be changed (an override never adds a test the rule does not make), and the
 result is validated like a rule file, so an override cannot build a condition a rule
 file could not.
+
+Every value is checked against `PARAMETER_BOUNDS` first (finite numbers, durations of
+at most 30 days, sensible ranges per parameter): the registry refuses a bad value where
+it enters, and a bad value an older database still holds is skipped here, logged, and
+the rule's own value applies. Nothing here raises on a stored value.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
 
@@ -28,6 +35,63 @@ _CONDITION: TypeAdapter[Condition] = TypeAdapter(Condition)
 
 class OverrideError(ValueError):
     """An override that names nothing in its rule, or makes its condition invalid."""
+
+
+MAX_OVERRIDE_DURATION_S: Final = 30 * 86_400
+"""The longest duration a profile may set (30 days)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The values a parameter may take (inclusive unless `low_open`)."""
+
+    low: float
+    high: float
+    integer: bool = False
+    low_open: bool = False
+
+    def problem(self, value: object) -> str | None:
+        """Why `value` is refused, or None."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{value!r} is not a number"
+        if not math.isfinite(value):
+            return f"{value!r} is not a finite number"
+        if self.integer and value != int(value):
+            return f"{value!r} is not a whole number"
+        below = value <= self.low if self.low_open else value < self.low
+        if below or value > self.high:
+            low = "above" if self.low_open else "at least"
+            return f"{value!r} is out of range ({low} {self.low:.15g}, at most {self.high:.15g})"
+        return None
+
+
+_DURATION_BOUNDS: Final = Bounds(0, MAX_OVERRIDE_DURATION_S)
+_LIMIT_BOUNDS: Final = Bounds(-1e6, 1e6)
+PARAMETER_BOUNDS: Final[Mapping[str, Bounds]] = {
+    "above": _LIMIT_BOUNDS,
+    "below": _LIMIT_BOUNDS,
+    "clear_at": _LIMIT_BOUNDS,
+    "at_least": Bounds(0, 100_000, integer=True),
+    "at_most": Bounds(0, 100_000, integer=True),
+    "max_missing": Bounds(0, 1_000_000, integer=True),
+    "max_speed_m_s": Bounds(0, 1_000, low_open=True),
+    "min_distance_m": Bounds(0, 20_000_000),
+    "for": _DURATION_BOUNDS,
+    "within": _DURATION_BOUNDS,
+    "after": _DURATION_BOUNDS,
+    "clear_for": _DURATION_BOUNDS,
+    "confirm_after": _DURATION_BOUNDS,
+}
+"""What each overridable parameter accepts; durations in seconds. (The registry's
+profile schema mirrors this table: `registry.schema.THRESHOLD_BOUNDS`.)"""
+
+
+def value_problem(parameter: str, value: object) -> str | None:
+    """Why an override value is refused for `parameter`, or None."""
+    bounds = PARAMETER_BOUNDS.get(parameter)
+    if bounds is None:
+        return f"{parameter!r} is not a parameter an override can change"
+    return bounds.problem(value)
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -79,6 +143,8 @@ def override_condition(condition: Condition, params: Mapping[str, float]) -> Con
         raise OverrideError(f"the {condition.type} condition sets no {', '.join(missing)}")
     try:
         return _CONDITION.validate_python(data)
+    except (ArithmeticError, TypeError) as exc:  # belt and braces: never stop the rules
+        raise OverrideError(f"{type(exc).__name__}: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
@@ -92,8 +158,9 @@ def compile_overrides(
 ) -> tuple[dict[tuple[str, str], Logic], list[str]]:
     """The logic of every (rule id, device id) whose device's profile overrides that
     rule, and the problems of overrides left out (unknown rule, nothing to change,
-    invalid result): a bad profile never stops the rules, the hub logs what it skipped.
-    Devices with the same overrides share one compiled logic."""
+    invalid result, a value out of `PARAMETER_BOUNDS`): a bad profile never stops the
+    rules, the hub logs what it skipped and the rule's own value applies. Devices with
+    the same overrides share one compiled logic."""
     by_id = {rule.id: rule for rule in rules}
     variants: dict[tuple[str, str], Logic] = {}
     problems: dict[str, str] = {}
@@ -106,7 +173,10 @@ def compile_overrides(
             except OverrideError as exc:
                 problems.setdefault(key, str(exc))
                 continue
-            per_rule.setdefault(rule_id, {})[parameter] = value
+            if (problem := value_problem(parameter, value)) is not None:
+                problems.setdefault(key, problem)
+                continue
+            per_rule.setdefault(rule_id, {})[parameter] = float(value)
         for rule_id, params in per_rule.items():
             rule = by_id.get(rule_id)
             if rule is None:
@@ -117,13 +187,13 @@ def compile_overrides(
             if token not in shared:
                 try:
                     condition = override_condition(rule.condition, params)
-                except OverrideError as exc:
+                    shared[token] = compile_condition(
+                        condition, directory, rule_clears=rule.clear is not None
+                    )
+                except Exception as exc:  # noqa: BLE001 (a stored value must never stop the rules)
                     shared[token] = None
                     problems.setdefault(f"{rule_id} {sorted(params.items())}", str(exc))
                     continue
-                shared[token] = compile_condition(
-                    condition, directory, rule_clears=rule.clear is not None
-                )
             logic = shared[token]
             if logic is not None:
                 variants[(rule_id, device.id)] = logic

@@ -9,6 +9,7 @@ its dedup `key`, `cooldown` and `message`. Templates use `{name}` placeholders o
 from __future__ import annotations
 
 import functools
+import math
 import re
 import string
 from collections.abc import Sequence
@@ -33,6 +34,9 @@ Scalar = str | int | float | bool
 
 _UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+MAX_DURATION_S: Final = 366 * 86_400
+"""The longest duration a rule may wait (a year): anything longer is a typo, and
+unbounded numbers (`1e308`) cannot become milliseconds."""
 
 
 def parse_duration_ms(value: object) -> int:
@@ -45,8 +49,12 @@ def parse_duration_ms(value: object) -> int:
         seconds = float(m.group(1)) * _UNITS[m.group(2)] / 1000
     else:
         raise ValueError(f"{value!r} is not a duration (write e.g. 30s, 5m, 2h, 1d)")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration of at most {MAX_DURATION_S // 86_400} days")
     return round(seconds * 1000)
 
 
@@ -54,7 +62,9 @@ DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class Match(_Strict):
@@ -252,6 +262,7 @@ Condition = Annotated[
     | GapCondition,
     Field(discriminator="type"),
 ]
+
 
 class Scope(_Strict):
     """Where a rule applies; empty lists mean everywhere."""

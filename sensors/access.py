@@ -5,6 +5,9 @@ door (granted, denied, opened, closed, forced, held open, tamper). `door_open` m
 `Door` column (0 closed, 1 open) of the Room-Climate datasets in
 shared/data/doors/ (Morgner et al. 2017), which record real door-open episodes.
 
+Physical bounds: `battery` 0 … 100 % (the only measured number; a value outside is
+refused, `invalid_payload` naming the field).
+
 Card numbers arrive in clear from readers and leave this module only as a keyed hash
 (`credential_hash`): linkable across doors, never stored in clear.
 """

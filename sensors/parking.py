@@ -7,6 +7,11 @@ Present/Unoccupied → `occupied`, lat, lon). A lot counter reports `capacity` +
 (SystemCodeNumber → `lot`, Capacity, Occupancy, LastUpdated → `ts`). Counters drift:
 the dataset has negative and over-capacity occupancy; both are stored so rules flag them.
 
+Physical bounds (a value outside is refused, `invalid_payload` naming the field):
+`capacity` 0 … 100 000 vehicles (the largest car parks hold ~20 000), `occupancy`
+-100 000 … 100 000 (drifted counters stay far inside), `lat` -90 … 90, `lon`
+-180 … 180. They also keep every value storable (InfluxDB integers are int64).
+
 Licence plates (from camera-equipped bays) leave this module only as a keyed hash.
 """
 
@@ -32,9 +37,10 @@ from sensors.base import (
 
 NAME: Final = "parking"
 
-# InfluxDB integers are int64; a bigger JSON integer would fail the write, not the decode.
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+# Physical bounds (module docstring); a drifting counter may go below zero or above capacity.
+MAX_VEHICLES: Final = 100_000
+Capacity = Annotated[int, Field(ge=0, le=MAX_VEHICLES)]
+Occupancy = Annotated[int, Field(ge=-MAX_VEHICLES, le=MAX_VEHICLES)]
 # Car-park names as operators write them ("NIA North" in the Birmingham data): an
 # Identifier plus inner spaces. Bounded per counter, so fine as a tag.
 LotName = Annotated[
@@ -84,8 +90,8 @@ class ParkingTelemetry(_ParkingPayload):
     """Either one bay's state (bay sensor) or a whole lot's count (lot counter)."""
 
     occupied: bool | None = None
-    capacity: Count | None = None
-    occupancy: Int64 | None = None
+    capacity: Capacity | None = None
+    occupancy: Occupancy | None = None
     """Vehicles counted in; may be negative or above capacity when the counter drifts."""
     lot: LotName | None = None
     lat: Latitude | None = None

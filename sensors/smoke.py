@@ -7,6 +7,26 @@ eCO2[ppm] → `eco2`, Raw H2 → `raw_h2`, Raw Ethanol → `raw_ethanol`, Pressu
 `pressure`, PM1.0/PM2.5 → `pm1_0`/`pm2_5`, NC0.5/NC1.0/NC2.5 → `nc0_5`/`nc1_0`/`nc2_5`,
 CNT → `seq`, Fire Alarm → `alarm`. Classic detectors add obscuration, CO, battery and
 their fault and self-test flags. Events are the detector's own alarm/fault transitions.
+
+Physical bounds: every measured value has a range, generous enough for a detector that
+sees a fire and tight enough that a broken or hostile device cannot store 2**64 °C. A
+value outside is refused (`invalid_payload`, the detail names the field):
+
+| field | range | why |
+|---|---|---|
+| temperature | -100 … 1000 °C | below any inhabited place; a fire's hot gases reach 100s of °C |
+| humidity | 0 … 100 % | relative humidity |
+| battery | 0 … 100 % | charge |
+| obscuration | 0 … 100 %/m | the whole beam |
+| co, eco2 | 0 … 1 000 000 ppm | a concentration cannot exceed 10^6 ppm |
+| tvoc | 0 … 1 000 000 000 ppb | a concentration cannot exceed 10^9 ppb |
+| pressure | 0 … 2000 hPa | twice sea level; the record high is ~1084 hPa |
+| pm1_0, pm2_5 | 0 … 1 000 000 µg/m³ | 1 g/m³, far beyond what optical sensors read |
+| nc0_5, nc1_0, nc2_5 | 0 … 100 000 000 #/cm³ | 10^8 per cm³, far beyond particle counters |
+| raw_h2, raw_ethanol | 0 … 2^32 - 1 | raw counts of a converter of up to 32 bits |
+
+The maxima of the dataset extract in shared/data/smoke (TVOC 1015 ppb, eCO2 993 ppm,
+PM2.5 28.5 µg/m³, NC0.5 189 #/cm³, raw ethanol 20 438, -9.3 … 27.1 °C) lie far inside.
 """
 
 from __future__ import annotations
@@ -30,9 +50,14 @@ from sensors.base import (
 
 NAME: Final = "smoke"
 
-# InfluxDB integers are int64; a bigger JSON integer would fail the write, not the decode.
-RawCount = Annotated[int, Field(ge=0, le=2**63 - 1)]
-NonNegative = Annotated[float, Field(ge=0)]
+# Physical bounds (module docstring). They also keep every value storable: InfluxDB
+# integers are int64, and a float must be finite.
+RawCount = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Ppm = Annotated[float, Field(ge=0, le=1_000_000)]
+Ppb = Annotated[float, Field(ge=0, le=1_000_000_000)]
+MassConcentration = Annotated[float, Field(ge=0, le=1_000_000)]  # µg/m³
+NumberConcentration = Annotated[float, Field(ge=0, le=100_000_000)]  # #/cm³
 
 SmokeEventType = Literal[
     "alarm", "alarm_cleared", "fault", "fault_cleared", "test", "tamper", "low_battery"
@@ -42,22 +67,22 @@ SmokeEventType = Literal[
 class SmokeTelemetry(Envelope):
     """Measured values; every one optional, but at least one must be present."""
 
-    obscuration: NonNegative | None = Field(default=None, le=100)
-    temperature: float | None = Field(default=None, ge=-273.15)
-    co: NonNegative | None = None
-    battery: float | None = Field(default=None, ge=0, le=100)
+    obscuration: Percent | None = None
+    temperature: float | None = Field(default=None, ge=-100, le=1000)
+    co: Ppm | None = None
+    battery: Percent | None = None
     alarm: bool | None = None
     fault: bool | None = None
     test: bool | None = None
-    tvoc: NonNegative | None = None
-    eco2: NonNegative | None = None
-    humidity: float | None = Field(default=None, ge=0, le=100)
-    pressure: NonNegative | None = None
-    pm1_0: NonNegative | None = None
-    pm2_5: NonNegative | None = None
-    nc0_5: NonNegative | None = None
-    nc1_0: NonNegative | None = None
-    nc2_5: NonNegative | None = None
+    tvoc: Ppb | None = None
+    eco2: Ppm | None = None
+    humidity: Percent | None = None
+    pressure: float | None = Field(default=None, ge=0, le=2000)
+    pm1_0: MassConcentration | None = None
+    pm2_5: MassConcentration | None = None
+    nc0_5: NumberConcentration | None = None
+    nc1_0: NumberConcentration | None = None
+    nc2_5: NumberConcentration | None = None
     raw_h2: RawCount | None = None
     raw_ethanol: RawCount | None = None
 

@@ -45,6 +45,7 @@ __all__ = [
     "events_filter",
     "events_root",
     "events_topic",
+    "hub_presence_client",
     "hub_presence_filter",
     "hub_presence_head",
     "hub_presence_topic",
@@ -208,6 +209,16 @@ def hub_presence_head(prefix: str) -> str:
 def is_hub_presence(prefix: str, topic: str) -> bool:
     """Whether a topic is a hub's presence flag, not device data."""
     return topic.startswith(hub_presence_head(prefix))
+
+
+def hub_presence_client(prefix: str, topic: str) -> str | None:
+    """The client id of `<prefix>/_hub/<client id>/status`, or None when the topic is
+    anything else (other levels under `_hub` are reserved, and no hub publishes there)."""
+    head = hub_presence_head(prefix)
+    if not topic.startswith(head):
+        return None
+    client_id, sep, channel = topic[len(head) :].partition("/")
+    return client_id if sep and channel == STATUS and is_topic_level(client_id) else None
 
 
 # --------------------------------------------------------------------------- events

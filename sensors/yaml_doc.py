@@ -3,6 +3,14 @@
 Site files and rule files are written by people: an error must say where. The YAML is
 composed to a node tree first (which keeps line marks), then validated; each pydantic
 error loc is walked back down the tree to the line it came from.
+
+Aliases are bounded: a composed tree shares an anchored node wherever it is aliased, but
+everything after composing (the duplicate-key walk, pydantic, the records built) sees it
+expanded, so a few hundred bytes of nested aliases ("billion laughs") would cost
+millions of nodes. `compose` measures the expansion on the shared tree (each distinct
+node once) and refuses a document with more than `MAX_ALIASES` alias references, aliases
+that add more than `MAX_EXPANDED_NODES` nodes, or a recursive alias, before anything
+walks it. A large document without aliases is not refused here: it costs only its size.
 """
 
 from __future__ import annotations
@@ -17,6 +25,11 @@ Loc = tuple[str | int, ...]
 
 SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SafeDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+MAX_ALIASES: Final = 1_000
+"""Alias references (`*name`) a document may hold."""
+MAX_EXPANDED_NODES: Final = 100_000
+"""Nodes that expanding the aliases may add to a document's own nodes."""
 
 # Discriminator keys of tagged unions: pydantic puts the tag value into the loc.
 _TAG_KEYS: Final = ("kind", "type")
@@ -114,6 +127,66 @@ def error_message(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def expansion_problem(
+    root: yaml.Node | None,
+    *,
+    max_aliases: int = MAX_ALIASES,
+    max_nodes: int = MAX_EXPANDED_NODES,
+) -> Problem | None:
+    """Why the tree is too big once its aliases are expanded (or recursive), else None.
+
+    One pass over the distinct nodes (each shared node's expanded size computed once):
+    linear in the composed tree, whatever the expansion would be. A node reached again
+    is an alias reference; the line named is the node (mapping or list) holding the
+    reference, or the node whose expansion goes over the bound.
+    """
+    if root is None:
+        return None
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    aliases = 0
+    # Iterative depth-first walk in document order (no recursion limit on deep
+    # documents): an anchor is always done before an alias of it is reached, unless
+    # the alias lies inside it (recursive).
+    stack: list[tuple[yaml.Node, yaml.Node | None, bool]] = [(root, None, False)]
+    while stack:
+        node, parent, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            total = 1 + sum(size[id(c)] for c in _children(node))
+            size[key] = total
+            # Nodes done so far are distinct, and include all of this one's: beyond them,
+            # its expansion is what aliases add.
+            if total - len(size) > max_nodes:
+                return Problem(
+                    "",
+                    node.start_mark.line + 1,
+                    f"aliases expand to more than {max_nodes:,} nodes (refused)",
+                )
+            continue
+        where = (parent or node).start_mark.line + 1
+        if key in on_path:
+            return Problem("", where, "recursive alias (refused)")
+        if key in size:
+            aliases += 1
+            if aliases > max_aliases:
+                return Problem("", where, f"more than {max_aliases:,} alias references (refused)")
+            continue
+        on_path.add(key)
+        stack.append((node, parent, True))
+        stack.extend((child, node, False) for child in reversed(_children(node)))
+    return None
+
+
 def compose(text: str) -> tuple[yaml.Node | None, object, list[Problem]]:
     """The node tree (for lines), the plain data, and duplicate-key problems.
 
@@ -123,6 +196,9 @@ def compose(text: str) -> tuple[yaml.Node | None, object, list[Problem]]:
     loader = SafeLoader(text)
     try:
         root = loader.get_single_node()
+        too_big = expansion_problem(root)
+        if too_big is not None:
+            return None, None, [too_big]
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

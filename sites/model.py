@@ -215,6 +215,28 @@ def _minutes(clock: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+MAX_ZONE_NAME: Final = 64
+"""No IANA zone name is longer (the longest is about 30 characters)."""
+
+
+def known_zone(value: str) -> str:
+    """`value` when it names a zone of the tz database; ValueError (with a message for
+    people) otherwise. Every schedule would be silently wrong in a wrong zone.
+
+    `ZoneInfo` raises more than ValueError for names that are not zones: a folder of
+    the database (`America`) raises IsADirectoryError, a name too long for the file
+    system OSError, a missing one ZoneInfoNotFoundError (a KeyError): all are refused."""
+    if len(value) > MAX_ZONE_NAME:
+        raise ValueError(
+            f"a time zone name is at most {MAX_ZONE_NAME} characters (e.g. Asia/Shanghai)"
+        )
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(f"unknown IANA time zone {value!r}") from exc
+    return value
+
+
 class ScheduleRule(_Strict):
     """Open from `open` (inclusive) to `close` (exclusive) on the given days.
 
@@ -316,12 +338,7 @@ class Site(_Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        """Refuse a zone the tz database lacks: every schedule would be silently wrong."""
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
+        return known_zone(value)
 
     @model_validator(mode="after")
     def _references(self) -> Site:

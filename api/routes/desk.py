@@ -25,7 +25,7 @@ from api.event_actions import act, event_detail, query_events, shelve_until_ms
 from api.problems import ApiError, Forbidden, to_api_error
 from api.roles import SESSION_COOKIE, Principal, check_password_login, issue_token, requires
 from api.roles import public as public_marker
-from api.schemas.events import EVENT_ID_PATTERN, ActionIn, ShelveFor
+from api.schemas.events import EVENT_ID_PATTERN, MAX_SHELVE_S, ActionIn, ShelveFor
 from events.model import Action, ForbiddenTransition, SecurityEvent, State
 from events.store import EventFilter, StaleEvent, UnknownEvent
 
@@ -220,7 +220,7 @@ def event_action(
     csrf: Annotated[str, Form(max_length=64)],
     note: Annotated[str, Form(max_length=2000)] = "",
     assignee: Annotated[str, Form(max_length=128)] = "",
-    for_s: Annotated[int, Form(ge=1, le=30 * 86400)] = 3600,
+    for_s: Annotated[int, Form(ge=1, le=MAX_SHELVE_S)] = 3600,
     expected_version: Annotated[int, Form(ge=0)] = 0,
     back: Annotated[str, Form(max_length=512)] = "",
 ) -> Response:

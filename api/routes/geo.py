@@ -6,6 +6,11 @@ header, so besides a bearer token or `X-API-Key` both routes accept the API key 
 only; it can do nothing but read the event desk and the registry); rotate it by revoking
 it. The routes still declare their roles (operator, integrator; admin passes).
 
+Both layers are paged so a response stays bounded: `limit` (default 5000, at most
+10,000) features from `offset`, ordered by id, with the foreign members `total`, `limit`,
+`offset` and `truncated` (more follow). Geomap asks without them and gets a whole
+ordinary site.
+
 A device's `state` comes from the event store's active events (not closed, condition
 still raised, not shelved or suppressed) that name it: `alarm` for any security event,
 else `offline` (device_offline), else `low_battery`, else `ok`.
@@ -14,9 +19,10 @@ else `offline` (device_offline), else `low_battery`, else `ok`.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Final, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from accounts.roles import Role
@@ -25,8 +31,8 @@ from api.problems import Unavailable, problem_responses
 from api.roles import Principal, requires
 from events.model import SecurityEvent, State
 from events.store import EventFilter, EventStore
-from registry.model import Device
-from registry.store import RegistryStore
+from registry.model import Cell, Device, Page
+from registry.store import MAX_PAGE, RegistryStore
 
 GEOJSON: Final = "application/geo+json"
 IDENT: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -35,9 +41,19 @@ BATTERY_INCIDENTS: Final = frozenset({"low_battery"})
 ACTIVE_STATES: Final = (State.ACTIVE_UNACKNOWLEDGED, State.ACTIVE_ACKNOWLEDGED)
 EVENTS_PAGE: Final = 1000
 
+T = TypeVar("T")
 DeviceState = Literal["ok", "alarm", "offline", "low_battery"]
 SiteId = Annotated[str, Path(pattern=IDENT, description="The site's id")]
 MapReader = Annotated[Principal, Depends(requires(Role.operator, Role.integrator, query_key=True))]
+
+LAYER_LIMIT: Final = 5000
+"""Features per response by default: a whole layer for any ordinary site."""
+LAYER_MAX: Final = 10_000
+Limit = Annotated[
+    int,
+    Query(ge=1, le=LAYER_MAX, description="Features in this response (the layer is paged)"),
+]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Features to skip")]
 
 router = APIRouter(prefix="/api/v1/sites", tags=["map"])
 
@@ -52,6 +68,13 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
                     "properties": {
                         "type": {"type": "string", "enum": ["FeatureCollection"]},
                         "features": {"type": "array", "items": {"type": "object"}},
+                        "total": {"type": "integer", "description": "Features in the layer"},
+                        "limit": {"type": "integer"},
+                        "offset": {"type": "integer"},
+                        "truncated": {
+                            "type": "boolean",
+                            "description": "More features follow (page with offset)",
+                        },
                     },
                 }
             }
@@ -68,8 +91,32 @@ def _registry(request: Request) -> RegistryStore:
     return store
 
 
-def _collection(features: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse({"type": "FeatureCollection", "features": features}, media_type=GEOJSON)
+def _collection(
+    features: list[dict[str, Any]], *, total: int, limit: int, offset: int
+) -> JSONResponse:
+    """A FeatureCollection with the paging as foreign members (RFC 7946 §6.1)."""
+    body = {
+        "type": "FeatureCollection",
+        "features": features,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "truncated": offset + len(features) < total,
+    }
+    return JSONResponse(body, media_type=GEOJSON)
+
+
+def _window(fetch: Callable[[int, int], Page[T]], limit: int, offset: int) -> tuple[list[T], int]:
+    """`limit` records from `offset`, in the registry's pages; and how many there are."""
+    found: list[T] = []
+    total = 0
+    while len(found) < limit:
+        page = fetch(min(MAX_PAGE, limit - len(found)), offset + len(found))
+        found += page.items
+        total = page.total
+        if len(page.items) == 0 or offset + len(found) >= total:
+            break
+    return found, total
 
 
 @router.get(
@@ -78,10 +125,20 @@ def _collection(features: list[dict[str, Any]]) -> JSONResponse:
     responses=_RESPONSES,
     summary="The site's grid cells as Polygon features (id, name, worker)",
 )
-async def cells_geojson(request: Request, _: MapReader, site_id: SiteId) -> JSONResponse:
+async def cells_geojson(
+    request: Request,
+    _: MapReader,
+    site_id: SiteId,
+    limit: Limit = LAYER_LIMIT,
+    offset: Offset = 0,
+) -> JSONResponse:
     store = _registry(request)
     await asyncio.to_thread(store.get_site, site_id)  # 404 for an unknown site
-    cells = await asyncio.to_thread(store.all_cells, site=site_id)
+
+    def fetch(size: int, start: int) -> Page[Cell]:
+        return store.list_cells(site=site_id, limit=size, offset=start)
+
+    cells, total = await asyncio.to_thread(_window, fetch, limit, offset)
     features = [
         {
             "type": "Feature",
@@ -95,7 +152,7 @@ async def cells_geojson(request: Request, _: MapReader, site_id: SiteId) -> JSON
         }
         for cell in cells
     ]
-    return _collection(features)
+    return _collection(features, total=total, limit=limit, offset=offset)
 
 
 @router.get(
@@ -104,11 +161,20 @@ async def cells_geojson(request: Request, _: MapReader, site_id: SiteId) -> JSON
     responses=_RESPONSES,
     summary="The site's active devices as Point features (id, kind, cell, state)",
 )
-async def devices_geojson(request: Request, _: MapReader, site_id: SiteId) -> JSONResponse:
+async def devices_geojson(
+    request: Request,
+    _: MapReader,
+    site_id: SiteId,
+    limit: Limit = LAYER_LIMIT,
+    offset: Offset = 0,
+) -> JSONResponse:
     store = _registry(request)
     await asyncio.to_thread(store.get_site, site_id)
-    page = await asyncio.to_thread(store.all_devices)
-    devices = [d for d in page if d.site == site_id]
+
+    def fetch(size: int, start: int) -> Page[Device]:
+        return store.list_devices(site=site_id, limit=size, offset=start)
+
+    devices, total = await asyncio.to_thread(_window, fetch, limit, offset)
     events = get_deps(request).events
     active = await asyncio.to_thread(_active_events, events, site_id)
     states = device_states(devices, active)
@@ -130,7 +196,7 @@ async def devices_geojson(request: Request, _: MapReader, site_id: SiteId) -> JS
         }
         for device in devices
     ]
-    return _collection(features)
+    return _collection(features, total=total, limit=limit, offset=offset)
 
 
 def _active_events(events: EventStore, site: str) -> list[SecurityEvent]:

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from events.model import Action, AuditRecord, SecurityEvent, Severity, State
 
 EVENT_ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,128}$"
+MAX_SHELVE_S: Final = 30 * 86400
+"""A shelve lasts at most this long (`for_s`, and `until` from now)."""
 """An event id in a path (the JSON routes and the desk pages)."""
 
 _EVENT_EXAMPLE: Final[dict[str, Any]] = {
@@ -198,7 +200,9 @@ class ShelveUntil(ActionIn):
         json_schema_extra={"examples": [{"until": "2026-01-01T08:00:00Z", "note": "cleaning"}]},
     )
 
-    until: datetime = Field(description="When the shelve expires")
+    until: datetime = Field(
+        description="When the shelve expires: in the future, at most 30 days ahead"
+    )
 
 
 class ShelveFor(ActionIn):
@@ -209,7 +213,7 @@ class ShelveFor(ActionIn):
         json_schema_extra={"examples": [{"for_s": 3600, "note": "detector being cleaned"}]},
     )
 
-    for_s: int = Field(ge=1, le=30 * 86400, description="How long, in seconds")
+    for_s: int = Field(ge=1, le=MAX_SHELVE_S, description="How long, in seconds")
 
 
 ShelveIn = ShelveUntil | ShelveFor

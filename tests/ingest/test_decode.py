@@ -190,6 +190,9 @@ def test_every_reason_has_a_stable_value() -> None:
         "timestamp_future",
         "timestamp_past",
         "unknown_device",
+        "duplicate_key",
+        "reserved_topic",
+        "internal_error",
     }
 
 

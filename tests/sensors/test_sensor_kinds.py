@@ -39,7 +39,7 @@ SENSORS_DIR = Path(sensors.__file__).parent
 NOT_PLUGINS = frozenset({"__init__", "base", "registry", "geo", "topics", "yaml_doc"})
 GOLDEN_KEY = b"golden-test-key"
 CTX = DecodeContext(hash_identifier=lambda value: keyed_hash(GOLDEN_KEY, value))
-REJECT_REASONS = frozenset({"bad_json", "invalid_payload", "unknown_channel"})
+REJECT_REASONS = frozenset({"bad_json", "invalid_payload", "unknown_channel", "duplicate_key"})
 MIN_VALID, MIN_REJECTED = 5, 3
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
@@ -176,10 +176,23 @@ def test_golden_rejected_case(case: GoldenCase) -> None:
     if case.rejected == "unknown_channel":
         assert case.channel not in kind.channels
         return
+    if case.rejected == "duplicate_key":
+        # The decoder's refusal: the model alone takes the payload (the last key wins).
+        kind.channels[case.channel].model_validate_json(case.payload)
+        with pytest.raises(ValueError, match="twice"):
+            json.loads(case.payload, object_pairs_hook=_refuse_duplicate_keys)
+        return
     with pytest.raises(pydantic.ValidationError) as failure:
         kind.channels[case.channel].model_validate_json(case.payload)
     json_broken = any(error["type"] == "json_invalid" for error in failure.value.errors())
     assert json_broken == (case.rejected == "bad_json"), failure.value
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("a key twice")
+    return dict(pairs)
 
 
 # ---------------------------------------------------------------- storable numbers

@@ -8,11 +8,13 @@ logs a user of that role in through the real login route.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from argon2 import PasswordHasher
@@ -99,8 +101,13 @@ class ApiHarness:
 
 @contextlib.contextmanager
 def api_harness(
-    url: str, tmp_path: Path, *, probes: Mapping[str, ReadyProbe] | None = None
+    url: str,
+    tmp_path: Path,
+    *,
+    probes: Mapping[str, ReadyProbe] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> Iterator[ApiHarness]:
+    """`config` overrides fields of the harness's ApiConfig (body limits, proxies...)."""
     store = EventStore(url)
     store.migrate()
     users = UserStore(url, hasher=FAST_HASHER)
@@ -110,8 +117,11 @@ def api_harness(
     cells = cells_of([load_site_ref("yingyang")])
     workers = {c.id: c.worker for site in cells.values() for c in site}
     deps = ApiDeps(
-        config=ApiConfig(
-            token_lifetime_s=3600, login_attempts=3, login_window_s=60.0, topic_prefix="gw/v1"
+        config=dataclasses.replace(
+            ApiConfig(
+                token_lifetime_s=3600, login_attempts=3, login_window_s=60.0, topic_prefix="gw/v1"
+            ),
+            **(config or {}),
         ),
         events=store,
         manager=EventManager(store, workers=workers),
@@ -135,7 +145,9 @@ def api_harness(
 @contextlib.contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
     """The app under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    config = uvicorn.Config(  # like api_server: X-Forwarded-* only via api.trusted_proxies
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-under-test", daemon=True)
     thread.start()
