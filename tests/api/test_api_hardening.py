@@ -109,9 +109,11 @@ def stream(
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     sock.setblocking(False)
     raw, pending, sent, exhausted = b"", b"", 0, False
+    closed = False  # the server closed its side: nothing more can be sent
     try:
         while time.monotonic() - started < timeout_s:
-            readable, writable, _ = select.select([sock], [] if exhausted else [sock], [], 0.5)
+            sending = not (exhausted or closed)
+            readable, writable, _ = select.select([sock], [sock] if sending else [], [], 0.5)
             if readable:
                 try:
                     data = sock.recv(65536)
@@ -137,7 +139,8 @@ def stream(
                 try:
                     n = sock.send(pending)
                 except (BrokenPipeError, ConnectionResetError):
-                    exhausted = True
+                    # Refused and closed mid-body: the answer is waiting to be read.
+                    closed = True
                     continue
                 pending = pending[n:]
     finally:
