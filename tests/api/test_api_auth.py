@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,8 @@ from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness
 
 
 @pytest.fixture
-def api(event_db_url: str, tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(event_db_url, tmp_path) as harness:
+def api(event_db_url: str) -> Iterator[ApiHarness]:
+    with api_harness(event_db_url) as harness:
         yield harness
 
 

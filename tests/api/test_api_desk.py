@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(f"sqlite:///{tmp_path / 'events.db'}", tmp_path) as harness:
+    with api_harness(f"sqlite:///{tmp_path / 'events.db'}") as harness:
         yield harness
 
 

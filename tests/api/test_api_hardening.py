@@ -41,7 +41,7 @@ REPORT = b'{"site": "yingyang", "cell": "yy-g01", "category": "noise", "descript
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(f"sqlite:///{tmp_path / 'events.db'}", tmp_path) as harness:
+    with api_harness(f"sqlite:///{tmp_path / 'events.db'}") as harness:
         yield harness
 
 
@@ -54,7 +54,7 @@ def proxied(tmp_path: Path) -> Iterator[tuple[ApiHarness, str]]:
         "login_backoff_max_s": 60.0,
     }
     with (
-        api_harness(f"sqlite:///{tmp_path / 'events.db'}", tmp_path, config=config) as harness,
+        api_harness(f"sqlite:///{tmp_path / 'events.db'}", config=config) as harness,
         serving(harness.app) as base,
     ):
         yield harness, base
@@ -210,7 +210,7 @@ def test_a_wrong_role_is_refused_before_the_body(api: ApiHarness) -> None:
 
 def test_limits_come_from_the_config_and_the_import_route_takes_more(tmp_path: Path) -> None:
     config = {"max_body_bytes": 4096, "max_import_bytes": 64 * 1024}
-    with api_harness(f"sqlite:///{tmp_path / 'e.db'}", tmp_path, config=config) as api:
+    with api_harness(f"sqlite:///{tmp_path / 'e.db'}", config=config) as api:
         integrator = api.headers(Role.integrator)
         big = "x" * 8000
         site = {"id": "s1", "name": big, "lon": 0, "lat": 0}

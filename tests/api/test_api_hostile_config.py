@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,8 @@ SITE = {"id": "s1", "name": "Site one", "timezone": "Asia/Shanghai"}
 
 
 @pytest.fixture
-def api(event_db_url: str, tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(event_db_url, tmp_path) as harness:
+def api(event_db_url: str) -> Iterator[ApiHarness]:
+    with api_harness(event_db_url) as harness:
         yield harness
 
 

@@ -75,7 +75,7 @@ def test_readyz_names_what_is_unreachable(tmp_path: Path) -> None:
     from api.probes import default_probes
 
     dead = free_port()  # nothing listens here
-    with api_harness(f"sqlite:///{tmp_path / 'events.db'}", tmp_path) as api:
+    with api_harness(f"sqlite:///{tmp_path / 'events.db'}") as api:
         api.deps.probes = default_probes(
             api.deps.users, "127.0.0.1", dead, f"http://127.0.0.1:{dead}"
         )

@@ -61,7 +61,7 @@ SAMPLE_PARAMS = {
 @pytest.fixture(params=["sqlite"])
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApiHarness]:
     # Authorization does not depend on the database: SQLite is enough here.
-    with api_harness(f"sqlite:///{tmp_path / 'events.db'}", tmp_path) as harness:
+    with api_harness(f"sqlite:///{tmp_path / 'events.db'}") as harness:
         yield harness
 
 

@@ -37,7 +37,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiHarnes
     tmp = tmp_path_factory.mktemp("schema")
     with (
         dynsec_mosquitto(tmp / "broker") as (_, admin),
-        api_harness(f"sqlite:///{tmp / 'events.db'}", tmp) as api,
+        api_harness(f"sqlite:///{tmp / 'events.db'}") as api,
         serving(api.app) as base,
     ):
         api.deps.dynsec = BrokerAccounts(DynsecClient(admin))

@@ -40,8 +40,8 @@ def smoke(ident: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(event_db_url: str, tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(event_db_url, tmp_path) as harness:
+def api(event_db_url: str) -> Iterator[ApiHarness]:
+    with api_harness(event_db_url) as harness:
         yield harness
 
 
@@ -190,7 +190,7 @@ def test_map_layers_with_states_from_events(api: ApiHarness) -> None:
 def test_registering_through_the_api_gives_a_working_broker_login(tmp_path: Path) -> None:
     with (
         dynsec_mosquitto(tmp_path / "broker") as (proc, admin),
-        api_harness(f"sqlite:///{tmp_path / 'gw.db'}", tmp_path) as api,
+        api_harness(f"sqlite:///{tmp_path / 'gw.db'}") as api,
     ):
         accounts = BrokerAccounts(DynsecClient(admin))
         api.deps.dynsec = accounts

@@ -30,7 +30,7 @@ SITE = "yingyang"
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ApiHarness]:
-    with api_harness(f"sqlite:///{tmp_path / 'hub.db'}", tmp_path) as harness:
+    with api_harness(f"sqlite:///{tmp_path / 'hub.db'}") as harness:
         yield harness
 
 

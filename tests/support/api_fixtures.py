@@ -1,6 +1,6 @@
 """Fixtures for API tests: the app over a real event database, users of every role.
 
-`api_harness(url, tmp_path)` builds what the runtime builds (event store, manager, user
+`api_harness(url)` builds what the runtime builds (event store, manager, user
 store, metrics) on the given database and wraps the app in a TestClient; `token(role)`
 logs a user of that role in through the real login route.
 """
@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -102,7 +101,6 @@ class ApiHarness:
 @contextlib.contextmanager
 def api_harness(
     url: str,
-    tmp_path: Path,
     *,
     probes: Mapping[str, ReadyProbe] | None = None,
     config: Mapping[str, Any] | None = None,
