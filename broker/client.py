@@ -584,6 +584,9 @@ class MqttClient:
         self._protocol: MqttProtocol | None = None
         self._next_packet_id = 0
         self.generation = 0
+        self.session_present = False
+        """What the broker said in the last CONNACK (known before we resubscribe, so
+        before the retained messages the resubscription brings)."""
         self.counters = ClientCounters()
         self.connected = asyncio.Event()
         self._stopping = False
@@ -611,9 +614,11 @@ class MqttClient:
     def publish_nowait(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> asyncio.Future[None] | None:
-        """Send without waiting; QoS 1 returns a future done on PUBACK (for pipelined senders)."""
+        """Send without waiting; QoS 1 returns a future done on PUBACK (for pipelined senders).
+        Raises ConnectionLost on a connection already lost: a sender retrying on the
+        failed future it would get instead never yields, and the client never reconnects."""
         proto = self._protocol
-        if proto is None:
+        if proto is None or proto.closed.done():
             raise ConnectionLost("not connected")
         return proto.publish(topic, payload, qos, retain, self._packet_id(proto) if qos else 0)
 
@@ -685,6 +690,7 @@ class MqttClient:
         session_present = await asyncio.wait_for(
             asyncio.shield(proto.connack), self._connect_timeout
         )
+        self.session_present = session_present
         self.counters.connects += 1
         if self.counters.connects > 1:
             self.counters.reconnects += 1

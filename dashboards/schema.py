@@ -31,6 +31,8 @@ HUB_STATS_FIELDS: Final = (
     "stored",
     "rejected",
     "dead_lettered",
+    "duplicates",
+    "retained_skipped",
     "write_failures",
     "backpressure_waits",
     "spool_bytes",

@@ -1,104 +1,141 @@
-"""Anomaly scoring inside the hub: readings in (never blocking ingest), events out.
+"""Anomaly scoring inside the hub: a consumer of the log, on event time.
 
-Intake hands every decoded reading to `observe`, which only appends it to a bounded
-queue: when the scorer falls behind, readings beyond `queue_max` are dropped and counted
-(`dropped`), never waited for. `run` takes the queue as one batch every
-`batch_interval_s` and scores it on a worker thread (features, detectors and the event
-manager's SQL all run there), so the event loop only swaps a deque. Detections go
-through the same event manager as rule events (source `anomaly`), which deduplicates
-them by (rule, key) and feeds the same sinks.
+Like the rules (`detection.rules_service`), the service reads the spool (the hub's
+log) from its own position, every `batch_interval_s` or when woken, and scores what it
+finds on a worker thread (features, detectors and the event manager's SQL all run
+there). The events a batch causes and the position after it are committed in one
+event-store transaction, so no acknowledged reading is skipped and none is scored into
+events twice; a slow scorer makes the log keep more (the intake stops acking only when
+the log is full), it never drops readings. "Now" for the scorer's quiet-device clears
+is the watermark: the newest event time the log has shown.
 
-`step` is one turn of `run` done synchronously: score what is queued at the clock's
-`now` (`clock_ms`, the wall clock by default) in the caller's thread. The offline
-scenario harness drives the service with it in simulated time.
+The detectors' learned state is not part of the commit yet: after a restart the scorer
+starts from its saved model and re-learns each device's recent window from the log.
+
+`step` is one turn done synchronously (the offline harnesses drive the service with it).
+Detections go through the same event manager as rule events (source `anomaly`), which
+deduplicates them by (rule, key) and feeds the same sinks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from anomaly.online import AnomalyScorer, Scored
 from events.manager import EventManager
 from events.model import Detection
+from events.store import EventStore
 from ingest.decode import Rejected
+from ingest.records import Record, Tick
+from ingest.spool import ConsumerLag, Cursor, Spool
 from sensors.base import Reading
 
 log = logging.getLogger(__name__)
 
+SNAPSHOT_NAME: Final = "anomaly-consumer"
+CHUNK: Final = 20_000
+"""Records scored per turn at most."""
+
 
 @dataclass
 class AnomalyCounters:
-    queued: int = 0
-    dropped: int = 0
     scored: int = 0
     flagged: int = 0
     detections: int = 0
     batches: int = 0
     busy_s: float = 0.0
+    readings: int = 0
 
 
 class AnomalyService:
-    """Owns the scorer; `observe` from intake, `run` in the hub's TaskGroup."""
+    """Owns the scorer; `run(spool)` in the hub's TaskGroup, `step` in the harnesses."""
+
+    NAME: Final = "anomaly"
 
     def __init__(
         self,
         scorer: AnomalyScorer,
         manager: EventManager,
         *,
-        queue_max: int = 50_000,
         batch_interval_s: float = 0.5,
         on_events: Callable[[], None] = lambda: None,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         on_scored: Callable[[list[Scored]], None] | None = None,
     ) -> None:
         self.scorer = scorer
         self.manager = manager
-        self.queue_max = queue_max
+        self.store: EventStore = manager.store
         self.batch_interval_s = batch_interval_s
         self._on_events = on_events
-        self._clock_ms = clock_ms
-        """Event time for the scorer's quiet-device clears and the event manager."""
         self._on_scored = on_scored
         """Sees every batch's scored vectors (the harness keeps some for plots)."""
-        self._queue: deque[Reading] = deque()
-        self._busy = asyncio.Lock()  # the scorer is not thread-safe: one batch at a time
         self.counters = AnomalyCounters()
-
-    def observe(self, item: Reading | Rejected) -> None:
-        """Queue a reading for scoring; O(1), never blocks, drops (counted) when full."""
-        if not isinstance(item, Reading):
-            return
-        if len(self._queue) >= self.queue_max:
-            self.counters.dropped += 1
-            return
-        self._queue.append(item)
-        self.counters.queued += 1
+        self.watermark_ms = 0
+        self.position: Cursor | None = None
+        self._stopping = False
+        self._running = False
+        self._stopped = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._lag = ConsumerLag()
 
     def status(self) -> dict[str, int | float]:
         """Counters for the hub's status file (`gridwatch status --json`)."""
-        return {**dataclasses.asdict(self.counters), "waiting": len(self._queue)}
+        lag_records = self._lag.records()
+        return {
+            **dataclasses.asdict(self.counters),
+            "watermark_ms": self.watermark_ms,
+            "lag_records": lag_records,
+            "lag_s": self._lag.seconds(self.watermark_ms) if lag_records else 0.0,
+        }
 
-    def _take(self) -> list[Reading]:
-        batch = list(self._queue)
-        self._queue.clear()
-        return batch
+    def restore(self) -> None:
+        data = self.store.get_snapshot(SNAPSHOT_NAME)
+        self.position = None
+        if data is None:
+            return
+        try:
+            body = json.loads(data)
+            raw = body["position"]
+            self.position = None if raw is None else Cursor(int(raw[0]), int(raw[1]))
+            self.watermark_ms = int(body["watermark_ms"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring anomaly consumer snapshot: %s", exc)
 
-    def process(self, batch: list[Reading], now_ms: int) -> list[Detection]:
-        """Score a batch and persist its detections (blocking: runs on a worker thread)."""
+    def process(self, records: Sequence[Record], position: Cursor | None) -> list[Detection]:
+        """Score a batch of records and commit its detections with `position` (blocking:
+        runs on a worker thread in the hub)."""
         started = time.perf_counter()
-        detections, scored = self.scorer.score_batch(batch)
+        readings: list[Reading] = []
+        for record in records:
+            if isinstance(record, Reading):
+                readings.append(record)
+                if record.ts_from_device:  # arrival stamps say when, not what, happened
+                    self.watermark_ms = max(self.watermark_ms, record.ts_ns // 1_000_000)
+            elif isinstance(record, Tick):
+                self.watermark_ms = max(self.watermark_ms, record.at_ms)
+            else:
+                assert isinstance(record, Rejected)
+        detections, scored = self.scorer.score_batch(readings)
         if self._on_scored is not None:
             self._on_scored(scored)
-        detections += self.scorer.tick(now_ms)
-        for detection in detections:
-            self.manager.handle(detection, now_ms)
+        detections += self.scorer.tick(self.watermark_ms)
+        body = {
+            "position": None if position is None else [position.segment, position.offset],
+            "watermark_ms": self.watermark_ms,
+        }
+        with self.manager.batch():
+            for detection in detections:
+                self.manager.handle(detection, self.watermark_ms)
+            self.store.put_snapshot(SNAPSHOT_NAME, json.dumps(body).encode(), self.watermark_ms)
         counters = self.counters
+        counters.readings += len(readings)
         counters.scored += len(scored)
         counters.flagged += sum(1 for s in scored if s.flagged)
         counters.detections += len(detections)
@@ -106,41 +143,51 @@ class AnomalyService:
         counters.busy_s += time.perf_counter() - started
         return detections
 
-    def step(self) -> list[Detection]:
-        """One turn of `run`, synchronously and now (by the clock): score what is queued
-        and persist the detections, in the caller's thread (not while `run` runs).
-        Returns the detections."""
-        detections = self.process(self._take(), self._clock_ms())
+    def step(self, records: Sequence[Record]) -> list[Detection]:
+        """One turn synchronously: score `records`, commit, return the detections."""
+        detections = self.process(records, self.position)
         if detections:
             self._on_events()
         return detections
 
-    async def run(self) -> None:
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, spool: Spool) -> None:
+        self._running = True
+        try:
+            await self._follow(spool)
+        finally:
+            self._running = False
+
+    async def _follow(self, spool: Spool) -> None:
+        await asyncio.to_thread(self.restore)
+        position = spool.hold(self.NAME, self.position)
+        self._lag.start(spool, position)
         while True:
-            await asyncio.sleep(self.batch_interval_s)
-            await self.flush()
+            batch = spool.read_records(position, CHUNK)
+            if batch is None:
+                if self._stopping:
+                    self._stopped.set()
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.batch_interval_s)
+                continue
+            detections = await asyncio.to_thread(self.process, batch.records, batch.end)
+            position = self.position = batch.end
+            self._lag.consumed += len(batch.records)
+            spool.release(self.NAME, position)
+            if detections:
+                self._on_events()
+            if not self._stopping:
+                await asyncio.sleep(self.batch_interval_s / 10)  # batches, not per fsync
 
-    async def flush(self) -> None:
-        """Score whatever is queued now (also used at a graceful stop)."""
-        async with self._busy:
-            batch = self._take()
-            detections = await asyncio.to_thread(self.process, batch, self._clock_ms())
-        if detections:
-            self._on_events()
-
-
-def fan_out(
-    *observers: Callable[[Reading | Rejected], None] | None,
-) -> Callable[[Reading | Rejected], None] | None:
-    """One intake hook calling each present observer in turn (None when there is none)."""
-    present = [o for o in observers if o is not None]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0]
-
-    def observe(item: Reading | Rejected) -> None:
-        for observer in present:
-            observer(item)
-
-    return observe
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Graceful stop: score what the log holds, commit, end the run loop."""
+        self._stopping = True
+        self._wake.set()
+        if not self._running:
+            return  # failed and waiting to restart, or never started: nothing to finish
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout_s)

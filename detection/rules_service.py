@@ -1,21 +1,26 @@
-"""Rules inside the running hub: readings in, events out, state snapshotted.
+"""Rules inside the running hub: a consumer of the log, on event time, exactly once.
 
-Intake hands every decoded reading (and every rejection) to `observe`, which only
-queues it: the ingest path never waits for rules reading by reading. The queue is
-bounded without losing anything: when it holds `max_queue` items, `observe` still
-queues the item in hand but tells the intake to stop reading from the broker (the
-`pause_intake` callback, counted in `queue_waits`) until `run` has drained it to half;
-unread messages wait at the broker, so memory stays bounded under overload. `run`
-evaluates the queue on the event loop in chunks (pure CPU, microseconds per reading;
-between chunks the intake gets the loop), persists detections through the event
-manager on a worker thread (SQL), wakes the outbox dispatcher, and snapshots the
-engine state after every change and every `snapshot_interval_s`, so a restart resumes
-open conditions instead of forgetting or repeating them.
+The intake writes every decoded reading and rejection (and, when the input is idle, a
+clock `Tick`) into the spool, the hub's log (`ingest.spool`, `ingest.records`). This
+service reads the log from its own position (`run`), evaluates on event time
+(`consume`), and commits (`commit`) the events the detections cause, the engine state
+and the position after the records it evaluated in ONE event-store transaction. After
+a crash it restores the committed state and position and reads on from there: every
+acknowledged reading is evaluated once, and what was evaluated but not committed is
+evaluated again from the same state, with the same outcome (event ids are derived
+from rule, key and time, so even a replayed raise writes the same event).
 
-`step` is one turn of `run` done synchronously (evaluate what is queued at the clock's
-`now`, persist, snapshot): the offline evaluation harness drives the service with it in
-simulated time, through an injected clock (`clock_ms`), so its figures come from this
-code path.
+Event time: "now" for the rules is the watermark, the newest event time the log has
+shown (a reading's timestamp, a tick's time; `EngineState.clock_ms`). Timers (held
+open, silence, windows) fire when the watermark passes them, so a backlog, a restart
+or a replay decides exactly what live input would have, and the offline harness
+(`evaluation.rules_eval`) feeds the same records to the same `consume`. A rejection
+carries no event time: it is evaluated at the watermark. The wall clock enters only
+through ticks the hub logs when its whole input is idle (see `hub.runtime`).
+
+Commits happen when a chunk of records caused detections (so events are written
+within one turn), when a reload or directory change must be saved, and every
+`snapshot_interval_s` otherwise (so a restart re-reads at most that much of the log).
 
 Rejections become pseudo-readings keyed by the device their topic names, so rules can
 count malformed traffic per device; but those names are the sender's to choose. Only a
@@ -23,9 +28,9 @@ device the rules' directory knows (on its own site), or an `unknown_device` reje
 under a known site (its `unregistered_device` alarm), keeps a key of its own. Every
 other rejection is tallied by `UnknownSources`: per known site (devices it does not
 know) or for the hub (`HUB_SCOPE`: sites it does not know), names and counts in a
-bounded table, and reaches the rules as a `rejected` reading of that scope carrying the tally,
-so a storm of made-up names opens at most one event per known site plus one for the
-hub (rule `unknown_sources` of the default pack), which lists them.
+bounded table (part of the committed state), and reaches the rules as a `rejected`
+reading of that scope carrying the tally, so a storm of made-up names opens at most one
+event per known site plus one for the hub (rule `unknown_sources` of the default pack).
 
 `reload_rules` (SIGHUP in `gridwatch run`; the hub API calls it too) re-reads the rule
 files and swaps the engine without a restart: conditions of unchanged rules carry on,
@@ -37,10 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +56,9 @@ from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore
 from ingest.decode import Rejected, RejectReason
+from ingest.records import Record
+from ingest.spool import ConsumerLag, Cursor, Spool
+from ingest.stats import LatencyHistogram
 from rules.directory import Directory
 from rules.engine import (
     HUB_SCOPE,
@@ -65,14 +74,12 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME: Final = "rules-engine"
 TICK_S: Final = 1.0
-MAX_QUEUE: Final = 20_000
-"""Readings queued for rules before the intake stops reading (a fraction of a second
-of rules work; the broker keeps the rest)."""
+"""The loop looks for a due commit (interval, reload) at least this often."""
 CHUNK: Final = 2_000
-"""Readings evaluated per turn of `run` before the event loop goes to other tasks."""
+"""Records evaluated per turn of `run` before the event loop goes to other tasks."""
 
 
-def as_reading(item: Reading | Rejected) -> Reading | None:
+def as_reading(item: Reading | Rejected, at_ns: int | None = None) -> Reading | None:
     """What rules see of a decoded message: the reading, or for a rejection a pseudo-
     reading of its device (None when the topic is no device topic)."""
     if isinstance(item, Reading):
@@ -81,7 +88,11 @@ def as_reading(item: Reading | Rejected) -> Reading | None:
     if route is None:
         return None
     return rejected_reading(
-        route.site, route.kind, route.device, item.reason.value, item.received_ns
+        route.site,
+        route.kind,
+        route.device,
+        item.reason.value,
+        item.received_ns if at_ns is None else at_ns,
     )
 
 
@@ -128,7 +139,9 @@ class UnknownSources:
     def __init__(self) -> None:
         self.tallies: dict[str, _Tally] = {}
 
-    def reading(self, item: Rejected, directory: Directory) -> Reading | None:
+    def reading(
+        self, item: Rejected, directory: Directory, at_ns: int | None = None
+    ) -> Reading | None:
         """The pseudo-reading of a rejection (None: no device topic)."""
         route = item.route
         if route is None:
@@ -138,10 +151,10 @@ class UnknownSources:
         if (info is not None and info.site == route.site) or (
             known_site and item.reason is RejectReason.UNKNOWN_DEVICE
         ):
-            return as_reading(item)
+            return as_reading(item, at_ns)
         scope = route.site if known_site else HUB_SCOPE
         name = route.device if known_site else f"{route.site}/{route.device}"
-        at_ns = item.received_ns
+        at_ns = item.received_ns if at_ns is None else at_ns
         tally = self.tallies.get(scope)
         if tally is None or at_ns - tally.last_ns > TALLY_RESET_MS * 1_000_000:
             tally = self.tallies[scope] = _Tally({})
@@ -154,21 +167,6 @@ class UnknownSources:
             sources=len(tally.counts) + (1 if tally.others else 0),
             names=tally.names(),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Turn:
-    """What one turn evaluated at `now_ms`, and what its SQL half must do."""
-
-    now_ms: int
-    detections: list[Detection]
-    snapshot: bool
-    manager_tick: bool
-
-    @property
-    def persist(self) -> bool:
-        """Anything for the SQL half (detections always come with a snapshot)."""
-        return self.snapshot or self.manager_tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +192,9 @@ class ReloadResult:
 
 
 class RulesService:
+    NAME: Final = "rules"
+    """The consumer's name in the log (`Spool.hold`)."""
+
     def __init__(
         self,
         engine: Engine,
@@ -203,10 +204,7 @@ class RulesService:
         rule_paths: Sequence[Path] = (),
         snapshot_interval_s: float = 10.0,
         on_events: Callable[[], None] = lambda: None,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-        max_queue: int = MAX_QUEUE,
-        pause_intake: Callable[[bool], None] = lambda _full: None,
-        manager_tick_ms: int | None = None,
+        chunk: int = CHUNK,
     ) -> None:
         self.engine = engine
         self.rule_paths = tuple(rule_paths)
@@ -215,83 +213,270 @@ class RulesService:
         self.manager = manager
         self._snapshot_interval_s = snapshot_interval_s
         self._on_events = on_events
-        self._clock_ms = clock_ms
-        """Event time for rule timers and the event manager (the wall clock in the hub,
-        simulated time in the evaluation harness); snapshot intervals use a monotonic
-        clock of their own."""
-        if manager_tick_ms is not None and manager_tick_ms <= 0:
-            raise ValueError("manager_tick_ms must be positive (or None)")
-        self._manager_tick_ms = manager_tick_ms
-        """None: the event manager's timers (shelve expiry, flood quiet-down) are
-        checked at every persist (the hub). N: only at the first turn at or after each
-        multiple of N ms of the clock (the evaluation harness: its store queries cost)."""
-        self._manager_next_ms: int | None = None
-        self._last_snapshot = time.monotonic()
-        self._queue: deque[Reading | Rejected] = deque()
-        self.max_queue = max_queue
-        self.pause_intake = pause_intake
-        """Called with True when the queue is full (stop reading), False when it has
-        drained to half (read again). The hub wires it to `Intake.consumer_full`."""
-        self.queue_full = False
-        self.queue_waits = 0
-        """Times the queue filled and the intake was told to stop reading."""
+        self._chunk = chunk
+        self._last_commit = self._last_state = time.monotonic()
         self._wake = asyncio.Event()
         self.state = EngineState()
+        self.position: Cursor | None = None
+        """The log position after the last record evaluated (committed or not)."""
+        self.committed: Cursor | None = None
+        """The position of the last commit: every detection before it is in the store."""
+        self.state_position: Cursor | None = None
+        """The position of the last committed engine state (where a restart re-reads
+        from, deciding again up to `committed` without writing: see `restore`)."""
+        self._replay_until: Cursor | None = None
         self.detections = 0
         self.evaluated = 0
         self.reloads = 0
+        self.commits = 0
         # Evaluation runs on the event loop, a reload may come from an API worker
         # thread: the engine and its state change hands under this lock only.
         self._lock = threading.Lock()
         self._owed: list[Detection] = []
-        """Clears a reload owes, persisted with the next evaluation."""
+        """Clears a reload owes, committed with the next turn."""
         self._dirty = False
         self.unknown = UnknownSources()
         """Rejections under names the directory does not know, tallied per scope."""
+        self.latency = LatencyHistogram()
+        """Wall clock at commit minus event time, per raise (publish→event, live)."""
+        self._lag = ConsumerLag()
+        self.clockless = True
+        """No reading with a device timestamp seen yet: until one is, readings stamped
+        on arrival carry event time (a deployment whose devices have no clocks)."""
+        self._stopping = False
+        self._running = False
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ state
 
     def restore(self) -> None:
-        """Load the last snapshot (a corrupt or foreign one is logged and ignored)."""
-        data = self.store.get_snapshot(SNAPSHOT_NAME)
-        if data is None:
-            return
-        try:
-            self.state = EngineState.from_json(data)
-        except (ValueError, KeyError) as exc:
-            log.warning("ignoring rules snapshot: %s", exc)
-            return
-        log.info("rules: resumed %d condition slots from the snapshot", len(self.state.slots))
+        """Load the committed state and positions (a corrupt or foreign snapshot is
+        logged and ignored: the rules then start afresh from the log's start).
 
-    def observe(self, item: Reading | Rejected) -> None:
-        """Queue an item; never drops one. A full queue pauses the intake instead (what
-        is already on its way in is still queued: the bound is `max_queue` plus what
-        the MQTT client had read, itself capped by the broker's Receive Maximum)."""
-        self._queue.append(item)
-        self._wake.set()
-        if len(self._queue) >= self.max_queue and not self.queue_full:
-            self.queue_full = True
-            self.queue_waits += 1
-            log.warning("rules queue full (%d readings): intake paused", len(self._queue))
-            self.pause_intake(True)
+        The engine state (about 1 kB per device) is committed every
+        `snapshot_interval_s`, events and the position after them with every turn that
+        has any. A restart therefore resumes the state at `state_position` and decides
+        again up to `committed` without writing: the engine is deterministic in the log,
+        so it reaches the state it had, and the events it decides are already stored."""
+        data = self.store.get_snapshot(SNAPSHOT_NAME)
+        state, unknown, position, clockless = EngineState(), UnknownSources(), None, True
+        if data is not None:
+            try:
+                state, unknown, position, clockless = _from_snapshot(data)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring rules snapshot: %s", exc)
+            else:
+                log.info(
+                    "rules: resumed %d condition slots at log position %s (event time %d)",
+                    len(state.slots),
+                    position,
+                    state.clock_ms,
+                )
+        committed = _position_of(self.store.get_snapshot(POSITION_NAME))
+        if committed is None or (position is not None and committed < position):
+            committed = position
+        with self._lock:
+            self.state, self.unknown, self.clockless = state, unknown, clockless
+            self.position = self.state_position = position
+            self.committed = committed
+            self._replay_until = committed if committed != position else None
+            self._owed, self._dirty = [], False
+
+    def _snapshot(self, position: Cursor | None) -> bytes:
+        with self._lock:
+            self._dirty = False
+            return _to_snapshot(self.state, self.unknown, position, self.clockless)
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def watermark_ms(self) -> int:
+        """Event time: the newest the log has shown."""
+        return self.state.clock_ms
 
-    def status(self) -> dict[str, int | bool]:
+    # ------------------------------------------------------------------ evaluation
+
+    def consume(self, records: Sequence[Record]) -> list[Detection]:
+        """Evaluate records in log order on event time; pure CPU, no I/O. Returns the
+        detections (with what a reload owed), to be `commit`ted."""
+        with self._lock:
+            out, self._owed = self._owed, []
+            engine, state = self.engine, self.state
+            for record in records:
+                if isinstance(record, Reading):
+                    stamped = record
+                    if record.ts_from_device:
+                        self.clockless = False
+                    elif not self.clockless and state.clock_ms:
+                        # Stamped on arrival, which says when it was read from the broker,
+                        # not when it happened (a backlog's would all be "now"): it
+                        # happened where it is in the log, at event time.
+                        stamped = _at(record, state.clock_ms)
+                    ts_ms = stamped.ts_ns // 1_000_000
+                    now = ts_ms if ts_ms > state.clock_ms else state.clock_ms
+                    out += engine.evaluate(stamped, state, now)
+                elif isinstance(record, Rejected):
+                    # At event time, not arrival: the same wherever the log is replayed.
+                    at_ns = state.clock_ms * 1_000_000 if state.clock_ms else record.received_ns
+                    reading = self.unknown.reading(record, engine.directory, at_ns)
+                    if reading is not None:
+                        out += engine.evaluate(reading, state, state.clock_ms)
+                else:
+                    out += engine.tick(state, record.at_ms)
+            self.evaluated += len(records)
+        return out
+
+    def commit(
+        self, detections: Sequence[Detection], position: Cursor | None, *, state: bool = False
+    ) -> None:
+        """One transaction: the events `detections` cause, the event manager's timers at
+        the watermark, `position` (everything before it is decided), and the engine state
+        when `state`, a reload or the interval asks for it (blocking: a worker thread in
+        the hub). On failure nothing is written; the caller restarts from the store."""
+        now_ms = self.watermark_ms
+        now = time.monotonic()
+        with_state = state or self._dirty or now - self._last_state >= self._snapshot_interval_s
+        with self.manager.batch():
+            for detection in detections:
+                self.manager.handle(detection, now_ms)
+            self.manager.tick(now_ms)
+            if with_state:
+                self.store.put_snapshot(SNAPSHOT_NAME, self._snapshot(position), now_ms)
+            self.store.put_snapshot(POSITION_NAME, _position_json(position), now_ms)
+        self.committed = position
+        if with_state:
+            self.state_position = position
+            self._last_state = now
+        self.commits += 1
+        self._last_commit = now
+        wall_ms = time.time_ns() // 1_000_000
+        for detection in detections:
+            if detection.raised:
+                self.latency.add(max(0, wall_ms - detection.at_ms))
+
+    def _due(self, detections: Sequence[Detection]) -> bool:
+        return (
+            bool(detections)
+            or self._dirty
+            or time.monotonic() - self._last_commit >= self._snapshot_interval_s
+        )
+
+    def step(self, records: Sequence[Record], *, force: bool = False) -> list[Detection]:
+        """One turn, synchronously (the offline harness): evaluate `records`, and commit
+        when the hub's loop would (detections, a pending change, the interval) or when
+        `force`d. Returns the detections (committed)."""
+        detections = self.consume(records)
+        if force or self._due(detections):
+            self.commit(detections, self.position)
+            self._done(detections)
+        return detections
+
+    def _done(self, detections: Sequence[Detection]) -> None:
+        if detections:
+            self.detections += len(detections)
+            self._on_events()
+
+    # ------------------------------------------------------------------ the hub's loop
+
+    def wake(self) -> None:
+        """New records are in the log (the intake calls this after each fsync)."""
+        self._wake.set()
+
+    async def run(self, spool: Spool) -> None:
+        """Consume the log from the committed position until `stop`, committing as
+        `step` does; each (re)start resumes from the store, so a failed commit is
+        retried from a consistent state."""
+        self._running = True
+        try:
+            await self._follow(spool)
+        finally:
+            self._running = False
+
+    async def _follow(self, spool: Spool) -> None:
+        await asyncio.to_thread(self.restore)
+        await asyncio.to_thread(self.manager.reload)
+        position = spool.hold(self.NAME, self.position)
+        self.position = position
+        self._lag.start(spool, position)
+        position, replayed = await self._replay(spool, position)
+        if replayed:  # save the state reached, so another restart need not re-decide it
+            await asyncio.to_thread(self.commit, (), position, state=True)
+            spool.release(self.NAME, position)
+        self._last_commit = time.monotonic()
+        while True:
+            batch = spool.read_records(position, self._chunk)
+            if batch is None:
+                if self._stopping:
+                    await asyncio.to_thread(self.commit, self.consume(()), position, state=True)
+                    spool.release(self.NAME, position)
+                    self._stopped.set()
+                    return
+                idle_due = self._due(()) and position != self.committed
+                if self._dirty or self._owed or idle_due:
+                    await self._commit(spool, self.consume(()), position)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+                continue
+            detections = self.consume(batch.records)
+            position = self.position = batch.end
+            self._lag.consumed += len(batch.records)
+            if self._due(detections):
+                await self._commit(spool, detections, position)
+            else:
+                await asyncio.sleep(0)  # the intake's turn between chunks
+
+    async def _replay(self, spool: Spool, position: Cursor) -> tuple[Cursor, int]:
+        """Decide again, without writing, from the state's position to the committed one
+        (`restore`); returns where new decisions start and how many records it took."""
+        until, self._replay_until = self._replay_until, None
+        replayed = 0
+        while until is not None and position < until:
+            batch = spool.read_records(position, self._chunk, stop=until)
+            if batch is None:
+                log.warning("rules: the log ends at %s, before the committed %s", position, until)
+                break
+            self.consume(batch.records)  # these detections are in the store already
+            position = self.position = batch.end
+            self._lag.consumed += len(batch.records)
+            replayed += len(batch.records)
+            await asyncio.sleep(0)  # the intake's turn between chunks
+        if replayed:
+            log.info("rules: re-decided %d records up to the committed position", replayed)
+        return position, replayed
+
+    async def _commit(self, spool: Spool, detections: list[Detection], position: Cursor) -> None:
+        # A full log may be full of what only a restart would re-read: save the state
+        # now so the release below frees it.
+        await asyncio.to_thread(self.commit, detections, position, state=spool.full)
+        if self.state_position is not None:
+            spool.release(self.NAME, self.state_position)  # a restart re-reads from there
+        self._done(detections)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Graceful stop: evaluate what the log holds, commit, and return (the run loop
+        ends). Waits at most `timeout_s` (a loop that is not running commits nothing)."""
+        self._stopping = True
+        self._wake.set()
+        if not self._running:
+            return  # failed and waiting to restart, or never started: nothing to finish
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout_s)
+
+    def status(self) -> dict[str, int | float | bool | None]:
         """For `gridwatch status` and `hub_stats`."""
+        p50, p99 = self.latency.percentiles(0.5, 0.99)
+        lag_records = self._lag.records()
         return {
-            "rules_queued": len(self._queue),
-            "rules_queue_max": self.max_queue,
-            "rules_queue_full": self.queue_full,
-            "rules_queue_waits": self.queue_waits,
             "rules_evaluated": self.evaluated,
             "rules_detections": self.detections,
+            "rules_commits": self.commits,
+            "rules_lag_records": lag_records,
+            "rules_lag_s": self._lag.seconds(self.watermark_ms) if lag_records else 0.0,
+            "rules_watermark_ms": self.watermark_ms,
+            "rules_event_latency_p50_ms": p50,
+            "rules_event_latency_p99_ms": p99,
         }
 
-    def _resume_if_drained(self) -> None:
-        if self.queue_full and len(self._queue) <= self.max_queue // 2:
-            self.queue_full = False
-            self.pause_intake(False)
+    # ------------------------------------------------------------------ changes
 
     def reload_rules(self) -> ReloadResult:
         """Re-read `rule_paths` and run the new rules from now on, keeping the state of
@@ -301,12 +486,13 @@ class RulesService:
         with self._lock:
             new = Engine(rules, self.engine.directory)
             before = len(self.state.slots)
-            owed = new.retire(self.state, self.engine, self._clock_ms())
+            owed = new.retire(self.state, self.engine, self.state.clock_ms)
             kept = len(self.state.slots)
             self.engine = new
             self._owed += owed
-            self._dirty = True  # snapshot the pruned state soon
+            self._dirty = True  # commit the pruned state soon
             self.reloads += 1
+        self._wake.set()
         result = ReloadResult(len(rules), kept, before - kept, len(owed))
         log.info(
             "rules reloaded: %d rules, %d condition slots kept, %d dropped, %d events returned",
@@ -332,104 +518,56 @@ class RulesService:
         except RuleError as exc:
             log.error("rules not reloaded, the running rules stay: %s", exc)
 
-    def _evaluate_queued(self, now_ms: int, limit: int | None = None) -> list[Detection]:
-        """Evaluate up to `limit` queued items (all when None), in arrival order."""
-        with self._lock:
-            out, self._owed = self._owed, []
-            out += self.engine.tick(self.state, now_ms)
-            queue = self._queue
-            n = len(queue) if limit is None else min(limit, len(queue))
-            for _ in range(n):
-                item = queue.popleft()
-                reading = (
-                    item
-                    if isinstance(item, Reading)
-                    else self.unknown.reading(item, self.engine.directory)
-                )
-                if reading is not None:
-                    out += self.engine.evaluate(reading, self.state, now_ms)
-                    self.evaluated += 1
-        self._resume_if_drained()
-        return out
 
-    def _snapshot_json(self) -> bytes:
-        with self._lock:
-            self._dirty = False
-            return self.state.to_json()
+SNAPSHOT_FORMAT: Final = 2
+POSITION_NAME: Final = "rules-position"
+"""The snapshot row holding the committed position (see `RulesService.restore`)."""
 
-    def _manager_due(self, now_ms: int) -> bool:
-        """With `manager_tick_ms`: whether this turn crossed the next multiple of it
-        (the first turn only sets the first one, after its own time)."""
-        every = self._manager_tick_ms
-        if every is None:
-            return False
-        due = self._manager_next_ms is not None and now_ms >= self._manager_next_ms
-        if self._manager_next_ms is None or due:
-            self._manager_next_ms = (now_ms // every + 1) * every
-        return due
 
-    def _turn(self, limit: int | None) -> _Turn:
-        """The event-loop half of a turn: evaluate at the clock's now, and decide what
-        the SQL half does (snapshot after a change or when the interval is up)."""
-        now_ms = self._clock_ms()
-        detections = self._evaluate_queued(now_ms, limit)
-        due = time.monotonic() - self._last_snapshot >= self._snapshot_interval_s or self._dirty
-        snapshot = bool(detections) or due
-        manager_tick = self._manager_due(now_ms) or (snapshot and self._manager_tick_ms is None)
-        return _Turn(now_ms, detections, snapshot, manager_tick)
+def _position_json(position: Cursor | None) -> bytes:
+    raw = None if position is None else [position.segment, position.offset]
+    return json.dumps({"position": raw}).encode()
 
-    def _persist(
-        self, detections: list[Detection], now_ms: int, snapshot: bool, manager_tick: bool = True
-    ) -> None:
-        """The SQL half of a turn (on a worker thread in the hub)."""
-        for detection in detections:
-            self.manager.handle(detection, now_ms)
-        if manager_tick:
-            self.manager.tick(now_ms)
-        if snapshot:
-            self.store.put_snapshot(SNAPSHOT_NAME, self._snapshot_json(), now_ms)
 
-    def _persist_turn(self, turn: _Turn) -> None:
-        self._persist(turn.detections, turn.now_ms, turn.snapshot, turn.manager_tick)
+def _position_of(data: bytes | None) -> Cursor | None:
+    if data is None:
+        return None
+    try:
+        raw = json.loads(data)["position"]
+        return None if raw is None else Cursor(int(raw[0]), int(raw[1]))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("ignoring the rules' committed position: %s", exc)
+        return None
 
-    def _done(self, turn: _Turn) -> None:
-        if turn.snapshot:
-            self._last_snapshot = time.monotonic()
-        if turn.detections:
-            self.detections += len(turn.detections)
-            self._on_events()
 
-    def step(self, limit: int | None = None) -> list[Detection]:
-        """One turn of `run`, synchronously and now (by the clock): fire the rule timers
-        due, evaluate up to `limit` queued items (all when None) in arrival order, hand
-        the detections to the event manager, tick its timers and snapshot the state when
-        due. Returns the detections (already persisted)."""
-        turn = self._turn(limit)
-        if turn.persist:
-            self._persist_turn(turn)
-        self._done(turn)
-        return turn.detections
+def _to_snapshot(
+    state: EngineState, unknown: UnknownSources, position: Cursor | None, clockless: bool
+) -> bytes:
+    body = {
+        "format": SNAPSHOT_FORMAT,
+        "clockless": clockless,
+        "position": None if position is None else [position.segment, position.offset],
+        "engine": json.loads(state.to_json()),
+        "unknown": {
+            scope: [t.counts, t.others, t.total, t.last_ns] for scope, t in unknown.tallies.items()
+        },
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
-    async def run(self) -> None:
-        """`step` in a loop, woken by `observe` or every `TICK_S`: evaluation on the
-        event loop in chunks of `CHUNK`, the SQL half of each turn on a worker thread."""
-        self._last_snapshot = time.monotonic()
-        while True:
-            if not self._queue:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK_S)
-            else:
-                await asyncio.sleep(0)  # the intake's turn between chunks
-            self._wake.clear()
-            turn = self._turn(CHUNK)
-            if turn.persist:
-                await asyncio.to_thread(self._persist_turn, turn)
-            self._done(turn)
 
-    async def flush(self) -> None:
-        """Evaluate what is queued and snapshot (graceful stop)."""
-        now_ms = self._clock_ms()
-        detections = self._evaluate_queued(now_ms)
-        await asyncio.to_thread(self._persist, detections, now_ms, True)
-        if detections:
-            self._on_events()
+def _from_snapshot(data: bytes) -> tuple[EngineState, UnknownSources, Cursor | None, bool]:
+    body = json.loads(data)
+    if body.get("format") != SNAPSHOT_FORMAT:  # an engine state of before the log
+        return EngineState.from_json(data), UnknownSources(), None, True
+    state = EngineState.from_json(json.dumps(body["engine"]).encode())
+    unknown = UnknownSources()
+    for scope, (counts, others, total, last_ns) in body["unknown"].items():
+        unknown.tallies[scope] = _Tally(dict(counts), int(others), int(total), int(last_ns))
+    raw = body["position"]
+    position = None if raw is None else Cursor(int(raw[0]), int(raw[1]))
+    return state, unknown, position, bool(body.get("clockless", True))
+
+
+def _at(reading: Reading, at_ms: int) -> Reading:
+    """The reading as if it had been stamped at `at_ms`."""
+    return dataclasses.replace(reading, ts_ns=at_ms * 1_000_000)

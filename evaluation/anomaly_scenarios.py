@@ -25,7 +25,6 @@ from anomaly.online import AnomalyScorer, Scored
 from anomaly.training import AnomalyModel, TrainConfig, train
 from detection.anomaly_service import AnomalyService
 from evaluation.matching import Hit, match_labels
-from evaluation.rules_eval import SimClock
 from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore
@@ -130,7 +129,6 @@ def score_stream(
     last reading has arrived, the detections persisted as in the hub: all detections,
     the number of vectors scored, and the scored vectors `keep` selects (for plots)."""
     kept: list[Scored] = []
-    clock = SimClock()
     detections: list[Detection] = []
     with (
         tempfile.TemporaryDirectory(prefix="gridwatch-anomaly-eval-") as tmp,
@@ -140,15 +138,11 @@ def score_stream(
         service = AnomalyService(
             AnomalyScorer(model),
             EventManager(store, workers={}),
-            clock_ms=clock,
             on_scored=lambda scored: kept.extend(s for s in scored if keep(s)),
         )
         for i in range(0, len(readings), BATCH):
             batch = readings[i : i + BATCH]
-            for reading in batch:
-                service.observe(reading)
-            clock.now_ms = batch[-1].ts_ns // 1_000_000
-            detections += service.step()
+            detections += service.step(batch)
             if on_progress is not None:
                 on_progress(len(batch))
     return detections, service.counters.scored, kept

@@ -1,5 +1,8 @@
 """In-process costs per message for `gridwatch bench ingest`: stable where wall clocks are not.
 
+Each is a part, measured in the bench's own process: never the hub's figure (the bench
+prints them as "part, in-process").
+
 The end-to-end rates share two cores with Mosquitto, InfluxDB and the publisher, so they
 are noisy. CPU time per message of one stage, measured in this process over the same
 benchmark messages, is not: it tells whether a change made a stage cheaper. Each cost

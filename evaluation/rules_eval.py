@@ -1,14 +1,14 @@
 """Alarm-quality harness: simulated incidents through the hub's rule path, scored.
 
 The site's traffic (background plus labelled scenarios, or dataset replays) goes
-through the hub's own decoder, `RulesService` (rules engine, event manager, event store,
-snapshots), in simulated time and as fast as the CPU allows: the service's clock is set
-to each message's simulated time and the service takes one synchronous turn
-(`RulesService.step`) per message, plus one every simulated second between messages
-(the hub's run loop wakes at least once a second to fire timers), so a 40-hour scenario
-suite takes seconds. MQTT and InfluxDB are left out on purpose (they move messages,
-they do not decide events; the end-to-end test covers them). Events are then matched to
-the ground-truth labels (`evaluation.alarm_quality`).
+through the hub's own decoder into `RulesService` (rules engine, event manager, event
+store, snapshots) as the records the hub's log would hold, as fast as the CPU allows:
+one synchronous turn (`RulesService.step`) per message, plus a `Tick` every simulated
+second between messages (what the hub logs while its input is idle). The service runs
+on event time in the hub too, so this is the live path's decision, not a model of it;
+a 40-hour scenario suite takes seconds. MQTT and InfluxDB are left out on purpose
+(they move messages, they do not decide events; the end-to-end test covers them).
+Events are then matched to the ground-truth labels (`evaluation.alarm_quality`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from events.manager import EventManager
 from events.model import Action, SecurityEvent, State
 from events.store import EventStore
 from ingest.decode import Decoder, Rejected
+from ingest.records import Tick
 from rules.engine import Engine
 from rules.schema import Rule, rule_wait_ms
 from rules.site_directory import directory_from_sites
@@ -40,13 +41,7 @@ HASH_KEY: Final = b"alarm-quality-harness"
 """The harness's key for hashing card numbers and plates (rule keys name the hashes)."""
 
 TICK_MS: Final = 1_000
-"""Rule timers fire at least this often in simulated time (between sparse messages), as
-the hub's run loop wakes at least every `detection.rules_service.TICK_S`."""
-
-MANAGER_TICK_MS: Final = 60_000
-"""Shelve expiry and flood-window checks (store queries) run this often in simulated
-time (`RulesService(manager_tick_ms=...)`)."""
-
+"""A `Tick` every simulated second between messages (rule timers of idle input)."""
 
 def wait_s(rules: Sequence[Rule]) -> dict[str, float]:
     """Each incident kind's own waiting time in seconds (the longest of its rules'):
@@ -167,16 +162,6 @@ class EvalRun:
         return body
 
 
-class SimClock:
-    """The service's clock in the harness: simulated epoch ms, set before each turn."""
-
-    def __init__(self, now_ms: int = 0) -> None:
-        self.now_ms = now_ms
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-
 def run_rules(
     sites: Sequence[Site],
     messages: Iterable[SimMessage],
@@ -185,44 +170,42 @@ def run_rules(
     store_url: str,
     topic_prefix: str = topics.DEFAULT_PREFIX,
     on_progress: Callable[[int], None] | None = None,
+    tick_ms: int | None = TICK_MS,
 ) -> tuple[list[SecurityEvent], int, int]:
     """Feed messages (in time order) through decode → `RulesService` → events; return
     every event in the store (with its re-annunciations), the message count and the
-    rejected count."""
+    rejected count. `tick_ms`: a `Tick` this often (simulated) between messages, as a
+    hub receiving the traffic in real time logs while its input is idle; None: none
+    until the end, as a hub fed faster than real time (`--speed max`) logs none."""
     directory = directory_from_sites(sites)
     decoder = Decoder(
         KINDS,
         DecodeContext(hash_identifier=lambda v: keyed_hash(HASH_KEY, v)),
         topic_prefix=topic_prefix,
     )
-    clock = SimClock()
     with EventStore(store_url) as store:
         store.migrate()
-        service = RulesService(
-            Engine(rules, directory),
-            store,
-            EventManager(store, workers=directory.workers()),
-            clock_ms=clock,
-            manager_tick_ms=MANAGER_TICK_MS,
-        )
+        service = RulesService(Engine(rules, directory), store, EventManager(store, workers={}))
+        service.manager.workers = directory.workers()
         count = rejected = 0
         next_tick = None
+        last = 0
         for message in messages:
             now = message.sim_ms
-            if next_tick is None:
-                next_tick = (now // TICK_MS + 1) * TICK_MS
-            while next_tick <= now:  # the run loop's idle wake-ups, for rule timers
-                clock.now_ms = next_tick
-                service.step()
-                next_tick += TICK_MS
-            clock.now_ms = now
+            if tick_ms is not None:
+                if next_tick is None:
+                    next_tick = (now // tick_ms + 1) * tick_ms
+                while next_tick <= now:  # the idle input's ticks, as the hub logs them
+                    service.step([Tick(next_tick)])
+                    next_tick += tick_ms
             decoded = decoder.decode(message.topic, message.payload, now * 1_000_000)
             rejected += isinstance(decoded, Rejected)
             count += 1
-            service.observe(decoded)
-            service.step()
+            service.step([decoded])
+            last = now
             if on_progress is not None and count % 10_000 == 0:
                 on_progress(count)
+        service.step([Tick(last)], force=True)
         events = store.list_events(limit=1_000_000)
         events += reannunciations(store, events)
     return events, count, rejected

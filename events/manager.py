@@ -1,32 +1,47 @@
 """Turns detections into events and operator requests into transitions, with flood control.
 
 Clock: every time this module writes comes from one clock, the one that drives the rules
-(simulated or real): a detection's `at_ms` for what it causes, the caller's `now_ms` for
-`tick`, the operator's `at_ms` for `act`. The hub must pass that same clock to `tick` and
+(simulated or real): a detection's `at_ms` for what it causes, the operator's `at_ms` for
+`act`, and for timers their own due time. The hub must pass that same clock to `tick` and
 `act`, else shelve expiry and flood quiet-down would compare unrelated clocks.
+
+Replays are harmless, so a consumer that re-reads its input after a crash may hand the
+same detections over again: an event's id is a function of the raise that opened it
+(`events.model.event_id`), a raise whose event exists already or a repeat not newer than
+the event's `last_ms` writes nothing, and so does a clear older than the last raise.
+
+Timers are in event time: a shelve runs out at `shelved_until_ms` and a flood parent
+returns at `last_ms + flood_window_ms`, whether `tick` finds them or a later transition of
+the same event (or a new event at the parent's site) finds them first and applies them
+before itself. So how often `tick` runs changes when the timers are written, never what
+is written.
 
 Flood control (ISA-18.2 "alarm flood"): per site, the raise times of new events in the
 last `flood_window_ms`. When a new event makes them exceed `flood_limit`, a parent event
 (`flood_control`, key = site) opens, and every open top-level event of the site raised in
 the window, the new one included, is grouped under it and suppressed. While the parent is
 active, each further new event of the site joins it the same way and repeats the parent,
-so the parent's `last_ms` is the site's last new event. `tick` returns the parent once
-that is `flood_window_ms` old, and unsuppresses the children it suppressed (they stay
-grouped under it). Children otherwise keep their own lifecycle.
+so the parent's `last_ms` is the site's last new event. Once the site has been quiet for
+`flood_window_ms` the parent returns and unsuppresses the children it suppressed (they
+stay grouped under it). Children otherwise keep their own lifecycle.
 
 State kept here is only the per-site window (at most `flood_limit + 1` times each),
-rebuilt from the store on start; everything else is read from the store when needed, so
-several managers (or a restart) never act on stale copies: a lost race is a `StaleEvent`,
-retried with fresh reads.
+rebuilt from the store on start and by `reload()`; everything else is read from the store
+when needed, so several managers (or a restart) never act on stale copies: a lost race is
+a `StaleEvent`, retried with fresh reads.
+
+Units of work: `batch()` makes everything the manager (and the store) does on this thread
+in the block one store transaction, e.g. the events of a batch of detections together
+with the rules engine's snapshot.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Final, TypeVar
 
@@ -42,6 +57,7 @@ from events.model import (
     Severity,
     Source,
     State,
+    event_id,
     new_event,
     transition,
 )
@@ -56,6 +72,8 @@ _OPEN_STATES: Final = frozenset(State) - {State.CLOSED}
 _PAGE: Final = 500
 
 Change = tuple[SecurityEvent, AuditRecord]
+NewId = Callable[[str, str, int], str]
+"""The id of the event a raise opens, from (rule id, key, raise time in ms)."""
 T = TypeVar("T")
 
 
@@ -68,7 +86,7 @@ class EventManager:
         *,
         workers: Mapping[str, str],
         sinks: Sequence[str] = (),
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_id: NewId = event_id,
         flood_limit: int = 10,
         flood_window_ms: int = 600_000,
     ) -> None:
@@ -81,9 +99,39 @@ class EventManager:
         self.flood_limit = flood_limit
         self.flood_window_ms = flood_window_ms
         # One writer at a time in this process; other processes are caught by the store.
-        self._lock = threading.Lock()
+        # Reentrant: `batch` holds it around the calls made inside it.
+        self._lock = threading.RLock()
         self._recent: defaultdict[str, deque[int]] = defaultdict(self._window)
+        self._recent_stale = False
         self._rebuild_recent()
+
+    # ------------------------------------------------------------------ units of work
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """`EventStore.batch` under the manager's lock: whatever this thread hands the
+        manager or writes to the store in the block commits together, or not at all.
+
+        Holding the lock throughout keeps other threads' manager calls (API actions) out
+        until the batch commits, rather than waiting inside the database for rows the
+        batch holds while the batch waits for the lock. If the block raises, the flood
+        windows are rebuilt from the store before the next raise.
+        """
+        with self._lock:
+            try:
+                with self.store.batch():
+                    yield
+            except BaseException:
+                self._recent_stale = True
+                raise
+
+    def reload(self) -> None:
+        """Rebuild the flood windows from the store: after a batch that rolled back they
+        still count the raises it had saved."""
+        with self._lock:
+            self._recent.clear()
+            self._rebuild_recent()
+            self._recent_stale = False
 
     # ------------------------------------------------------------------ detections
 
@@ -97,6 +145,8 @@ class EventManager:
         if detection.at_ms <= 0:
             detection = replace(detection, at_ms=now_ms)
         with self._lock:
+            if self._recent_stale:
+                self.reload()
             if detection.raised:
                 return _retry(lambda: self._raise(detection))
             return _retry(lambda: self._clear(detection))
@@ -105,40 +155,69 @@ class EventManager:
         at = detection.at_ms
         existing = self.store.open_event(detection.rule_id, detection.key)
         if existing is not None:
-            return self._save([_system(existing, Action.REPEAT, at, detection=detection)])
-        event, raised = new_event(self._new_id(), detection, at)
-        changes = [(event, raised)]
+            if at <= existing.last_ms:
+                return []  # a replay, or older than what the event already has
+            changes = self._overdue(existing, at)
+            repeat = _system(_latest(changes, existing), Action.REPEAT, at, detection=detection)
+            return self._save([*changes, repeat])
+        new_id = self._new_id(detection.rule_id, detection.key, at)
+        if self.store.get(new_id) is not None:
+            return []  # a replay of the raise that opened it (closed since)
+        parent, changes = self._flood_parent(detection.site, at)
+        event, raised = new_event(new_id, detection, at)
+        changes.append((event, raised))
         worker = self.workers.get(detection.cell) if detection.cell else None
         if worker:
             note = f"grid worker of cell {detection.cell}"
             event, assigned = _system(event, Action.ASSIGN, at, assignee=worker, note=note)
             changes.append((event, assigned))
-        changes += self._flood(event, at)
+        changes += self._flood(event, at, parent)
         saved = self._save(changes)
-        # Only after the commit: a failed save must not count towards a flood.
+        # Only once saved: a failed save must not count towards a flood (and a batch
+        # that rolls back is followed by `reload`).
         self._recent[event.site].append(at)
         return saved
 
     def _clear(self, detection: Detection) -> list[SecurityEvent]:
+        at = detection.at_ms
         existing = self.store.open_event(detection.rule_id, detection.key)
         if existing is None or not existing.active:
             return []  # cleared before it was raised, or already returned: nothing to do
-        note = detection.message
-        return self._save([_system(existing, Action.RETURN, detection.at_ms, note=note)])
+        if at < existing.last_ms:
+            return []  # raised again since: a replay, or late
+        changes = self._overdue(existing, at)
+        back = _system(_latest(changes, existing), Action.RETURN, at, note=detection.message)
+        return self._save([*changes, back])
 
     # ------------------------------------------------------------------ flood control
 
-    def _flood(self, event: SecurityEvent, at: int) -> list[Change]:
-        """The changes that group `event` into its site's flood, if there is one."""
+    def _flood_parent(self, site: str, at: int) -> tuple[SecurityEvent | None, list[Change]]:
+        """The site's open flood parent as of `at`, and the changes that return it first
+        if it went quiet by then."""
+        parent = self.store.open_event(FLOOD_RULE, site)
+        if parent is None:
+            return None, []
+        changes = self._overdue(parent, at)
+        return _latest(changes, parent), changes
+
+    def _flood(self, event: SecurityEvent, at: int, parent: SecurityEvent | None) -> list[Change]:
+        """The changes that group `event` into its site's flood, if there is one
+        (`parent`: the site's open flood parent, see `_flood_parent`)."""
         site = event.site
         recent = self._recent[site]
         while recent and recent[0] <= at - self.flood_window_ms:
             recent.popleft()
-        parent = self.store.open_event(FLOOD_RULE, site)
+        changes: list[Change] = []
         if parent is not None and parent.active:
             joining = [event]
         elif len(recent) + 1 > self.flood_limit:
-            joining = [*self._open_in_window(site, at), event]
+            joining = []
+            for other in self._open_in_window(site, at):
+                # An expired shelve runs out before the event is grouped, as if ticked.
+                overdue = self._overdue(other, at)
+                changes += overdue
+                joining.append(_latest(overdue, other))
+            joining.append(event)
         else:
             return []
         # Children so far (a returned parent reopened by a new storm keeps its old ones).
@@ -158,12 +237,12 @@ class EventManager:
             values={"events": n},
             devices=_devices(joining),
         )
-        changes: list[Change] = []
         if parent is None:
-            changes.append(new_event(self._new_id(), storm, at))
+            head = new_event(self._new_id(FLOOD_RULE, site, at), storm, at)
         else:  # active: one more joins; returned: a new storm reopens it
-            changes.append(_system(parent, Action.REPEAT, at, detection=storm))
-        parent_id = changes[0][0].id
+            head = _system(parent, Action.REPEAT, at, detection=storm)
+        changes.append(head)
+        parent_id = head[0].id
         note = f"flood control: incident storm {parent_id}"
         for child in joining:
             grouped, record = _system(child, Action.GROUP, at, parent_id=parent_id, note=note)
@@ -213,40 +292,74 @@ class EventManager:
     # ------------------------------------------------------------------ timers
 
     def tick(self, now_ms: int) -> list[SecurityEvent]:
-        """Unshelve expired shelves and return flood parents whose site went quiet."""
+        """Apply the timers due by `now_ms`, each at its own due time: unshelve expired
+        shelves, return flood parents whose site went quiet."""
         changed: list[SecurityEvent] = []
         with self._lock:
             for shelved in self.store.shelved_expired(now_ms):
-                changed += _retry(functools.partial(self._unshelve, shelved.id, now_ms))
+                changed += _retry(functools.partial(self._catch_up, shelved.id, now_ms))
             open_parents = EventFilter(rule_id=FLOOD_RULE, states=_OPEN_STATES)
             parents = self.store.list_events(open_parents, limit=10_000)
             for parent in parents:
-                if parent.active and now_ms - parent.last_ms >= self.flood_window_ms:
-                    changed += _retry(functools.partial(self._quiet, parent.id, now_ms))
+                if self._quiet_due(parent, now_ms):
+                    changed += _retry(functools.partial(self._catch_up, parent.id, now_ms))
         return changed
 
-    def _unshelve(self, event_id: str, now_ms: int) -> list[SecurityEvent]:
+    def _catch_up(self, event_id: str, now_ms: int) -> list[SecurityEvent]:
         event = self.store.get(event_id)
-        if event is None or event.state is not State.SHELVED:
-            return []  # unshelved meanwhile
-        if event.shelved_until_ms is None or event.shelved_until_ms > now_ms:
-            return []  # shelved again meanwhile
-        return self._save([_system(event, Action.UNSHELVE, now_ms, note="shelve expired")])
+        # Nothing if someone got there first (or shelved it again, or a new event joined).
+        return [] if event is None else self._save(self._overdue(event, now_ms))
 
-    def _quiet(self, parent_id: str, now_ms: int) -> list[SecurityEvent]:
-        parent = self.store.get(parent_id)
-        if parent is None or not parent.active or parent.closed:
+    def _overdue(self, event: SecurityEvent, at: int) -> list[Change]:
+        """The timer transitions `tick` would have made to `event` by `at`, in the order
+        they fell due: its shelve running out, the quiet-down of its flood (as parent or
+        suppressed child).
+
+        Applied before anything else happens to the event at `at`, so its audit trail
+        is the same however often `tick` runs.
+        """
+        changes: list[Change] = []
+        while step := self._next_timer(_latest(changes, event), at):
+            changes += step
+        return changes
+
+    def _next_timer(self, event: SecurityEvent, at: int) -> list[Change]:
+        """The first of `event`'s timers due by `at` (a tie: the shelve first, as `tick`
+        does), as changes; none if nothing is due."""
+        if event.closed:
             return []
+        if event.rule_id != FLOOD_RULE and event.mode is Mode.SUPPRESSED and event.parent_id:
+            # A suppressed child waits for its parent; that one's timers come first.
+            parent = self.store.get(event.parent_id)
+            if parent is None or not self._quiet_due(parent, at):
+                return []
+            return self._overdue(parent, at)  # ends with the quiet-down: unsuppresses
+        quiet_at = None
+        if event.rule_id == FLOOD_RULE and self._quiet_due(event, at):
+            quiet_at = event.last_ms + self.flood_window_ms
+        until = event.shelved_until_ms if event.mode is Mode.SHELVED else None
+        if until is not None and until <= at and (quiet_at is None or until <= quiet_at):
+            return [_system(event, Action.UNSHELVE, until, note="shelve expired")]
+        return [] if quiet_at is None else self._quiet_changes(event)
+
+    def _quiet_due(self, parent: SecurityEvent, at: int) -> bool:
+        """Whether the flood of `parent` was over by `at` (its site quiet for the window)."""
+        return parent.active and not parent.closed and parent.last_ms + self.flood_window_ms <= at
+
+    def _quiet_changes(self, parent: SecurityEvent) -> list[Change]:
+        """Return a flood parent at the moment its site went quiet, and unsuppress its
+        children."""
+        quiet_at = parent.last_ms + self.flood_window_ms
         minutes = f"{self.flood_window_ms / 60_000:g}"
         note = f"no new event at {parent.site} for {minutes} min"
-        changes = [_system(parent, Action.RETURN, now_ms, note=note)]
+        changes = [_system(parent, Action.RETURN, quiet_at, note=note)]
         # The flood is over: its children are annunciated again, each in its own state
         # (still grouped under the parent, so the desk shows where they came from).
         unsuppress = f"flood control: incident storm {parent.id} is over"
         for child in self.store.children(parent.id):
             if child.mode is Mode.SUPPRESSED and not child.closed:
-                changes.append(_system(child, Action.UNSUPPRESS, now_ms, note=unsuppress))
-        return self._save(changes)
+                changes.append(_system(child, Action.UNSUPPRESS, quiet_at, note=unsuppress))
+        return changes
 
     # ------------------------------------------------------------------ operators
 
@@ -262,7 +375,10 @@ class EventManager:
         until_ms: int | None = None,
         expected_version: int | None = None,
     ) -> SecurityEvent:
-        """Apply an operator's action; `expected_version` turns a lost race into StaleEvent."""
+        """Apply an operator's action; `expected_version` turns a lost race into StaleEvent.
+
+        Timers of the event due by `at_ms` (see `tick`) are applied first.
+        """
 
         def attempt() -> SecurityEvent:
             event = self.store.get(event_id)
@@ -272,8 +388,9 @@ class EventManager:
                 raise ForbiddenTransition(event, action, "only the system does that")
             if expected_version is not None and event.version != expected_version:
                 raise StaleEvent(event_id)
-            change = transition(
-                event,
+            changes = self._overdue(event, at_ms)
+            acted, record = transition(
+                _latest(changes, event),
                 action,
                 actor=actor,
                 at_ms=at_ms,
@@ -281,7 +398,8 @@ class EventManager:
                 assignee=assignee,
                 until_ms=until_ms,
             )
-            return self._save([change])[0]
+            self._save([*changes, (acted, record)])
+            return acted
 
         with self._lock:
             # With an expected version the operator decided on what they saw: never retry.
@@ -290,6 +408,8 @@ class EventManager:
     # ------------------------------------------------------------------ helpers
 
     def _save(self, changes: list[Change]) -> list[SecurityEvent]:
+        if not changes:
+            return []
         self.store.save(changes, sinks=self.sinks)
         latest = {event.id: event for event, _ in changes}  # keeps first-seen order
         return list(latest.values())
@@ -315,6 +435,14 @@ def _system(
         parent_id=parent_id,
         detection=detection,
     )
+
+
+def _latest(changes: Sequence[Change], event: SecurityEvent) -> SecurityEvent:
+    """`event` as `changes` leave it."""
+    for changed, _ in reversed(changes):
+        if changed.id == event.id:
+            return changed
+    return event
 
 
 def _retry(attempt: Callable[[], T]) -> T:

@@ -2,14 +2,17 @@
 
 SQLAlchemy Core on SQLite (the embedded default) or PostgreSQL. Synchronous: the hub
 calls it from worker threads, so every operation checks a connection out of the
-engine's pool for just that operation and nothing is shared between threads.
+engine's pool for just that operation and nothing is shared between threads, except
+inside `batch()`: there every operation of that thread shares the batch's connection
+and transaction (a unit of work), and each write is a savepoint in it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -51,6 +54,7 @@ __all__ = [
     "StoreError",
     "UnknownEvent",
 ]
+
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
@@ -116,6 +120,31 @@ class UnknownEvent(StoreError):
         self.event_id = event_id
 
 
+class _Batch(threading.local):
+    """The connection of the batch open on this thread, if any."""
+
+    conn: Connection | None = None
+
+
+# Statements built once: building one per call (`.values(row)`, a fresh `where`) costs
+# SQLAlchemy a new cache key per execution, most of a detection's time in the store.
+_INSERT_EVENT: Final = events.insert()
+_INSERT_AUDIT: Final = audit.insert()
+_UPDATE_EVENT: Final = events.update().where(
+    events.c.id == sa.bindparam("b_id"), events.c.version == sa.bindparam("b_version")
+)
+_OPEN_EVENT: Final = (
+    events.select()
+    .where(
+        events.c.rule_id == sa.bindparam("b_rule"),
+        events.c.key == sa.bindparam("b_key"),
+        sa.not_(events.c.closed),
+    )
+    .order_by(events.c.raised_ms.desc(), events.c.id.desc())
+    .limit(1)
+)
+
+
 class EventStore:
     """Events, their audit trail and outbox in one database; call `migrate()` first."""
 
@@ -124,6 +153,35 @@ class EventStore:
             self._engine = create_engine(url)
         except DatabaseUrlError as exc:
             raise StoreError(str(exc)) from exc
+        self._batch = _Batch()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for everything this thread does with the store in the block:
+        committed when the block ends, rolled back if it raises.
+
+        Other threads keep their own transactions (they see the batch once it commits;
+        on SQLite their writes wait for it, so keep batches short). Each write inside is
+        a savepoint, so a write that fails (e.g. `StaleEvent`, to be retried) undoes only
+        itself. A batch opened inside another on the same thread joins it: a savepoint
+        too, committed with the outer one.
+        """
+        outer = self._batch.conn
+        if outer is not None:
+            with outer.begin_nested():
+                yield
+            return
+        with write_transaction(self._engine) as conn:
+            self._batch.conn = conn
+            try:
+                yield
+            finally:
+                self._batch.conn = None
+
+    @property
+    def in_batch(self) -> bool:
+        """Whether this thread is inside `batch()`."""
+        return self._batch.conn is not None
 
     def migrate(self) -> int:
         """Bring the schema up to date (idempotent); return its version."""
@@ -161,7 +219,7 @@ class EventStore:
                 # The audit sequence is the version the transition produced: unique per
                 # event, and it orders the trail without another counter.
                 try:
-                    conn.execute(audit.insert().values(_audit_row(record, event.version)))
+                    conn.execute(_INSERT_AUDIT, _audit_row(record, event.version))
                 except IntegrityError as err:
                     raise StaleEvent(event.id) from err
                 if sinks:
@@ -189,16 +247,14 @@ class EventStore:
         row = _event_row(event)
         if event.version == 1:
             try:
-                conn.execute(events.insert().values(row))
+                conn.execute(_INSERT_EVENT, row)
             except IntegrityError as err:
                 # Saved already, or another writer opened the same condition first.
                 raise StaleEvent(event.id) from err
             return
         try:
             updated = conn.execute(
-                events.update()
-                .where(events.c.id == event.id, events.c.version == event.version - 1)
-                .values(row)
+                _UPDATE_EVENT, {**row, "b_id": event.id, "b_version": event.version - 1}
             )
         except IntegrityError as err:  # e.g. grouped under a parent that does not exist
             raise StoreError(f"event {event.id} refused: {err.orig}") from err
@@ -212,14 +268,8 @@ class EventStore:
 
     def open_event(self, rule_id: str, key: str) -> SecurityEvent | None:
         """The not-closed event of this condition (what a repeat bumps); at most one."""
-        query = (
-            events.select()
-            .where(events.c.rule_id == rule_id, events.c.key == key, sa.not_(events.c.closed))
-            .order_by(events.c.raised_ms.desc(), events.c.id.desc())
-            .limit(1)
-        )
         with self._read() as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(_OPEN_EVENT, {"b_rule": rule_id, "b_key": key}).mappings().first()
         return None if row is None else _event_from_row(row)
 
     def audit_trail(self, event_id: str) -> list[AuditRecord]:
@@ -354,10 +404,25 @@ class EventStore:
     # ------------------------------------------------------------------ transactions
 
     def _read(self) -> AbstractContextManager[Connection]:
-        return read_transaction(self._engine)
+        """The batch's connection on this thread, else a read transaction of its own."""
+        conn = self._batch.conn
+        return read_transaction(self._engine) if conn is None else nullcontext(conn)
 
     def _write(self) -> AbstractContextManager[Connection]:
-        return write_transaction(self._engine)
+        """A savepoint in this thread's batch, else a write transaction of its own."""
+        conn = self._batch.conn
+        return write_transaction(self._engine) if conn is None else _savepoint(conn)
+
+
+@contextmanager
+def _savepoint(conn: Connection) -> Iterator[Connection]:
+    """Released when the block ends; rolled back to if it raises (and the error goes on).
+
+    SQLite: the engine issues BEGIN itself (pysqlite left out of transaction handling),
+    which is what makes SAVEPOINT work there (SQLAlchemy's documented recipe).
+    """
+    with conn.begin_nested():
+        yield conn
 
 
 # ---------------------------------------------------------------------- rows

@@ -1,9 +1,21 @@
 """Composition root: build the ingest pipeline from settings and run it in one TaskGroup.
 
-MQTT client ──on_publish──► Intake ──fsync──► Spool ──► SpoolWriter ──► InfluxDB
-     ▲                        │  └──────► dead letters
-     └──────── PUBACK ◄───────┘ (after fsync)
+MQTT client ──on_publish──► Intake ──fsync──► Spool (the log) ──► SpoolWriter ──► InfluxDB
+     ▲                        │  └──────► dead letters    ├──────► RulesService ──► events
+     └──────── PUBACK ◄───────┘ (after fsync)             └──────► AnomalyService ─► events
 + hub_stats every stats_interval_s (through the spool) and a status file every second.
+
+Each consumer of the log reads at its own position and commits it with its output, so
+a PUBACK promises the reading is stored and will be evaluated once by every consumer.
+Events are published on a connection of their own (`<client_id>-events`): the device
+connection stops reading under back-pressure, and with it would stop our PUBACKs.
+
+Event time: the rules run on the readings' timestamps. While the whole input is idle
+(connected, reading, and nothing received for `IDLE_AFTER_S`), the hub logs a `Tick`
+at wall clock minus `TICK_LAG_MS` once a second, so timers of silent devices (held
+open, offline) still fire; a reading delayed in transit by more than that bound may
+arrive after its time has passed, and is then evaluated as a late reading. During a
+backlog, an outage or a pause nothing is ticked: event time follows the readings.
 
 The MQTT client, the intake and the spool writer are the pipeline: when one fails the
 hub stops, loudly. Every other long-lived task (rules, the registry's refreshes, the
@@ -27,7 +39,6 @@ from typing import Any, Final
 
 from api.probes import IngestionView
 from broker.client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient, Will
-from detection.anomaly_service import fan_out
 from hub.serving import embedded_api
 from hub.settings import Settings
 from hub.wiring import (
@@ -35,6 +46,7 @@ from hub.wiring import (
     build_events,
     build_writer,
     credential_key,
+    events_publisher,
     registry_gate,
     tls_context,
 )
@@ -63,6 +75,11 @@ READY_PAUSE_GRACE_S: Final = 30.0
 """`/readyz`: the intake may stop reading (back-pressure) this long before it counts."""
 READY_WRITER_GRACE_S: Final = 60.0
 """`/readyz`: InfluxDB may refuse writes this long (the spool holds them) before it counts."""
+IDLE_AFTER_S: Final = 2.0
+"""The input counts as idle after this long without a message (see the module doc)."""
+TICK_LAG_MS: Final = 2_000
+"""A tick is this far behind the wall clock: the transit delay a reading may have and
+still be evaluated before its time has passed."""
 
 
 @dataclass
@@ -208,8 +225,13 @@ class Hub:
             reconnect_min_s=mqtt.reconnect_min_s,
             reconnect_max_s=mqtt.reconnect_max_s,
         )
+        self.publisher = (
+            events_publisher(settings)
+            if settings.events.enabled and settings.events.publish_mqtt
+            else None
+        )
         self.events = (
-            build_events(settings, self.client, self.sink) if settings.events.enabled else None
+            build_events(settings, self.publisher, self.sink) if settings.events.enabled else None
         )
         self.anomaly = (
             build_anomaly(settings, self.events.service.manager, self.events.dispatcher.wake)
@@ -229,10 +251,8 @@ class Hub:
             batch_max=settings.spool.fsync_batch,
             linger_s=settings.spool.fsync_linger_ms / 1000,
             high_water=max(settings.mqtt.receive_maximum * 2, settings.spool.fsync_batch * 4),
-            observe=fan_out(
-                self.events.service.observe if self.events is not None else None,
-                self.anomaly.observe if self.anomaly is not None else None,
-            ),
+            records=self.events is not None,
+            on_persisted=self._wake_consumers,
         )
         self.watched_sink = WatchedWriter(self.sink)
         self.writer = SpoolWriter(
@@ -245,8 +265,6 @@ class Hub:
             retry_max_s=settings.influx.retry_max_s,
             on_commit=self.intake.space_freed,
         )
-        if self.events is not None:  # a full rules queue stops reading, never drops
-            self.events.service.pause_intake = self.intake.consumer_full
         self._own_status_topic = hub_status_topic(settings)
         self._presence_head = hub_presence_head(settings.mqtt.topic_prefix)
         self.api = embedded_api(settings, self.events, self.ingestion_view())
@@ -262,6 +280,22 @@ class Hub:
             pause_grace_s=READY_PAUSE_GRACE_S,
             writer_grace_s=READY_WRITER_GRACE_S,
         )
+
+    def _wake_consumers(self) -> None:
+        if self.events is not None:
+            self.events.service.wake()
+        if self.anomaly is not None:
+            self.anomaly.wake()
+
+    def _hold_log(self) -> None:
+        """Before anything commits: keep the log from each consumer's restored position
+        (the writer could otherwise delete segments a consumer has not read)."""
+        if self.events is not None:
+            service = self.events.service
+            service.position = self.spool.hold(service.NAME, service.position)
+        if self.anomaly is not None:
+            self.anomaly.restore()
+            self.anomaly.position = self.spool.hold(self.anomaly.NAME, self.anomaly.position)
 
     def _set_reading(self, enabled: bool) -> None:
         """The intake pauses and resumes reading through here: note since when it paused."""
@@ -285,9 +319,20 @@ class Hub:
         if topic.startswith(self._presence_head):
             self.intake.on_reserved(topic, payload, qos, retain, packet_id)
             return
+        if retain and self.client.session_present:
+            # Sent because we (re)subscribed, not because a device published: with our
+            # session kept, everything published meanwhile reached us as it was sent,
+            # this one included. Stored again, an arrival-stamped status would be a new
+            # point after every reconnect. (Without a session, it is state we missed.)
+            self.intake.skip_retained(qos, packet_id)
+            return
         self.intake.on_publish(topic, payload, qos, retain, packet_id)
 
     def _on_connected(self, client: MqttClient, session_present: bool) -> None:
+        if self._reading_paused_since is not None:
+            # A new connection reads from the start (the handshake needs it); the
+            # intake's back-pressure still holds, so the cap holds across reconnects.
+            client.set_reading(False)
         self.stats.connected = True
         self.stats.reconnects = client.counters.reconnects
         client.publish_nowait(self._own_status_topic, b"online", qos=0, retain=True)
@@ -296,6 +341,9 @@ class Hub:
         """Run every task in one TaskGroup; return after a graceful stop."""
         stop = stop or asyncio.Event()
         self.spool.open()
+        self._hold_log()
+        # Redeliveries of what the log already holds (the broker saw no PUBACK for it).
+        self.intake.dedup.remember(self.spool.tail_records(self.intake.dedup.capacity))
         self.dead_letters.open()
         try:
             await self._prepare_influx()
@@ -306,6 +354,8 @@ class Hub:
                     tasks.create_task(self.intake.run(), name="intake"),
                     tasks.create_task(self.writer.run(), name="writer"),
                 ]
+                if self.publisher is not None:  # stopped with the runners, after the sinks
+                    runners.append(tasks.create_task(self.publisher.run(), name="mqtt-events"))
                 # Everything else is supervised: restarted on failure, never fatal.
                 for name, factory in self.background_tasks().items():
                     supervised = self.supervisor.run(name, factory)
@@ -340,14 +390,34 @@ class Hub:
         if (gate := self.registry_gate) is not None:
             found["registry-allowlist"] = lambda: gate.run(self.decoder.forget_routes)
         if (events := self.events) is not None:
-            found["rules"] = events.service.run
+            found["rules"] = lambda: events.service.run(self.spool)
+            found["clock"] = self._clock_loop
             if (directory := events.directory) is not None:  # the registry's devices, fresh
                 refresh_s = self.settings.registry.refresh_s
                 found["rules-directory"] = lambda: directory.run(events.service, refresh_s)
             found["event-sinks"] = events.dispatcher.run
-        if self.anomaly is not None:
-            found["anomaly"] = self.anomaly.run
+        if (anomaly := self.anomaly) is not None:
+            found["anomaly"] = lambda: anomaly.run(self.spool)
         return found
+
+    async def _clock_loop(self) -> None:
+        """Log a tick once a second while the whole input is idle (module doc)."""
+        seen, quiet_since, last_tick = -1, time.monotonic(), 0
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if self.stats.received != seen:
+                seen, quiet_since = self.stats.received, now
+                continue
+            idle = (
+                self.client.connected.is_set()
+                and self._reading_paused_since is None
+                and now - quiet_since >= IDLE_AFTER_S
+            )
+            tick = time.time_ns() // 1_000_000 - TICK_LAG_MS
+            if idle and tick > last_tick:
+                self.intake.add_tick(tick)
+                last_tick = tick
 
     async def _graceful_stop(self, runners: list[asyncio.Task[None]]) -> None:
         mqtt_task, intake_task = runners[0], runners[1]
@@ -358,15 +428,16 @@ class Hub:
         with contextlib.suppress(ConnectionLost):
             self.client.publish_nowait(self._own_status_topic, b"offline", qos=0, retain=True)
         if self.events is not None:
-            # Decide on what was received, then hand events to the sinks while the
+            # Decide on what the log holds, then hand events to the sinks while the
             # broker connection is still up (what is left stays in the outbox).
-            await self.events.service.flush()
+            await self.events.service.stop()
             if self.anomaly is not None:
-                await self.anomaly.flush()
+                await self.anomaly.stop()
             await self.events.dispatcher.drain(5.0)
         mqtt_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await mqtt_task
+
         # Give the writer a moment to empty the spool; what remains is sent next start.
         deadline = time.monotonic() + 5.0
         while self.spool.pending_lines and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded)
@@ -392,7 +463,10 @@ class Hub:
             self._refresh_gauges()
             fields = self.stats.fields()
             if self.events is not None:
-                fields.update(self.events.service.status())
+                # InfluxDB has no null: a percentile not known yet is left out.
+                fields.update(
+                    (k, v) for k, v in self.events.service.status().items() if v is not None
+                )
             self.intake.add_point(encode_point(HUB_STATS, hub_tags, fields, time.time_ns()))
 
     async def _status_loop(self) -> None:

@@ -287,8 +287,6 @@ class AnomalySettings(_Section):
     """Score readings when a model exists in model_dir (none: scoring stays off, logged)."""
     model_dir: Path | None = None
     """Where models are saved and loaded; default <hub.data_dir>/anomaly."""
-    queue_max: int = Field(default=50_000, ge=100)
-    """Readings waiting for the scorer; beyond this they are dropped and counted."""
     batch_interval_s: Positive = 0.5
     """How often queued readings are scored (as one batch, on a worker thread)."""
     repeat_after_s: Positive = 600.0
@@ -315,6 +313,19 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     registry: RegistrySettings = RegistrySettings()
     anomaly: AnomalySettings = AnomalySettings()
+
+    @model_validator(mode="after")
+    def _one_consumer_per_site(self) -> Self:
+        # A shared subscription hands each message to any one hub of the group: one
+        # door's opened and closed land on different hubs, each with its own rules state.
+        if self.mqtt.shared_group is not None and self.events.enabled:
+            raise ValueError(
+                "mqtt.shared_group splits each device's messages across hubs, so rules "
+                "would see half of a door's events each and raise false alarms: use it "
+                "only with events.enabled = false (ingest-only hubs) until site-partitioned "
+                "hubs exist"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from anomaly.model_store import ARRAYS_NAME, META_NAME, ModelMismatch, load_model
 from anomaly.online import AnomalyScorer, ScoringPolicy
-from broker.client import MqttClient
+from broker.client import MQTT_V5, MQTT_V311, ConnectOptions, MqttClient
 from broker.dynsec import AdminLogin, BrokerAccounts, DynsecClient
 from broker.tls import client_tls
 from detection.anomaly_service import AnomalyService
@@ -245,16 +245,45 @@ class EventsSide:
     """Keeps the rules' directory in step with the registry (run it as a task)."""
 
 
-def build_events(settings: Settings, client: MqttClient, influx: InfluxWriter) -> EventsSide:
-    """Open (and migrate) the store, compile the rules, wire the sinks."""
+def events_publisher(settings: Settings) -> MqttClient:
+    """The connection the hub publishes events on, apart from the one it reads devices
+    on (client id `<client_id>-events`, no subscriptions, no session: the outbox, not
+    the broker, keeps what is undelivered)."""
+    mqtt = settings.mqtt
+    return MqttClient(
+        mqtt.host,
+        mqtt.port,
+        ConnectOptions(
+            client_id=f"{mqtt.client_id}-events"[:64],
+            protocol=MQTT_V5 if mqtt.protocol == "5" else MQTT_V311,
+            clean_start=True,
+            session_expiry_s=0,
+            keepalive_s=mqtt.keepalive_s,
+            username=mqtt.username,
+            password=mqtt.password.get_secret_value() if mqtt.password else None,
+        ),
+        subscriptions=[],
+        on_publish=lambda *_args: None,
+        tls=tls_context(settings),
+        reconnect_min_s=mqtt.reconnect_min_s,
+        reconnect_max_s=mqtt.reconnect_max_s,
+    )
+
+
+def build_events(
+    settings: Settings, publisher: MqttClient | None, influx: InfluxWriter
+) -> EventsSide:
+    """Open (and migrate) the store, compile the rules, wire the sinks. `publisher` is
+    the MQTT connection events are published on (`events_publisher`), never the one the
+    hub reads devices on: back-pressure there stops reading, PUBACKs included."""
     cfg = settings.events
     sinks: list[Sink] = []
     if cfg.write_influx:
         sinks.append(InfluxSink(influx_write(influx)))
-    if cfg.publish_mqtt:
+    if cfg.publish_mqtt and publisher is not None:
 
         async def publish(topic: str, payload: bytes) -> None:
-            await client.publish(topic, payload, qos=1)
+            await publisher.publish(topic, payload, qos=1)
 
         sinks.append(MqttSink(publish, settings.mqtt.topic_prefix))
     webhooks = [
@@ -334,7 +363,6 @@ def build_anomaly(
     return AnomalyService(
         AnomalyScorer(model, policy),
         manager,
-        queue_max=cfg.queue_max,
         batch_interval_s=cfg.batch_interval_s,
         on_events=on_events,
     )

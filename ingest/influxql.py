@@ -78,4 +78,3 @@ def query(target: QueryTarget, influxql: str, *, epoch: str = "ns") -> list[Seri
     except httpx.HTTPError as exc:
         raise InfluxQLError(f"{target.url}: {type(exc).__name__}: {exc}") from exc
     return _parse(resp)
-

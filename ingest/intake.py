@@ -1,5 +1,12 @@
 """Intake: MQTT message → decode → spool or dead letters → fsync → PUBACK, in that order.
 
+The spool is the hub's log: each frame carries the batch's line protocol (InfluxDB's)
+and its records (readings, rejections, clock ticks: what the rules and anomaly
+consumers evaluate, `ingest.records`). Consumers read the log after the fsync, each at
+its own position, so an acked reading reaches every consumer whatever crashes when.
+A redelivered reading (same device, seq and timestamp as one the log already holds) is
+acked and counted (`duplicates`), not logged twice.
+
 Messages are decoded as they arrive (synchronously, on the event loop) and grouped
 into batches; one batch at a time is written and fsynced on a worker thread while the
 next one fills, then its packet ids are acked. So a QoS 1 message is acknowledged only
@@ -25,6 +32,7 @@ from dataclasses import dataclass, field
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.decode import Decoder, Rejected, RejectReason
 from ingest.line_protocol import LineEncoder, LineProtocolError
+from ingest.records import Deduplicator, Record, Tick
 from ingest.spool import Spool, encode_frame
 from ingest.stats import IngestStats
 from sensors.base import Reading
@@ -41,6 +49,7 @@ class _Batch:
     generation: int
     lines: list[bytes] = field(default_factory=list)
     rejects: list[Rejected] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     packet_ids: list[int] = field(default_factory=list)
     first_ns: int = 0
     size: int = 0
@@ -61,7 +70,8 @@ class Intake:
         batch_max: int = 2000,
         linger_s: float = 0.005,
         high_water: int = 20_000,
-        observe: Callable[[Reading | Rejected], None] | None = None,
+        records: bool = True,
+        on_persisted: Callable[[], None] = lambda: None,
     ) -> None:
         self._decoder = decoder
         self._spool = spool
@@ -79,11 +89,13 @@ class Intake:
         self._space = asyncio.Event()
         self._waiting_messages = 0
         self._reading_paused = False
-        self._consumer_full = False
         self._stopping = False
         self._encoder = LineEncoder()
-        self._observe = observe
-        """Gets every decoded reading and rejection (the rules engine's queue)."""
+        self._records = records
+        """Log records for the detection consumers (off when none runs)."""
+        self._on_persisted = on_persisted
+        """Called after each fsync (wakes the consumers)."""
+        self.dedup = Deduplicator()
         self._internal_errors: dict[tuple[str, str], int] = {}
 
     # -- called by the MQTT client for every PUBLISH --------------------------------
@@ -126,19 +138,20 @@ class Intake:
                 )
             except Exception as exc:  # noqa: BLE001 (the message boundary)
                 result = self._internal_error(topic, payload, now_ns, exc, "line protocol")
-        if self._observe is not None:
-            try:
-                self._observe(result)
-            except Exception as exc:  # noqa: BLE001 (the message boundary)
-                # Not stored either: the dead letter keeps it for a replay once fixed.
-                result = self._internal_error(topic, payload, now_ns, exc, "observe")
-                line = None
         if line is None:
             assert isinstance(result, Rejected)  # no line: decode or encoding refused it
             batch.rejects.append(result)
             stats.rejected[result.reason.value] += 1
+            if self._records:
+                batch.records.append(result)
         else:
-            batch.lines.append(line)
+            assert isinstance(result, Reading)
+            if self.dedup.seen(result):
+                stats.duplicates += 1  # the log has it: acked, not logged again
+            else:
+                batch.lines.append(line)
+                if self._records:
+                    batch.records.append(result)
         if qos:
             batch.packet_ids.append(packet_id)
         self._waiting_messages += 1
@@ -164,6 +177,13 @@ class Intake:
             self._ack(self._generation(), [packet_id] if qos else [])
             return
         self.reject(result, qos, packet_id)
+
+    def skip_retained(self, qos: int, packet_id: int) -> None:
+        """A retained message the broker re-sent on resubscription: counted and acked
+        with the batch (PUBACKs go in the order messages came), not stored again."""
+        self._stats.received += 1
+        self._stats.retained_skipped += 1
+        self._admit(self._batch_for(time.time_ns()), qos, packet_id)
 
     def reject(self, rejected: Rejected, qos: int, packet_id: int) -> None:
         """Dead-letter, count and (after the fsync) ack one message refused before decode."""
@@ -228,14 +248,16 @@ class Intake:
         self._batch.lines.append(line)
         self._waiting_messages += 1
 
-    def consumer_full(self, full: bool) -> None:
-        """A consumer of `observe` (the rules queue) is full: stop reading, as for the
-        high-water mark, until it says it has room again; nothing is dropped."""
-        self._consumer_full = full
-        if full:
-            self._set_reading(False)
-        elif not self._reading_paused and not self._stopping:
-            self._set_reading(True)
+    def add_tick(self, at_ms: int) -> None:
+        """Log a clock tick (the input is idle: event time is at least `at_ms`)."""
+        if not self._records:
+            return
+        if not self._batch.size:
+            self._batch.first_ns = time.time_ns()
+            self._wake.set()
+        self._batch.size += 1
+        self._batch.records.append(Tick(at_ms))
+        self._waiting_messages += 1
 
     def space_freed(self) -> None:
         """The writer committed: a full spool may have room again."""
@@ -248,14 +270,20 @@ class Intake:
             batch = await self._next_batch()
             if batch is None:
                 break
-            while self._spool.full and not self._stopping:
+            if self._spool.full and not self._stopping:
                 self._stats.backpressure_waits += 1
                 log.warning(
-                    "spool full (%d bytes): not acking until InfluxDB catches up",
+                    "spool full (%d bytes kept for its slowest consumer, %d for InfluxDB): "
+                    "not acking until it catches up",
+                    self._spool.retained_bytes,
                     self._spool.pending_bytes,
                 )
+            while self._spool.full and not self._stopping:
                 self._space.clear()
-                await self._space.wait()
+                # The writer's commits wake us; a consumer's release frees space too,
+                # so look again every second rather than wait for the writer alone.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._space.wait(), 1.0)
             await self.persist(batch)
 
     def stop(self) -> None:
@@ -276,17 +304,17 @@ class Intake:
         self._stats.dead_lettered += len(batch.rejects)
         self._stats.acked += self._ack(batch.generation, batch.packet_ids)
         self._waiting_messages -= batch.size
+        if batch.records:
+            self._on_persisted()
         if self._reading_paused and self._waiting_messages < self._high_water // 2:
             self._reading_paused = False
-            if not self._consumer_full:
-                self._set_reading(True)
+            self._set_reading(True)
 
     def _write_durably(self, batch: _Batch) -> None:
         """Worker thread: append + fsync spool and dead letters; no event-loop state here."""
-        if batch.lines:
-            self._spool.append(
-                encode_frame(batch.lines, batch.first_ns // 1_000_000), len(batch.lines)
-            )
+        if batch.lines or batch.records:
+            frame = encode_frame(batch.lines, batch.first_ns // 1_000_000, batch.records)
+            self._spool.append(frame, len(batch.lines), batch.records)
             self._spool.sync()
         if batch.rejects:
             for rejected in batch.rejects:
@@ -330,6 +358,7 @@ class Intake:
             more = self._sealed.pop(0)
             batch.lines += more.lines
             batch.rejects += more.rejects
+            batch.records += more.records
             batch.packet_ids += more.packet_ids
             batch.size += more.size
         return batch

@@ -1,11 +1,21 @@
-"""Durable local spool: the hub acks a message to the broker only once it is in here.
+"""Durable local spool, the hub's log: a message is acked to the broker only once it is in here.
 
 Layout: `DIR/<n>.seg` segment files of frames, `DIR/cursor` (segment, offset) of the
-first frame not yet stored in InfluxDB, `DIR/lock` held by the one hub using DIR.
-A frame is one fsync batch of line-protocol lines:
+first frame not yet stored in InfluxDB, `DIR/format` (the frame format), `DIR/lock`
+held by the one hub using DIR. A frame is one fsync batch:
 
-    header  <I payload length> <I crc32(rest)> <I line count> <Q spooled-at ms>
-    payload the lines, newline-terminated
+    header  <I lines length> <I crc32(rest)> <I line count> <Q spooled-at ms>
+            <I records length> <I record count>
+    lines   line protocol for InfluxDB, newline-terminated
+    records the readings, rejections and ticks the detection consumers evaluate
+            (`ingest.records`), in arrival order
+
+Consumers: the InfluxDB writer reads lines from `cursor` and `commit`s; the rules and
+anomaly consumers read records from positions they keep themselves (committed with
+their output, in the event store) and `release` them here. A segment is deleted once
+the writer and every `hold`er have passed it, so the log keeps what some consumer still
+needs, and `full` counts from the oldest such position. Records of recent frames stay
+in memory as objects (bounded), so a consumer that keeps up never decodes them.
 
 On open, a torn tail (crash during write) is cut at the first frame whose CRC fails;
 those messages were never acked, so the broker still has them.
@@ -22,22 +32,31 @@ import struct
 import threading
 import time
 import zlib
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ingest.records import Record, decode_records, encode_records, event_time_ms
+
 log = logging.getLogger(__name__)
 
-_HEADER: Final = struct.Struct("<IIIQ")
+_HEADER: Final = struct.Struct("<IIIQII")
 _SUFFIX: Final = ".seg"
+FORMAT: Final = "gridwatch-spool 2\n"
+"""Frames with records (format 1 had lines only and no format file)."""
+CACHE_RECORDS: Final = 50_000
+"""Records of recent frames kept in memory for the consumers that keep up (tens of MB;
+a consumer further behind decodes them from disk)."""
+_TAIL_FRAMES: Final = 4096
 
 
 class SpoolError(Exception):
-    """The spool directory cannot be used (locked by another hub, unwritable)."""
+    """The spool directory cannot be used (locked by another hub, unwritable, foreign)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Cursor:
     segment: int
     offset: int
@@ -53,22 +72,51 @@ class SpoolBatch:
     oldest_spooled_ms: int
 
 
-def encode_frame(lines: Sequence[bytes], spooled_at_ms: int) -> bytes:
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """Consecutive frames' records from a consumer's position; `end` is the position
+    after them (what the consumer commits once it has acted on them)."""
+
+    records: list[Record]
+    end: Cursor
+    frames: int
+
+
+def encode_frame(
+    lines: Sequence[bytes], spooled_at_ms: int, records: Sequence[Record] = ()
+) -> bytes:
     payload = b"".join(lines)
-    crc = _frame_crc(len(lines), spooled_at_ms, payload)
-    return _HEADER.pack(len(payload), crc, len(lines), spooled_at_ms) + payload
+    blob = encode_records(records) if records else b""
+    crc = _frame_crc(len(lines), spooled_at_ms, len(records), payload, blob)
+    header = _HEADER.pack(len(payload), crc, len(lines), spooled_at_ms, len(blob), len(records))
+    return header + payload + blob
 
 
-def _frame_crc(lines: int, spooled_at_ms: int, payload: bytes | memoryview) -> int:
-    """CRC-32 of line count, spool time and payload, without copying the payload."""
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", lines, spooled_at_ms)))
+def _frame_crc(
+    lines: int,
+    spooled_at_ms: int,
+    records: int,
+    payload: bytes | memoryview,
+    blob: bytes | memoryview,
+) -> int:
+    """CRC-32 of counts, spool time, lines and records, without copying them."""
+    crc = zlib.crc32(struct.pack("<IQII", lines, spooled_at_ms, len(blob), records))
+    return zlib.crc32(blob, zlib.crc32(payload, crc))
 
 
 class Spool:
-    def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        segment_bytes: int = 64 << 20,
+        cache_records: int = CACHE_RECORDS,
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
+        self.cache_records = cache_records
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
         self._write_fd: int | None = None
@@ -76,10 +124,18 @@ class Spool:
         self._write_offset = 0
         self._sizes: dict[int, int] = {}  # synced size per live segment
         self._cursor = Cursor(0, 0)
+        self._holds: dict[str, Cursor] = {}
         self._pending_lines = 0
         self._synced_lines = 0
+        self._synced_records = 0
         self._unsynced_lines = 0
         self._unsynced_bytes = 0
+        self._unsynced_frames: list[tuple[Cursor, Cursor, list[Record]]] = []
+        self._cache: OrderedDict[Cursor, tuple[list[Record], Cursor]] = OrderedDict()
+        self._cached_records = 0
+        self._tail: deque[Cursor] = deque(maxlen=_TAIL_FRAMES)
+        self.latest_event_ms = 0
+        """The newest event time among the records synced since `open` (for lag)."""
         self._read_fds: dict[int, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------
@@ -97,11 +153,9 @@ class Spool:
         segments = sorted(
             int(p.stem) for p in self.directory.glob(f"*{_SUFFIX}") if p.stem.isdigit()
         )
+        self._check_format(bool(segments))
         for seg in segments:
-            if seg < self._cursor.segment:
-                self._segment_path(seg).unlink()
-                continue
-            size, lines = self._scan(seg, self._cursor.offset if seg == self._cursor.segment else 0)
+            size, lines = self._scan(seg, self._cursor)
             self._sizes[seg] = size
             self._pending_lines += lines
         if not self._sizes:
@@ -130,25 +184,67 @@ class Spool:
         self._write_fd = None
         self._lock_fd = None
 
+    def _check_format(self, has_segments: bool) -> None:
+        path = self.directory / "format"
+        found = path.read_text() if path.exists() else None
+        if found == FORMAT:
+            return
+        if has_segments:
+            what = "an older GridWatch (frames without records)" if found is None else repr(found)
+            raise SpoolError(
+                f"spool {self.directory} holds frames written by {what}: drain it with that "
+                "version (or move the directory away) before starting this one"
+            )
+        tmp = self.directory / "format.tmp"
+        tmp.write_text(FORMAT)
+        tmp.replace(path)
+        _fsync_dir(self.directory)
+
     # -- writing (worker thread) ---------------------------------------------------
-    def append(self, frame: bytes, lines: int) -> None:
-        """Write a frame (not yet durable: call `sync`)."""
+    def append(self, frame: bytes, lines: int, records: list[Record] | None = None) -> None:
+        """Write a frame (not yet durable: call `sync`). `records` are the frame's
+        records as objects, kept in memory for the consumers once synced."""
         if self._write_offset >= self.segment_bytes:
             self._rotate()
         assert self._write_fd is not None
-        os.write(self._write_fd, frame)
+        start = Cursor(self._write_segment, self._write_offset)
+        view = memoryview(frame)
+        while view:  # a short write (a full disk can cut one) continues, never skips
+            written = os.write(self._write_fd, view)
+            view = view[written:]
         self._write_offset += len(frame)
         self._unsynced_lines += lines
         self._unsynced_bytes += len(frame)
+        if records:
+            end = Cursor(self._write_segment, self._write_offset)
+            self._unsynced_frames.append((start, end, records))
 
     def sync(self) -> None:
-        """fsync, then make the synced frames visible to the reader."""
+        """fsync, then make the synced frames visible to the readers."""
         assert self._write_fd is not None
         os.fsync(self._write_fd)
         with self._lock:
             self._sizes[self._write_segment] = self._write_offset
-            self._pending_lines += self._unsynced_lines
-            self._synced_lines += self._unsynced_lines
+            self._publish_unsynced()
+
+    def _publish_unsynced(self) -> None:
+        """Under the lock, after an fsync: counters and cached records of the new frames."""
+        self._pending_lines += self._unsynced_lines
+        self._synced_lines += self._unsynced_lines
+        for start, end, records in self._unsynced_frames:
+            self._cache[start] = (records, end)
+            self._cached_records += len(records)
+            self._synced_records += len(records)
+            self._tail.append(start)
+            for record in reversed(records):  # in arrival order: the last one is newest
+                at_ms = event_time_ms(record)
+                if at_ms is not None:
+                    self.latest_event_ms = max(self.latest_event_ms, at_ms)
+                    break
+        while self._cached_records > self.cache_records and self._cache:
+            _, (records, _end) = self._cache.popitem(last=False)
+            self._cached_records -= len(records)
+        self._unsynced_frames.clear()
         self._unsynced_lines = 0
         self._unsynced_bytes = 0
 
@@ -158,18 +254,30 @@ class Spool:
         os.close(self._write_fd)
         with self._lock:
             self._sizes[self._write_segment] = self._write_offset
+            self._publish_unsynced()
             self._write_segment += 1
             self._write_offset = 0
             self._sizes[self._write_segment] = 0
         self._open_write_fd()
         _fsync_dir(self.directory)
 
-    # -- reading (event loop) ------------------------------------------------------
+    # -- reading lines: the InfluxDB writer (event loop) ----------------------------
     @property
     def pending_bytes(self) -> int:
+        """Bytes not yet stored in InfluxDB."""
         with self._lock:
-            total = sum(self._sizes.values()) - self._cursor.offset
-        return total
+            return self._bytes_from(self._cursor)
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes some consumer still needs (what the log must keep)."""
+        with self._lock:
+            return self._bytes_from(self._oldest_needed())
+
+    def _bytes_from(self, start: Cursor) -> int:
+        return sum(size for seg, size in self._sizes.items() if seg >= start.segment) - (
+            start.offset if start.segment in self._sizes else 0
+        )
 
     @property
     def pending_lines(self) -> int:
@@ -181,43 +289,44 @@ class Spool:
         return self._synced_lines
 
     @property
+    def synced_records(self) -> int:
+        """Records made durable since `open`."""
+        return self._synced_records
+
+    @property
     def full(self) -> bool:
-        return self.pending_bytes + self._unsynced_bytes >= self.max_bytes
+        return self.retained_bytes + self._unsynced_bytes >= self.max_bytes
 
     def read(self, max_lines: int, start: Cursor | None = None) -> SpoolBatch | None:
         """Frames from the cursor (or from `start`, the end of a batch read before) up to
-        about max_lines (at least one frame)."""
+        about max_lines (at least one frame with lines)."""
         seg, offset = (start or self._cursor).segment, (start or self._cursor).offset
         chunks: list[bytes] = []
         lines = 0
         oldest = 0
         while lines < max_lines:
-            with self._lock:
-                size = self._sizes.get(seg)
-                last = max(self._sizes)
-            if size is None:
+            found = self._next_frame(seg, offset)
+            if found is None:
                 break
-            if offset >= size:
-                if seg >= last:
-                    break
-                seg, offset = seg + 1, 0
-                continue
-            fd = self._read_fd(seg)
-            header = os.pread(fd, _HEADER.size, offset)
-            length, _crc, count, spooled_ms = _HEADER.unpack(header)
-            chunks.append(os.pread(fd, length, offset + _HEADER.size))
-            if not oldest:
-                oldest = spooled_ms
-            lines += count
-            offset += _HEADER.size + length
+            seg, offset, header = found
+            length, _crc, count, spooled_ms, blob_length, _records = header
+            if count:
+                chunks.append(os.pread(self._read_fd(seg), length, offset + _HEADER.size))
+                if not oldest:
+                    oldest = spooled_ms
+                lines += count
+            offset += _HEADER.size + length + blob_length
         if not chunks:
+            if (seg, offset) != (self._cursor.segment, self._cursor.offset) and start is None:
+                # Only frames without lines (records, ticks): nothing to store, move on.
+                self._move_cursor(Cursor(seg, offset), 0)
             return None
         return SpoolBatch(b"".join(chunks), lines, Cursor(seg, offset), oldest)
 
-    def oldest_pending_ms(self) -> int | None:
-        """Spool time of the first unstored frame, for the `lag` statistic (its header
-        only: the status loop asks every second, and a frame can hold megabytes)."""
-        seg, offset = self._cursor.segment, self._cursor.offset
+    def _next_frame(
+        self, seg: int, offset: int
+    ) -> tuple[int, int, tuple[int, int, int, int, int, int]] | None:
+        """The synced frame at (seg, offset) or, at a segment's end, the next one's first."""
         while True:
             with self._lock:
                 size = self._sizes.get(seg)
@@ -225,32 +334,166 @@ class Spool:
             if size is None:
                 return None
             if offset < size:
-                header = os.pread(self._read_fd(seg), _HEADER.size, offset)
-                spooled_ms: int = _HEADER.unpack(header)[3]
-                return spooled_ms
+                header = _HEADER.unpack(os.pread(self._read_fd(seg), _HEADER.size, offset))
+                return seg, offset, header
             if seg >= last:
                 return None
             seg, offset = seg + 1, 0
 
+    def oldest_pending_ms(self) -> int | None:
+        """Spool time of the first unstored frame with lines, for the `lag` statistic
+        (headers only: the status loop asks every second, and a frame can hold megabytes)."""
+        seg, offset = self._cursor.segment, self._cursor.offset
+        while (found := self._next_frame(seg, offset)) is not None:
+            seg, offset, header = found
+            if header[2]:
+                return header[3]
+            offset += _HEADER.size + header[0] + header[4]
+        return None
+
     def commit(self, end: Cursor, lines: int) -> None:
         """Everything before `end` is stored: move the cursor, drop finished segments."""
+        self._move_cursor(end, lines)
+
+    def _move_cursor(self, end: Cursor, lines: int) -> None:
         with self._lock:
-            finished = [s for s in self._sizes if s < end.segment]
-            for seg in finished:
-                del self._sizes[seg]
             self._cursor = end
             self._pending_lines -= lines
-        for seg in finished:
-            fd = self._read_fds.pop(seg, None)
-            if fd is not None:
-                os.close(fd)
-            self._segment_path(seg).unlink(missing_ok=True)
+        self._collect()
         # Not fsynced on purpose: losing the cursor only re-sends points InfluxDB folds.
         tmp = self.directory / "cursor.tmp"
         tmp.write_text(f"{end.segment} {end.offset}\n")
         tmp.replace(self.directory / "cursor")
 
+    # -- reading records: the detection consumers (event loop) ----------------------
+    def start_of_log(self) -> Cursor:
+        with self._lock:
+            return Cursor(min(self._sizes), 0)
+
+    def end_of_log(self) -> Cursor:
+        """The position after the last synced frame."""
+        with self._lock:
+            seg = max(self._sizes)
+            return Cursor(seg, self._sizes[seg])
+
+    def hold(self, name: str, position: Cursor | None) -> Cursor:
+        """Keep the log from `position` for consumer `name` (None: from its start); a
+        position the log no longer has (or never had) starts at the oldest frame it
+        has, logged. Returns where the consumer starts."""
+        start = self.start_of_log()
+        end = self.end_of_log()
+        if position is None:
+            position = start
+        elif position < start or position > end:
+            log.warning(
+                "spool %s: consumer %s resumes at %s, which the log does not hold "
+                "(it holds %s to %s): starting at its oldest frame",
+                self.directory,
+                name,
+                position,
+                start,
+                end,
+            )
+            position = start
+        with self._lock:
+            self._holds[name] = position
+        return position
+
+    def release(self, name: str, position: Cursor) -> None:
+        """Consumer `name` has committed everything before `position`."""
+        with self._lock:
+            self._holds[name] = position
+            oldest = min(self._holds.values())  # what no holder will read again
+            while self._cache:
+                start = next(iter(self._cache))
+                if start >= oldest:
+                    break
+                records, _end = self._cache.pop(start)
+                self._cached_records -= len(records)
+        self._collect()
+
+    def unhold(self, name: str) -> None:
+        with self._lock:
+            self._holds.pop(name, None)
+        self._collect()
+
+    def read_records(
+        self, start: Cursor, max_records: int, *, stop: Cursor | None = None
+    ) -> RecordBatch | None:
+        """Records of the synced frames from `start` (and before `stop`), about
+        `max_records` (at least one frame); None when there are none yet. From memory
+        when cached, else from disk."""
+        records: list[Record] = []
+        frames = 0
+        seg, offset = start.segment, start.offset
+        while len(records) < max_records and (stop is None or Cursor(seg, offset) < stop):
+            with self._lock:
+                cached = self._cache.get(Cursor(seg, offset))
+            if cached is not None:
+                records += cached[0]
+                seg, offset = cached[1].segment, cached[1].offset
+                frames += 1
+                continue
+            found = self._next_frame(seg, offset)
+            if found is None or (stop is not None and Cursor(found[0], found[1]) >= stop):
+                break
+            seg, offset, header = found
+            length, _crc, _lines, _ms, blob_length, count = header
+            if count:
+                cached = self._cache.get(Cursor(seg, offset))  # the frame after a rotation
+                if cached is not None:
+                    records += cached[0]
+                else:
+                    at = offset + _HEADER.size + length
+                    records += decode_records(os.pread(self._read_fd(seg), blob_length, at))
+            offset += _HEADER.size + length + blob_length
+            frames += 1
+        if not frames:
+            return None
+        return RecordBatch(records, Cursor(seg, offset), frames)
+
+    def records_after(self, start: Cursor) -> int:
+        """How many records the synced log holds from `start` (headers only)."""
+        total = 0
+        seg, offset = start.segment, start.offset
+        while (found := self._next_frame(seg, offset)) is not None:
+            seg, offset, header = found
+            total += header[5]
+            offset += _HEADER.size + header[0] + header[4]
+        return total
+
+    def tail_records(self, limit: int) -> list[Record]:
+        """Up to about `limit` of the newest records (seeds the duplicate check at start)."""
+        out: list[list[Record]] = []
+        n = 0
+        for start in reversed(self._tail):
+            batch = self.read_records(start, 1)
+            if batch is None:
+                continue
+            out.append(batch.records)
+            n += len(batch.records)
+            if n >= limit:
+                break
+        return [r for records in reversed(out) for r in records]
+
     # -- helpers ---------------------------------------------------------------------
+    def _oldest_needed(self) -> Cursor:
+        """Under the lock: the oldest position the writer or a holder still needs."""
+        return min([self._cursor, *self._holds.values()])
+
+    def _collect(self) -> None:
+        """Delete segments every consumer has passed."""
+        with self._lock:
+            oldest = self._oldest_needed()
+            finished = [s for s in self._sizes if s < oldest.segment]
+            for seg in finished:
+                del self._sizes[seg]
+        for seg in finished:
+            fd = self._read_fds.pop(seg, None)
+            if fd is not None:
+                os.close(fd)
+            self._segment_path(seg).unlink(missing_ok=True)
+
     def _segment_path(self, seg: int) -> Path:
         return self.directory / f"{seg:016d}{_SUFFIX}"
 
@@ -276,19 +519,27 @@ class Spool:
             raise SpoolError(f"{path} is corrupt: {exc}") from exc
         return Cursor(seg, offset)
 
-    def _scan(self, seg: int, start: int) -> tuple[int, int]:
-        """Validate frames from `start`; truncate a torn tail. Return (size, lines)."""
+    def _scan(self, seg: int, cursor: Cursor) -> tuple[int, int]:
+        """Validate a segment's frames; truncate a torn tail. Return (size, lines waiting
+        for the writer, i.e. from `cursor`)."""
         path = self._segment_path(seg)
         data = path.read_bytes()
-        offset = start
+        offset = 0
         lines = 0
         while offset + _HEADER.size <= len(data):
-            length, crc, count, spooled_ms = _HEADER.unpack_from(data, offset)
-            end = offset + _HEADER.size + length
-            body = memoryview(data)[offset + _HEADER.size : end]
-            if end > len(data) or _frame_crc(count, spooled_ms, body) != crc:
+            length, crc, count, spooled_ms, blob_length, records = _HEADER.unpack_from(data, offset)
+            body = offset + _HEADER.size
+            end = body + length + blob_length
+            if end > len(data):
                 break
-            lines += count
+            payload = memoryview(data)[body : body + length]
+            blob = memoryview(data)[body + length : end]
+            if _frame_crc(count, spooled_ms, records, payload, blob) != crc:
+                break
+            if Cursor(seg, offset) >= cursor:
+                lines += count
+            if records:
+                self._tail.append(Cursor(seg, offset))
             offset = end
         if offset != len(data):
             log.warning(
@@ -300,6 +551,32 @@ class Spool:
                 f.truncate(offset)
                 os.fsync(f.fileno())
         return offset, lines
+
+
+class ConsumerLag:
+    """How far a consumer of the log is behind: records, and seconds of event time."""
+
+    def __init__(self) -> None:
+        self._spool: Spool | None = None
+        self._backlog = 0
+        self._synced0 = 0
+        self.consumed = 0
+
+    def start(self, spool: Spool, position: Cursor) -> None:
+        self._spool = spool
+        self._backlog = spool.records_after(position)
+        self._synced0 = spool.synced_records
+        self.consumed = 0
+
+    def records(self) -> int:
+        if self._spool is None:
+            return 0
+        written = self._backlog + self._spool.synced_records - self._synced0
+        return max(0, written - self.consumed)
+
+    def seconds(self, watermark_ms: int) -> float:
+        head = self._spool.latest_event_ms if self._spool is not None else 0
+        return max(0.0, (head - watermark_ms) / 1000) if head and watermark_ms else 0.0
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -62,6 +62,10 @@ class IngestStats:
     stored: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
+    duplicates: int = 0
+    """Redelivered readings the log already held (acked, not logged again)."""
+    retained_skipped: int = 0
+    """Retained messages re-sent because the hub resubscribed to its kept session."""
     write_failures: Counter[str] = field(default_factory=Counter)
     backpressure_waits: int = 0
     spool_bytes: int = 0
@@ -84,6 +88,8 @@ class IngestStats:
             "stored": self.stored,
             "rejected": sum(self.rejected.values()),
             "dead_lettered": self.dead_lettered,
+            "duplicates": self.duplicates,
+            "retained_skipped": self.retained_skipped,
             "write_failures": sum(self.write_failures.values()),
             "backpressure_waits": self.backpressure_waits,
             "spool_bytes": self.spool_bytes,

@@ -24,9 +24,23 @@ def bench() -> None:
 )
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
 @click.option(
-    "--rules/--no-rules",
-    default=False,
-    help="Evaluate the rules in the hub too (default: off; their cost is measured apart).",
+    "--ingest-only",
+    is_flag=True,
+    help="Measure a part: the hub with events off (no rules, no events, no alarm probes). "
+    "Default: the hub's default pipeline.",
+)
+@click.option(
+    "--probe-interval-ms",
+    type=click.FloatRange(min=10.0),
+    default=100.0,
+    show_default=True,
+    help="One alarm probe (door_forced) every this many ms, live and in the backlog.",
+)
+@click.option(
+    "--costs/--no-costs",
+    default=True,
+    show_default=True,
+    help="Also measure the per-stage costs in-process (a part; ~10 s).",
 )
 def ingest(
     n_messages: int,
@@ -34,13 +48,23 @@ def ingest(
     as_json: bool,
     rate: float | None,
     workdir: Path | None,
-    rules: bool,
+    ingest_only: bool,
+    probe_interval_ms: float,
+    costs: bool,
 ) -> None:
-    """Publish N realistic messages and measure the full pipeline, live and backlog."""
+    """Publish N realistic messages and measure the hub's default pipeline, live and
+    backlog: throughput against the broker's limit, and alarm latency with probes."""
     from evaluation.ingest_bench import format_result, run_ingest_bench
 
     result = run_ingest_bench(
-        n_messages, devices, workdir, progress=not as_json, rate=rate, rules=rules
+        n_messages,
+        devices,
+        workdir,
+        progress=not as_json,
+        rate=rate,
+        ingest_only=ingest_only,
+        probe_interval_ms=probe_interval_ms,
+        costs=costs,
     )
     click.echo(json.dumps(result, sort_keys=True) if as_json else format_result(result))
 

@@ -50,6 +50,24 @@ def format_status(data: dict[str, Any]) -> str:
     p50, p99 = data.get("latency_p50_ms"), data.get("latency_p99_ms")
     if p50 is not None:
         lines.append(f"  latency       p50 {p50:.1f} ms, p99 {p99:.1f} ms (publish→stored)")
+    if "rules_evaluated" in data:
+        lines.append(
+            f"  rules         {data['rules_evaluated']} records evaluated, "
+            f"{data['rules_detections']} detections; behind the log by "
+            f"{data.get('rules_lag_records', 0)} records, "
+            f"{data.get('rules_lag_s', 0):.1f} s of event time"
+        )
+        e50, e99 = data.get("rules_event_latency_p50_ms"), data.get("rules_event_latency_p99_ms")
+        if e50 is not None:
+            lines.append(f"  latency       p50 {e50:.1f} ms, p99 {e99:.1f} ms (event time→event)")
+    anomaly = data.get("anomaly")
+    if isinstance(anomaly, dict):
+        lines.append(
+            f"  anomaly       {anomaly.get('readings', 0)} readings scored, "
+            f"{anomaly.get('detections', 0)} detections; behind the log by "
+            f"{anomaly.get('lag_records', 0)} records, "
+            f"{anomaly.get('lag_s', 0):.1f} s of event time"
+        )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Training, model files and online scoring: round trip, refusals, detections, drops."""
+"""Training, model files and online scoring: round trip, refusals, detections, and the
+scoring service as a consumer of the log (nothing dropped, commits with its position)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import pytest
 from anomaly.model_store import ARRAYS_NAME, META_NAME, ModelMismatch, load_model, save_model
 from anomaly.online import AnomalyScorer, ScoringPolicy
 from anomaly.training import AnomalyModel, TrainConfig, TrainingError, train
-from detection.anomaly_service import AnomalyService, fan_out
+from detection.anomaly_service import AnomalyService
 from events.manager import EventManager
 from events.model import Source
 from events.store import EventStore
 from hub.settings import AnomalySettings, HubSettings, Settings
 from hub.wiring import build_anomaly
+from ingest.decode import Rejected, RejectReason
+from ingest.records import Tick
+from ingest.spool import Cursor
 from sensors.base import Reading
-from tests.support.anomaly_fixtures import MS_PER_MIN, smoke_history, smoke_reading
+from sensors.topics import Route
+from tests.support.anomaly_fixtures import MS_PER_MIN, SITE, smoke_history, smoke_reading
 
 T0 = 1_772_409_600_000  # 2026-03-02T00:00:00Z
 DEVICES = ["sm-a", "sm-b", "sm-c"]
@@ -154,36 +159,59 @@ def test_scorer_raises_repeats_and_clears(model: AnomalyModel) -> None:
     assert not after[-1].raised  # back to usual, and nothing raised after the clear
 
 
-def test_service_drops_and_counts_instead_of_waiting(model: AnomalyModel, tmp_path: Path) -> None:
+def test_service_scores_log_records_and_commits_them_with_the_position(
+    model: AnomalyModel, tmp_path: Path
+) -> None:
+    """Every reading of a batch is scored (none dropped, whatever the batch's size);
+    rejections are skipped; readings and ticks move the watermark; the detections and
+    the position after the batch are committed together, and a restart resumes there."""
     with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
         store.migrate()
-        service = AnomalyService(
-            AnomalyScorer(model), EventManager(store, workers={}), queue_max=100
-        )
+        service = AnomalyService(AnomalyScorer(model), EventManager(store, workers={}))
         readings = smoke_history(["sm-b"], T0, 150, first_minute=DAY_MIN)
-        for reading in readings:
-            service.observe(reading)
-        assert service.counters.queued == 100
-        assert service.counters.dropped == 50
         t = readings[-1].ts_ns // 1_000_000
         hot = smoke_reading("sm-b", t + MS_PER_MIN, 999, 99.0, 3000.0)
-        service.process([*service._take(), hot], t)
-        assert service.counters.scored == 97  # 100 + 1 hot, less 4 before a full window
+        topic = f"gw/v1/{SITE}/smoke/sm-b/telemetry"
+        route = Route(SITE, "smoke", "sm-b", "telemetry")
+        bad = Rejected(RejectReason.BAD_JSON, "x", topic, b"{", T0 * 1_000_000, route)
+        position = Cursor(3, 1_234)
+        detections = service.process([*readings, bad, hot, Tick(t + 2 * MS_PER_MIN)], position)
+        assert service.counters.readings == 151
+        assert service.counters.scored == 147  # 150 + 1 hot, less 4 before a full window
+        assert service.watermark_ms == t + 2 * MS_PER_MIN
+        assert [d.raised for d in detections] == [True]
         events = store.list_events()
         assert [(e.source, e.device, e.rule_id) for e in events] == [
             (Source.ANOMALY, "sm-b", "anomaly.smoke")
         ]
+        restarted = AnomalyService(AnomalyScorer(model), EventManager(store, workers={}))
+        restarted.restore()
+        assert restarted.position == position
+        assert restarted.watermark_ms == t + 2 * MS_PER_MIN
 
 
-def test_fan_out() -> None:
-    seen: list[str] = []
-    assert fan_out(None, None) is None
-    one = fan_out(None, lambda item: seen.append("a"))
-    assert one is not None
-    both = fan_out(lambda item: seen.append("a"), lambda item: seen.append("b"))
-    assert both is not None
-    both(smoke_reading("x", T0, 1, 20.0, 400.0))
-    assert seen == ["a", "b"]
+def test_a_failed_anomaly_commit_writes_nothing(
+    model: AnomalyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
+        store.migrate()
+        service = AnomalyService(AnomalyScorer(model), EventManager(store, workers={}))
+        readings = smoke_history(["sm-b"], T0, 10, first_minute=DAY_MIN)
+        t = readings[-1].ts_ns // 1_000_000
+        hot = smoke_reading("sm-b", t + MS_PER_MIN, 999, 99.0, 3000.0)
+
+        def broken(name: str, data: bytes, at_ms: int) -> None:
+            raise OSError("disk full")
+
+        monkeypatch.setattr(store, "put_snapshot", broken)
+        with pytest.raises(OSError, match="disk full"):
+            service.process([*readings, hot], Cursor(0, 99))
+        assert store.list_events() == []  # the event went with the failed snapshot
+        monkeypatch.undo()
+        assert store.get_snapshot("anomaly-consumer") is None
+        retried = AnomalyService(AnomalyScorer(model), EventManager(store, workers={}))
+        assert len(retried.process([*readings, hot], Cursor(0, 99))) == 1  # it was one
+        assert len(store.list_events()) == 1
 
 
 def test_hub_without_a_model_scores_nothing(tmp_path: Path) -> None:

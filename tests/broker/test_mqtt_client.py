@@ -19,6 +19,7 @@ import pytest
 from broker.client import (
     MQTT_V5,
     MQTT_V311,
+    ConnectionLost,
     ConnectOptions,
     ConnectRefused,
     MqttClient,
@@ -359,3 +360,18 @@ async def test_a_publish_header_overrunning_its_packet_closes_the_connection() -
     proto.data_received(b"\x32\x04\x00\xc8ab")
     assert transport.aborted
     assert got == []
+
+
+async def test_publishing_on_a_lost_connection_raises_instead_of_failing_silently(
+    mosquitto: ManagedProcess,
+) -> None:
+    """A sender that retries on the failed future of a lost connection never yields,
+    so the client would never reconnect: the lost connection raises at once instead."""
+    async with _session(mosquitto.port, "lost-publisher", []) as client:
+        proto = client._protocol
+        assert proto is not None
+        proto.abort()
+        await _until(proto.closed.done)
+        with pytest.raises(ConnectionLost):
+            client.publish_nowait("gw/v1/s/smoke/d1/telemetry", b"{}", qos=1)
+        await asyncio.wait_for(client.connected.wait(), 10)  # and it does reconnect

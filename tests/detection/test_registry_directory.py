@@ -4,7 +4,6 @@ their cells and their profiles' threshold overrides, with condition state kept."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -84,13 +83,11 @@ def test_refresh_swaps_the_directory_and_keeps_condition_state(
             Engine(rules, source.current),
             events,
             EventManager(events, workers=source.current.workers()),
-            clock_ms=lambda: 1_000,
         )
         door = site.devices_of("access")[0].id
-        for t in (0, 1, 2):  # 3 of the 4 denials repeated_denials needs
-            service.observe(event("access", door, t, "access_denied"))
-        service.observe(battery("sm-new-2", 10, 20.0))
-        asyncio.run(service.flush())
+        # 3 of the 4 denials repeated_denials needs
+        denials = [event("access", door, t, "access_denied") for t in (0, 1, 2)]
+        service.step([*denials, battery("sm-new-2", 10, 20.0)], force=True)
         slots_before = dict(service.state.slots)
         assert list(open_conditions(service.state)) == []
         assert source.refresh(service) is False  # nothing changed
@@ -106,9 +103,10 @@ def test_refresh_swaps_the_directory_and_keeps_condition_state(
         assert service.state.slots == slots_before  # the same rules: state carries on
         # The 4th denial completes the window begun before the swap; the new device's
         # profile raises its battery alarm at 20 % (the pack's limit is 15 %).
-        service.observe(event("access", door, 3, "access_denied"))
-        service.observe(battery("sm-new-2", 11, 20.0))
-        asyncio.run(service.flush())
+        service.step(
+            [event("access", door, 3, "access_denied"), battery("sm-new-2", 11, 20.0)],
+            force=True,
+        )
         raised = {(e.rule_id, e.device, e.cell) for e in events.list_events(EventFilter())}
         # The reading names no cell: the event's cell is the registry's.
         twin_cell = site.devices_of("smoke")[0].cell

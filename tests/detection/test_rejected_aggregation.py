@@ -1,22 +1,23 @@
 """Rejections under names the rules' directory does not know are aggregated: one event
 per known site (unknown devices) and one for the hub (unknown sites), listing names and
 counts; known devices keep their own `malformed_payloads`, and an unregistered device
-under a known site still raises its `unregistered_device`."""
+under a known site still raises its `unregistered_device`. Rejections carry no event time:
+the rules see them at the watermark, which the ticks between them move here."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from detection.rules_service import MAX_NAMES, RulesService, UnknownSources
-from evaluation.rules_eval import SimClock
 from events.manager import EventManager
 from events.model import SecurityEvent
 from events.store import EventStore
 from ingest.decode import Rejected, RejectReason
+from ingest.records import Record, Tick
 from rules.directory import Directory
 from rules.engine import HUB_SCOPE, UNKNOWN_SOURCES, Engine
 from rules.schema import load_rules
@@ -39,12 +40,9 @@ def store(tmp_path: Path) -> Iterator[EventStore]:
         yield s
 
 
-def service(store: EventStore, directory: Directory, clock: SimClock) -> RulesService:
+def service(store: EventStore, directory: Directory) -> RulesService:
     return RulesService(
-        Engine(load_rules(), directory),
-        store,
-        EventManager(store, workers=directory.workers()),
-        clock_ms=clock,
+        Engine(load_rules(), directory), store, EventManager(store, workers=directory.workers())
     )
 
 
@@ -52,6 +50,18 @@ def rejected(site: str, kind: str, device: str, at_ms: int, reason: RejectReason
     route = Route(site, kind, device, "event")
     topic = device_topic(DEFAULT_PREFIX, site, kind, device, "event")
     return Rejected(reason, "test", topic, b"{", at_ms * 1_000_000, route)
+
+
+def at_time(item: Rejected) -> list[Record]:
+    """The rejection as the log holds it when the input moved event time to its arrival:
+    a tick (or a reading) of that time before it."""
+    return [Tick(item.received_ns // 1_000_000), item]
+
+
+def run(svc: RulesService, items: Sequence[Rejected], until_ms: int) -> None:
+    """One turn over the rejections, each at its time, then event time moved to `until_ms`."""
+    records = [r for item in items for r in at_time(item)]
+    svc.step([*records, Tick(until_ms)], force=True)
 
 
 def name(rng: random.Random) -> str:
@@ -65,17 +75,17 @@ def events(store: EventStore) -> list[SecurityEvent]:
 def test_random_names_make_at_most_two_events_and_known_devices_keep_theirs(
     store: EventStore, directory: Directory
 ) -> None:
-    clock = SimClock(T0_MS)
-    svc = service(store, directory, clock)
+    svc = service(store, directory)
     rng = random.Random(7)
     known = sorted(directory.devices.values(), key=lambda d: d.id)[0]
-    for i in range(500):
-        svc.observe(rejected(name(rng), "smoke", name(rng), T0_MS + i, RejectReason.BAD_JSON))
+    items = [
+        rejected(name(rng), "smoke", name(rng), T0_MS + i, RejectReason.BAD_JSON)
+        for i in range(500)
+    ]
     for i in range(3):  # a known device's malformed payloads, as today
         at = T0_MS + 600 + i
-        svc.observe(rejected(known.site, known.kind, known.id, at, RejectReason.BAD_JSON))
-    clock.now_ms = T0_MS + 1_000
-    svc.step()
+        items.append(rejected(known.site, known.kind, known.id, at, RejectReason.BAD_JSON))
+    run(svc, items, T0_MS + 1_000)
 
     found = events(store)
     by_rule: dict[str, list[SecurityEvent]] = {}
@@ -96,26 +106,23 @@ def test_random_names_make_at_most_two_events_and_known_devices_keep_theirs(
 def test_unknown_devices_of_a_known_site_make_one_site_event_listing_names_and_counts(
     store: EventStore, directory: Directory
 ) -> None:
-    clock = SimClock(T0_MS)
-    svc = service(store, directory, clock)
+    svc = service(store, directory)
     rng = random.Random(8)
     site = next(iter(directory.sites))
     names = [name(rng) for _ in range(250)]
     at = T0_MS
+    items: list[Rejected] = []
     for n in names:
         for _ in range(2):
-            svc.observe(rejected(site, "smoke", n, at, RejectReason.BAD_JSON))
+            items.append(rejected(site, "smoke", n, at, RejectReason.BAD_JSON))
             at += 10
     # an unregistered device under the known site still raises its own alarm
-    svc.observe(rejected(site, "smoke", "sm-intruder", at, RejectReason.UNKNOWN_DEVICE))
-    clock.now_ms = at + 1_000
-    svc.step()
+    items.append(rejected(site, "smoke", "sm-intruder", at, RejectReason.UNKNOWN_DEVICE))
+    run(svc, items, at + 1_000)
     # after the cooldown the open event repeats with the tally so far
     later = at + 11 * 60_000
-    for i in range(3):
-        svc.observe(rejected(site, "smoke", "zz-late", later + i, RejectReason.BAD_JSON))
-    clock.now_ms = later + 1_000
-    svc.step()
+    late = [rejected(site, "smoke", "zz-late", later + i, RejectReason.BAD_JSON) for i in range(3)]
+    run(svc, late, later + 1_000)
 
     rules = sorted((e.rule_id, e.key) for e in events(store))
     assert rules == [("unknown_sources", site), ("unregistered_device", "sm-intruder")]

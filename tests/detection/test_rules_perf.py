@@ -1,10 +1,12 @@
 """Rules at hub speed without a change of meaning: the engine's index (a reading visits
-only rules that can care about it), its timer heap, and the bounded rules queue that
-pauses the intake instead of growing or dropping (a real Intake, spool and SQLite store)."""
+only rules that can care about it), its timer heap, and a slow rules consumer that never
+blocks the intake before the log is full and loses nothing (a real Intake, spool, spool
+writer and SQLite store)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,13 +19,16 @@ from evaluation.ingest_bench import _templates
 from events.manager import EventManager
 from events.model import Detection
 from events.store import EventFilter, EventStore
+from ingest.intake import Intake
+from ingest.spool import Cursor
+from ingest.writer import SpoolWriter
 from rules.conditions import EVENT_FIELD, Obs
 from rules.engine import Engine, EngineState, _Compiled
 from rules.schema import load_rules
 from rules.site_directory import directory_from_sites
 from sensors.base import Reading
 from sites.model import load_site_ref
-from tests.support.intake import Rig, make_rig, running, wait_for
+from tests.support.intake import make_rig, running, wait_for
 from tests.support.rules import event, reading
 
 TOPIC = "gw/v1/s1/smoke/sd-1/telemetry"
@@ -118,71 +123,164 @@ def test_timer_heap_stays_bounded_by_the_slots(stream: list[Reading]) -> None:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = make_rig(tmp_path)
-    yield r
-    r.spool.close()
-    r.dead.close()
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Iterator[EventStore]:
     with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as s:
         s.migrate()
         yield s
 
 
-def test_a_full_rules_queue_pauses_the_intake_and_loses_nothing(
-    rig: Rig, store: EventStore, tmp_path: Path
+class StoringInflux:
+    """InfluxDB that stores every write at once."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+
+    async def write(self, payload: bytes) -> None:
+        self.lines += payload.count(b"\n")
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SlowRules:
+    """A rules consumer over the rig's log whose commits wait for `gate` (a slow event
+    store: commits run on a worker thread, so the event loop goes on)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        snapshot_interval_s: float = 10.0,
+    ) -> None:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(FLOOD)
+        self.service = RulesService(
+            Engine(load_rules([rules])),
+            store,
+            EventManager(store, workers={}),
+            chunk=50,
+            snapshot_interval_s=snapshot_interval_s,
+        )
+        self.gate = threading.Event()
+        self.waiting = threading.Event()
+        commit = self.service.commit
+
+        def slow_commit(
+            detections: Sequence[Detection], position: Cursor | None, *, state: bool = False
+        ) -> None:
+            self.waiting.set()
+            assert self.gate.wait(10)
+            commit(detections, position, state=state)
+
+        monkeypatch.setattr(self.service, "commit", slow_commit)
+
+
+async def publish(intake: Intake, first: int, last: int) -> None:
+    for pid in range(first, last + 1):
+        intake.on_publish(TOPIC, b'{"temperature": 21.5}', 1, False, pid)
+        if pid % 20 == 0:
+            await asyncio.sleep(0.001)  # batches fill while earlier ones are persisted
+
+
+def test_a_slow_rules_consumer_never_blocks_the_intake_and_loses_nothing(
+    tmp_path: Path, store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(FLOOD)
-    service = RulesService(
-        Engine(load_rules([rules])),
-        store,
-        EventManager(store, workers={}),
-        max_queue=10,
-    )
-    intake = rig.intake()
-    intake._observe = service.observe
-    service.pause_intake = intake.consumer_full
+    """The rules read the log at their own pace: while their commits hang, the intake
+    persists and acks everything and InfluxDB gets it; the log keeps what the rules have
+    not committed, and they evaluate all of it, once, when they catch up."""
+    rig = make_rig(tmp_path, max_bytes=64 << 20)
+    slow = SlowRules(store, tmp_path, monkeypatch)
+    service = slow.service
+    intake = rig.intake(on_persisted=service.wake, batch_max=20)
+    sink = StoringInflux()
+    writer = SpoolWriter(
+        rig.spool, sink, rig.dead, rig.stats, flush_interval_s=0.01, idle_s=0.01,
+        on_commit=intake.space_freed,
+    )  # fmt: skip
 
     async def scenario() -> None:
         async with running(intake):
-            for pid in range(1, 31):
-                intake.on_publish(TOPIC, b'{"temperature": 21.5}', 1, False, pid)
-            # Full at 10: reading stops; what was already on its way in is still queued.
-            assert rig.reading == [False]
-            assert service.queued == 30 and service.queue_full
-            assert service.queue_waits == 1
-            await wait_for(lambda: len(rig.acks.acked) == 30)  # persisting goes on
-            assert rig.reading == [False]  # still full: the intake's own resume waits
-            task = asyncio.create_task(service.run())
+            tasks = [asyncio.create_task(writer.run()), asyncio.create_task(service.run(rig.spool))]
             try:
-                await wait_for(lambda: service.queued == 0 and service.evaluated == 30)
-                assert rig.reading == [False, True]  # drained: reading again
-                await wait_for(lambda: len(store.list_events(EventFilter())) == 1)
+                await publish(intake, 1, 300)
+                await wait_for(lambda: len(rig.acks.acked) == 300 and sink.lines == 300)
+                await wait_for(slow.waiting.is_set)
+                assert service.committed is None  # the rules hang in their first commit
+                assert rig.reading == [] and rig.stats.backpressure_waits == 0
+                # InfluxDB has it all; the log keeps it for the rules.
+                assert rig.spool.pending_bytes == 0 and rig.spool.retained_bytes > 0
+                assert rig.spool.records_after(rig.spool.start_of_log()) == 300
+                slow.gate.set()
+                end = rig.spool.end_of_log()
+                await wait_for(lambda: service.committed == end)
+                assert service.evaluated == 300
+                await service.stop(5)  # commits the engine state: the log may drop it all
+                assert rig.spool.retained_bytes == 0
             finally:
-                task.cancel()
-        assert service.status()["rules_queue_waits"] == 1
-        assert not service.status()["rules_queue_full"]
+                slow.gate.set()
+                await service.stop(5)
+                writer_task, rules_task = tasks
+                writer_task.cancel()
+                await asyncio.gather(writer_task, return_exceptions=True)
+                await asyncio.wait_for(rules_task, 5)  # stopped, not failed
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        rig.spool.close()
+        rig.dead.close()
     (flood,) = store.list_events(EventFilter())
     assert flood.rule_id == "flood"
 
 
-def test_high_water_resume_waits_for_the_rules_queue(rig: Rig) -> None:
-    intake = rig.intake(high_water=4, batch_max=2)
+def test_a_log_full_of_what_the_rules_hold_stops_acking_until_they_catch_up(
+    tmp_path: Path, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a full log stops the intake (acks withheld: the broker keeps the rest); once
+    the rules commit and release it, the intake acks again, and nothing is lost."""
+    rig = make_rig(tmp_path, max_bytes=32 << 10)
+    # The engine state with every commit, so each one releases the log at once.
+    slow = SlowRules(store, tmp_path, monkeypatch, snapshot_interval_s=0.0)
+    service = slow.service
+    intake = rig.intake(on_persisted=service.wake, batch_max=20)
+    sink = StoringInflux()
+    writer = SpoolWriter(
+        rig.spool, sink, rig.dead, rig.stats, flush_interval_s=0.01, idle_s=0.01,
+        on_commit=intake.space_freed,
+    )  # fmt: skip
 
     async def scenario() -> None:
         async with running(intake):
-            intake.consumer_full(True)
-            for pid in range(1, 5):
-                intake.on_publish(TOPIC, b'{"temperature": 21.5}', 1, False, pid)
-            await wait_for(lambda: len(rig.acks.acked) == 4)
-            assert rig.reading == [False, False]  # spool drained, rules queue still full
-            intake.consumer_full(False)
-            assert rig.reading[-1] is True
+            tasks = [asyncio.create_task(writer.run()), asyncio.create_task(service.run(rig.spool))]
+            try:
+                published = 0
+                while not rig.stats.backpressure_waits:
+                    assert published < 5_000, "the log never filled"
+                    await publish(intake, published + 1, published + 20)
+                    published += 20
+                    await asyncio.sleep(0.005)
+                await wait_for(lambda: sink.lines == rig.spool.synced_lines)
+                acked = len(rig.acks.acked)
+                assert acked < published  # the rest waits (at the broker, unacked)
+                # Full of what the rules hold, not of what InfluxDB lacks.
+                assert rig.spool.pending_bytes == 0 and rig.spool.full
+                slow.gate.set()
+                await wait_for(lambda: len(rig.acks.acked) == published, 3)
+                await wait_for(lambda: service.evaluated == published)
+            finally:
+                slow.gate.set()
+                await service.stop(5)
+                writer_task, rules_task = tasks
+                writer_task.cancel()
+                await asyncio.gather(writer_task, return_exceptions=True)
+                await asyncio.wait_for(rules_task, 5)  # stopped, not failed
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        rig.spool.close()
+        rig.dead.close()

@@ -4,7 +4,6 @@ Mosquitto and InfluxDB 1.6.7."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from rules.engine import Engine
 from rules.schema import RuleError, load_rules
 from sensors.base import Reading
 from tests.support.publishers import Publisher
-from tests.support.rules import event
+from tests.support.rules import at, event
 
 RULES = """\
 rules:
@@ -51,20 +50,17 @@ def service(tmp_path: Path) -> Iterator[RulesService]:
     rules.write_text(RULES)
     with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
         store.migrate()
-        clock = [1_000]
         yield RulesService(
             Engine(load_rules([rules])),
             store,
             EventManager(store, workers={}),
             rule_paths=[rules],
-            clock_ms=lambda: clock[0],
         )
 
 
 def feed(service: RulesService, *readings: Reading) -> None:
-    for r in readings:
-        service.observe(r)
-    asyncio.run(service.flush())
+    """One turn of the consumer over `readings`, committed."""
+    service.step(readings, force=True)
 
 
 def by_rule(store: EventStore) -> dict[str, State]:
@@ -92,7 +88,23 @@ def test_reload_keeps_unchanged_state_and_returns_changed_rules_events(
     # The snapshot written after the reload is the pruned state.
     snapshot = service.store.get_snapshot("rules-engine")
     assert snapshot is not None
-    assert all(not sid.startswith("tamper") for sid in json.loads(snapshot)["slots"])
+    body = json.loads(snapshot)
+    assert body["format"] == 2
+    assert set(body) == {"format", "clockless", "position", "engine", "unknown"}
+    assert body["engine"]["slots"] and body["engine"]["clock_ms"] == at(2)
+    assert all(not sid.startswith("tamper") for sid in body["engine"]["slots"])
+
+
+def test_a_reload_alone_is_committed_at_the_next_turn(service: RulesService) -> None:
+    """The clears a reload owes and its pruned state need no new reading: the next turn
+    (the hub's loop runs one when idle) commits them."""
+    feed(service, event("access", "a1", 0, "tamper"))
+    service.rule_paths[0].write_text(CHANGED)
+    service.reload_rules()
+    commits = service.commits
+    assert service.step([]) != []  # the owed clear, without `force`
+    assert service.commits == commits + 1
+    assert by_rule(service.store) == {"tamper": State.RETURNED_UNACKNOWLEDGED}
 
 
 def test_reload_of_a_broken_file_keeps_the_running_rules(
@@ -171,7 +183,7 @@ def test_sighup_reloads_the_rules_of_a_running_hub(
         def denial_counted() -> bool:
             snapshot = store.get_snapshot("rules-engine")
             return snapshot is not None and any(
-                sid.startswith("denials") for sid in json.loads(snapshot)["slots"]
+                sid.startswith("denials") for sid in json.loads(snapshot)["engine"]["slots"]
             )
 
         _wait(denial_counted, 20, "the first denial in the snapshot")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,19 +60,8 @@ def store(event_db_url: str) -> Iterator[EventStore]:
         yield s
 
 
-_ids = itertools.count(1)
-
-
 def manager(store: EventStore) -> EventManager:
-    # Readable ids, unique across managers (restarts share the store).
-    return EventManager(
-        store,
-        workers=WORKERS,
-        sinks=SINKS,
-        new_id=lambda: f"ev{next(_ids)}",
-        flood_limit=10,
-        flood_window_ms=WINDOW,
-    )
+    return EventManager(store, workers=WORKERS, sinks=SINKS, flood_limit=10, flood_window_ms=WINDOW)
 
 
 @pytest.fixture
@@ -224,6 +212,24 @@ def test_shelves_expire_through_tick(events: EventManager, store: EventStore) ->
     assert events.tick(T0 + 10 * MIN) == []
 
 
+def test_a_late_tick_unshelves_at_the_expiry(events: EventManager, store: EventStore) -> None:
+    event = one(events.handle(raise_(), T0))
+    events.act(event.id, Action.SHELVE, actor="alice", at_ms=T0 + 1, until_ms=T0 + 5 * MIN)
+    back = one(events.tick(T0 + 60 * MIN))
+    assert (back.state, back.updated_ms) == (State.ACTIVE_UNACKNOWLEDGED, T0 + 5 * MIN)
+    assert store.audit_trail(event.id)[-1].at_ms == T0 + 5 * MIN
+
+
+def test_a_repeat_after_the_expiry_unshelves_first(events: EventManager, store: EventStore) -> None:
+    event = one(events.handle(raise_(), T0))
+    events.act(event.id, Action.SHELVE, actor="alice", at_ms=T0 + 1, until_ms=T0 + 5 * MIN)
+    again = one(events.handle(raise_(at_ms=T0 + 6 * MIN), T0 + 6 * MIN))
+    assert (again.state, again.count) == (State.ACTIVE_UNACKNOWLEDGED, 2)
+    trail = [(r.action, r.at_ms) for r in store.audit_trail(event.id)[-2:]]
+    assert trail == [(Action.UNSHELVE, T0 + 5 * MIN), (Action.REPEAT, T0 + 6 * MIN)]
+    assert events.tick(T0 + 7 * MIN) == []
+
+
 # ---------------------------------------------------------------------- flood control
 
 
@@ -346,6 +352,34 @@ def test_the_parent_returns_when_the_site_goes_quiet(
     # Quiet means no new flood: the next event stands alone.
     after = one(events.handle(raise_("door-99", at_ms=last + WINDOW + 1), last + WINDOW + 1))
     assert after.parent_id is None
+
+
+def test_a_late_tick_returns_the_parent_when_the_site_went_quiet(
+    events: EventManager, store: EventStore
+) -> None:
+    last = storm(events, 11)
+    changed = events.tick(last + 3 * WINDOW)
+    assert changed[0].rule_id == FLOOD_RULE
+    assert {e.updated_ms for e in changed} == {last + WINDOW}
+    assert changed[0].returned_ms == last + WINDOW
+
+
+def test_a_new_event_finds_a_quiet_parent_before_tick_does(
+    events: EventManager, store: EventStore
+) -> None:
+    last = storm(events, 11)
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    at = last + WINDOW + 5 * MIN
+    changed = events.handle(raise_("door-99", at_ms=at), at)
+    back = must(store.get(parent.id))
+    assert (back.state, back.returned_ms) == (State.RETURNED_UNACKNOWLEDGED, last + WINDOW)
+    newcomer = must(store.open_event("door_forced", "door-99"))
+    assert newcomer.parent_id is None
+    assert {e.id for e in changed} == {parent.id, newcomer.id} | {
+        c.id for c in store.children(parent.id)
+    }
+    assert all(c.mode is Mode.NORMAL for c in store.children(parent.id))
+    assert events.tick(at) == []
 
 
 def test_a_new_storm_reopens_a_returned_parent(events: EventManager, store: EventStore) -> None:

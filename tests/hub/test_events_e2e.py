@@ -13,6 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
 
 from devstack.stack import ManagedProcess
 from events.model import State
@@ -141,11 +142,15 @@ async def test_the_hubs_subscription_does_not_match_the_events_topic(
 ) -> None:
     """Real Mosquitto matching: what a hub subscribes to (plain or shared) gets the device
     topics and never the events its MqttSink publishes; an events reader gets those."""
-    settings = Settings(
-        mqtt=MqttSettings(
-            url=f"mqtt://127.0.0.1:{mosquitto.port}", topic_prefix=prefix, shared_group=group
-        )
+    mqtt = MqttSettings(
+        url=f"mqtt://127.0.0.1:{mosquitto.port}", topic_prefix=prefix, shared_group=group
     )
+    if group is not None:
+        # A shared group splits each device's messages across hubs: rules refuse it.
+        with pytest.raises(ValidationError, match="shared_group"):
+            Settings(mqtt=mqtt)
+    # Ingest-only hubs may share (their events are off); the subscription is the same.
+    settings = Settings(mqtt=mqtt, events=EventsSettings(enabled=group is None))
     hub = Listener(mosquitto.port, subscription_filter(settings), "hub-like")
     reader = Listener(mosquitto.port, events, "events-reader")
     publisher = Publisher(mosquitto.port, "sink-and-device")

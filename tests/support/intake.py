@@ -47,7 +47,7 @@ class Rig:
     generation: list[int]
     reading: list[bool]
 
-    def intake(self, **kwargs: float) -> Intake:
+    def intake(self, *, on_persisted: Callable[[], None] = lambda: None, **kwargs: float) -> Intake:
         decoder = Decoder(KINDS, DecodeContext(hash_identifier=lambda v: keyed_hash(b"k", v)))
         return Intake(
             decoder,
@@ -60,6 +60,7 @@ class Rig:
             batch_max=int(kwargs.pop("batch_max", 2000)),
             linger_s=kwargs.pop("linger_s", 0.005),
             high_water=int(kwargs.pop("high_water", 20_000)),
+            on_persisted=on_persisted,
         )
 
 
