@@ -10,7 +10,16 @@ import click
 
 from hub.cli.options import config_option, load
 
-COUNTERS = ("received", "acked", "stored", "rejected", "dead_lettered", "write_failures")
+COUNTERS = (
+    "received",
+    "acked",
+    "stored",
+    "rejected",
+    "dead_lettered",
+    "duplicates",
+    "retained_skipped",
+    "write_failures",
+)
 
 
 @click.command("status")
@@ -38,7 +47,7 @@ def format_status(data: dict[str, Any]) -> str:
         f"  subscription  {data.get('subscription')}   InfluxDB {data.get('influx')}",
         f"  connected     {data.get('connected')}   reconnects {data.get('reconnects')}",
     ]
-    lines += [f"  {key:<13} {data.get(key)}" for key in COUNTERS]
+    lines += [f"  {key:<16} {data.get(key)}" for key in COUNTERS]
     lines += [
         f"    rejected {reason:<20} {count}"
         for reason, count in sorted(data.get("rejected_by_reason", {}).items())
