@@ -77,6 +77,20 @@ def build(config: BuildConfig) -> dashboard.Dashboard:
             unit="s",
         ),
         timeseries_panel(
+            "Detection lag",
+            "How far the rules are behind the log, in seconds of event time: alarms wait "
+            "this long behind the readings before them (0 when they keep up).",
+            [query(_gauge("rules_lag_s")).alias(alias)],
+            unit="s",
+        ),
+        timeseries_panel(
+            "Time to event (p99)",
+            "Event time to the event's commit, 99th percentile since the hub started: "
+            "publish→event for devices that stamp their readings.",
+            [query(_gauge("rules_event_latency_p99_ms")).alias(alias)],
+            unit="ms",
+        ),
+        timeseries_panel(
             "Broker reconnects",
             "MQTT reconnects per interval (counter difference).",
             [

@@ -43,6 +43,18 @@ HUB_STATS_FIELDS: Final = (
     "uptime_s",
 )
 """`ingest.stats.IngestStats.fields()` without the per-reason counters (checked by a test)."""
+RULES_STATS_FIELDS: Final = (
+    "rules_evaluated",
+    "rules_detections",
+    "rules_commits",
+    "rules_lag_records",
+    "rules_lag_s",
+    "rules_watermark_ms",
+    "rules_event_latency_p50_ms",
+    "rules_event_latency_p99_ms",
+)
+"""What the hub adds to `hub_stats` when its rules run (`RulesService.status()`, checked
+by a test)."""
 PARKING_INCIDENTS: Final = (
     "lot_over_capacity",
     "parking_overstay",
@@ -160,4 +172,6 @@ ACCESS: Final = kind_measurement(access.KIND)
 SMOKE: Final = kind_measurement(smoke.KIND)
 PARKING: Final = kind_measurement(parking.KIND)
 DEVICE_STATUS_M: Final = Measurement(DEVICE_STATUS, DEVICE_STATUS_TAGS, DEVICE_STATUS_FIELDS)
-HUB_STATS_M: Final = Measurement(HUB_STATS, HUB_STATS_TAGS, HUB_STATS_FIELDS)
+HUB_STATS_M: Final = Measurement(
+    HUB_STATS, HUB_STATS_TAGS, HUB_STATS_FIELDS + RULES_STATS_FIELDS
+)

@@ -71,18 +71,17 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import psycopg
-from psycopg import sql
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.client import ConnectionLost, ConnectOptions, MqttClient
 from detection.rules_service import CHUNK, RulesService
+from devstack.postgres import create_database, running_postgres
 from devstack.stack import (
     INFLUXDB_PACKAGES,
     MOSQUITTO_PACKAGES,
@@ -662,79 +661,6 @@ def hub_config(
 
 
 # --------------------------------------------------------------------------- PostgreSQL
-
-
-@contextlib.contextmanager
-def running_postgres(workdir: Path) -> Iterator[str]:
-    """A private PostgreSQL (trust auth, no fsync) on a free loopback port; yields the
-    admin database's URL. As root the server runs as `postgres` (it refuses root)."""
-    found = [
-        p
-        for p in Path("/usr/lib/postgresql").glob("*/bin")
-        if p.parent.name.isdigit() and (p / "postgres").exists()
-    ]
-    if not found:
-        raise DrillError("no PostgreSQL server in /usr/lib/postgresql: apt-get install postgresql")
-    bindir = max(found, key=lambda p: int(p.parent.name))
-    as_owner: list[str] = []
-    workdir.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        as_owner = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(workdir, "postgres", "postgres")
-    workdir.chmod(0o700)
-    data = workdir / "data"
-    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-    done = subprocess.run(
-        [*as_owner, *initdb, "-E", "UTF8", "--no-locale", "--no-sync"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise DrillError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    port = free_port()
-    argv = [*as_owner, str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
-    for name, value in {
-        "listen_addresses": "127.0.0.1",
-        "unix_socket_directories": str(workdir),
-        "fsync": "off",
-        "synchronous_commit": "off",
-    }.items():
-        argv += ["-c", f"{name}={value}"]
-    with (workdir / "postgres.log").open("ab") as log:
-        server = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if server.poll() is not None:
-                raise DrillError("postgres exited during start-up; see postgres.log")
-            try:
-                with psycopg.connect(_libpq(url), connect_timeout=1):
-                    break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise DrillError("postgres not ready after 30 s") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        if server.poll() is None:
-            pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "stop", "-D", str(data), "-m", "fast"]
-            subprocess.run([*pg_ctl, "-w", "-t", "30"], check=False, capture_output=True)
-        server.wait(30)
-
-
-def create_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 # --------------------------------------------------------------------------- one live run
@@ -1384,7 +1310,10 @@ def run_drill(options: DrillOptions, say: Say = lambda _text: None) -> DrillRepo
                 pg_dir = _pg_dir(work)
                 if not pg_dir.is_relative_to(work):
                     stack.callback(shutil.rmtree, pg_dir, ignore_errors=True)
-                admin = stack.enter_context(running_postgres(pg_dir))
+                try:
+                    admin = stack.enter_context(running_postgres(pg_dir))
+                except RuntimeError as exc:  # not installed, or it would not start
+                    raise DrillError(str(exc)) from exc
             influx = start_influxdb(work / "influxdb", free_port())
             services = Services(work, influx, admin, say)
             # A lambda: an outage replaces services.influx, and the one running at the end stops.

@@ -43,6 +43,7 @@ HASH_KEY: Final = b"alarm-quality-harness"
 TICK_MS: Final = 1_000
 """A `Tick` every simulated second between messages (rule timers of idle input)."""
 
+
 def wait_s(rules: Sequence[Rule]) -> dict[str, float]:
     """Each incident kind's own waiting time in seconds (the longest of its rules'):
     the delay target is this plus 2 s."""

@@ -24,9 +24,13 @@ from dashboards.common import CELL, DATASOURCE_UID, DEVICE, KIND, SITE, BuildCon
 from dashboards.grid_map import DEVICE_STATE_COLOURS, layer_url
 from dashboards.provisioning import InfluxTarget, datasource_model, tree
 from dashboards.push import CLIENT_REQUIREMENT
+from detection.rules_service import RulesService
+from events.manager import EventManager
+from events.store import EventStore
 from hub.cli import main
 from ingest.decode import Decoder
 from ingest.stats import IngestStats
+from rules.engine import Engine
 from rules.schema import load_rules
 from sensors.base import COMMON_TAGS, DecodeContext, Reading
 from sensors.registry import KINDS
@@ -207,6 +211,13 @@ def test_security_event_names_come_from_the_renderer() -> None:
 def test_hub_stats_fields_are_what_ingest_writes() -> None:
     written = set(IngestStats().fields())
     assert set(schema.HUB_STATS_FIELDS) == written
+
+
+def test_rules_stats_fields_are_what_the_rules_service_reports(tmp_path: Path) -> None:
+    with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
+        store.migrate()
+        service = RulesService(Engine([]), store, EventManager(store, workers={}))
+        assert set(schema.RULES_STATS_FIELDS) == set(service.status())
 
 
 def test_device_status_fields_are_what_ingest_writes() -> None:

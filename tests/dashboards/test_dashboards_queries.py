@@ -152,6 +152,14 @@ EXPECTED: Final[dict[tuple[str, str, str], Expect]] = {
     ),
     ("gridwatch-hub-health", "Spool backlog", "A"): Expect(("time", "spool_bytes"), ("hub",)),
     ("gridwatch-hub-health", "Writer lag", "A"): Expect(("time", "lag_s"), ("hub",)),
+    # The scenario's hub_stats are ingest's counters only (the harness runs the rules);
+    # the field names are checked against `RulesService.status()` in the build tests.
+    ("gridwatch-hub-health", "Detection lag", "A"): Expect(
+        ("time", "rules_lag_s"), ("hub",), data=False
+    ),
+    ("gridwatch-hub-health", "Time to event (p99)", "A"): Expect(
+        ("time", "rules_event_latency_p99_ms"), ("hub",), data=False
+    ),
     ("gridwatch-hub-health", "Broker reconnects", "A"): Expect(("time", "reconnects"), ("hub",)),
     ("gridwatch-hub-health", "Connected / uptime", "A"): Expect(
         ("time", "connected", "uptime"), ("hub",)
