@@ -211,41 +211,58 @@ class EventStore:
         Version 1 inserts; later versions update only if the stored row is the version
         before (optimistic lock), else `StaleEvent`. Nothing is written if anything fails.
         """
+        # One write per event (its last version, checked against the version before its
+        # first change here), one for all audit records, one for all outbox rows: a
+        # detection's transitions (raise, assign, group, suppress, the parent's repeat)
+        # cost a few statements, not a few per transition.
+        since: dict[str, int] = {}
+        final: dict[str, SecurityEvent] = {}
+        audit_rows: list[dict[str, Any]] = []
+        outbox_rows: list[dict[str, Any]] = []
+        for event, record in changes:
+            if record.event_id != event.id:
+                raise ValueError(f"audit record of {record.event_id} saved with {event.id}")
+            since.setdefault(event.id, event.version)
+            # In the order of each event's last change: a child is written after the
+            # parent it is grouped under.
+            final.pop(event.id, None)
+            final[event.id] = event
+            # The audit sequence is the version the transition produced: unique per
+            # event, and it orders the trail without another counter.
+            audit_rows.append(_audit_row(record, event.version))
+            if sinks:
+                payload = json.dumps({"event": _event_doc(event), "audit": _audit_doc(record)})
+                outbox_rows += [
+                    {
+                        "sink": sink,
+                        "event_id": event.id,
+                        "audit_seq": event.version,
+                        "payload": payload,
+                        "attempts": 0,
+                        # Due at once: sinks poll on their own clock, which need not be
+                        # the detections' (simulated) clock.
+                        "next_attempt_ms": 0,
+                        "last_error": "",
+                        "failed": False,
+                    }
+                    for sink in sinks
+                ]
         with self._write() as conn:
-            for event, record in changes:
-                if record.event_id != event.id:
-                    raise ValueError(f"audit record of {record.event_id} saved with {event.id}")
-                self._write_event(conn, event)
-                # The audit sequence is the version the transition produced: unique per
-                # event, and it orders the trail without another counter.
+            for event_id, event in final.items():
+                self._write_event(conn, event, since[event_id])
+            if audit_rows:
                 try:
-                    conn.execute(_INSERT_AUDIT, _audit_row(record, event.version))
+                    conn.execute(_INSERT_AUDIT, audit_rows)
                 except IntegrityError as err:
-                    raise StaleEvent(event.id) from err
-                if sinks:
-                    payload = json.dumps({"event": _event_doc(event), "audit": _audit_doc(record)})
-                    conn.execute(
-                        outbox.insert(),
-                        [
-                            {
-                                "sink": sink,
-                                "event_id": event.id,
-                                "audit_seq": event.version,
-                                "payload": payload,
-                                "attempts": 0,
-                                # Due at once: sinks poll on their own clock, which need
-                                # not be the detections' (simulated) clock.
-                                "next_attempt_ms": 0,
-                                "last_error": "",
-                                "failed": False,
-                            }
-                            for sink in sinks
-                        ],
-                    )
+                    raise StaleEvent(changes[0][0].id) from err
+            if outbox_rows:
+                conn.execute(outbox.insert(), outbox_rows)  # in change order: delivery order
 
-    def _write_event(self, conn: Connection, event: SecurityEvent) -> None:
+    def _write_event(self, conn: Connection, event: SecurityEvent, since: int) -> None:
+        """Write `event` (its latest version) over the stored version `since - 1`
+        (inserting when `since` is 1)."""
         row = _event_row(event)
-        if event.version == 1:
+        if since == 1:
             try:
                 conn.execute(_INSERT_EVENT, row)
             except IntegrityError as err:
@@ -253,9 +270,7 @@ class EventStore:
                 raise StaleEvent(event.id) from err
             return
         try:
-            updated = conn.execute(
-                _UPDATE_EVENT, {**row, "b_id": event.id, "b_version": event.version - 1}
-            )
+            updated = conn.execute(_UPDATE_EVENT, {**row, "b_id": event.id, "b_version": since - 1})
         except IntegrityError as err:  # e.g. grouped under a parent that does not exist
             raise StoreError(f"event {event.id} refused: {err.orig}") from err
         if updated.rowcount != 1:
