@@ -45,6 +45,16 @@ def drill_services(tmp_path: Path, influxdb: ManagedProcess) -> Services:
     return services(tmp_path, influxdb)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_services(
+    request: pytest.FixtureRequest, tmp_path: Path, influxdb: ManagedProcess
+) -> Services:
+    """The drill's services with the event store on SQLite, then on PostgreSQL."""
+    if request.param == "sqlite":
+        return services(tmp_path, influxdb)
+    return services(tmp_path, influxdb, request.getfixturevalue("postgres_url"))
+
+
 def test_the_live_hub_decides_the_events_the_harness_decides(drill_services: Services) -> None:
     """The acceptance test: every scenario that fits a few hours, no fault; the same
     events (ids, rules, keys, raise and clear times, counts) from the hub and the harness."""
@@ -61,16 +71,16 @@ def test_the_live_hub_decides_the_events_the_harness_decides(drill_services: Ser
 
 
 def test_a_hub_killed_twice_and_a_broker_restart_change_no_event(
-    drill_services: Services,
+    store_services: Services,
 ) -> None:
     """Two SIGKILLs of the hub at random points of its progress and one SIGKILL of the
     broker: the same events as an uninterrupted hub and as the harness, no reading lost
     or stored twice. Plain-text statuses are left out (the last test)."""
     stream = short_stream(TIMED_SCENARIOS)
     options = drill_options(kills=2, broker_restart=True)
-    harness, _count, _rejected = harness_decisions(stream, offline_store(drill_services, "harness"))
-    calm = run_live("uninterrupted", drill_services, stream, options)
-    faulted = run_live("faulted", drill_services, stream, options, plan_faults(options, stream))
+    harness, _count, _rejected = harness_decisions(stream, offline_store(store_services, "harness"))
+    calm = run_live("uninterrupted", store_services, stream, options)
+    faulted = run_live("faulted", store_services, stream, options, plan_faults(options, stream))
 
     assert faulted.hub_starts == 3, faulted.faults
     assert faulted.log is not None

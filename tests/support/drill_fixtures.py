@@ -49,10 +49,12 @@ def drill_options(*, kills: int = 0, broker_restart: bool = False) -> DrillOptio
     )
 
 
-def services(tmp_path: Path, influxdb: ManagedProcess) -> Services:
+def services(
+    tmp_path: Path, influxdb: ManagedProcess, postgres_admin: str | None = None
+) -> Services:
     """Where a test drill runs: the test's tmp dir, the session's InfluxDB (databases of
-    its own), SQLite stores."""
-    return Services(tmp_path, influxdb, None, print, prefix=f"drill{next(_runs)}")
+    its own), SQLite stores, or PostgreSQL ones on the server of `postgres_admin`."""
+    return Services(tmp_path, influxdb, postgres_admin, print, prefix=f"drill{next(_runs)}")
 
 
 _runs = itertools.count(1)
