@@ -47,6 +47,7 @@ RULES_STATS_FIELDS: Final = (
     "rules_evaluated",
     "rules_detections",
     "rules_commits",
+    "rules_record_errors",
     "rules_lag_records",
     "rules_lag_s",
     "rules_watermark_ms",

@@ -53,6 +53,8 @@ class AnomalyCounters:
     batches: int = 0
     busy_s: float = 0.0
     readings: int = 0
+    errors: int = 0
+    """Readings whose scoring raised (skipped, logged)."""
 
 
 class AnomalyService:
@@ -122,7 +124,13 @@ class AnomalyService:
                 self.watermark_ms = max(self.watermark_ms, record.at_ms)
             else:
                 assert isinstance(record, Rejected)
-        detections, scored = self.scorer.score_batch(readings)
+        try:
+            detections, scored = self.scorer.score_batch(readings)
+        except Exception as exc:  # noqa: BLE001 (the batch boundary)
+            # Scoring is deterministic: retried after a restart, the batch would fail
+            # again and hold the log until it fills. Score it reading by reading instead,
+            # skipping (and counting) the ones that raise.
+            detections, scored = self._score_one_by_one(readings, exc)
         if self._on_scored is not None:
             self._on_scored(scored)
         detections += self.scorer.tick(self.watermark_ms)
@@ -142,6 +150,24 @@ class AnomalyService:
         counters.batches += 1
         counters.busy_s += time.perf_counter() - started
         return detections
+
+    def _score_one_by_one(
+        self, readings: Sequence[Reading], first: Exception
+    ) -> tuple[list[Detection], list[Scored]]:
+        log.error("anomaly: scoring a batch raised %s; scoring it reading by reading", first)
+        detections: list[Detection] = []
+        scored: list[Scored] = []
+        for reading in readings:
+            try:
+                more, vectors = self.scorer.score_batch([reading])
+            except Exception as exc:  # noqa: BLE001 (the reading boundary)
+                self.counters.errors += 1
+                if self.counters.errors <= 3:
+                    log.error("anomaly: skipped a reading of %s: %r", reading.device, exc)
+                continue
+            detections += more
+            scored += vectors
+        return detections, scored
 
     def step(self, records: Sequence[Record]) -> list[Detection]:
         """One turn synchronously: score `records`, commit, return the detections."""

@@ -229,6 +229,8 @@ class RulesService:
         self.evaluated = 0
         self.reloads = 0
         self.commits = 0
+        self.record_errors = 0
+        """Records whose evaluation raised (skipped, logged)."""
         # Evaluation runs on the event loop, a reload may come from an API worker
         # thread: the engine and its state change hands under this lock only.
         self._lock = threading.Lock()
@@ -301,28 +303,46 @@ class RulesService:
             out, self._owed = self._owed, []
             engine, state = self.engine, self.state
             for record in records:
-                if isinstance(record, Reading):
-                    stamped = record
-                    if record.ts_from_device:
-                        self.clockless = False
-                    elif not self.clockless and state.clock_ms:
-                        # Stamped on arrival, which says when it was read from the broker,
-                        # not when it happened (a backlog's would all be "now"): it
-                        # happened where it is in the log, at event time.
-                        stamped = _at(record, state.clock_ms)
-                    ts_ms = stamped.ts_ns // 1_000_000
-                    now = ts_ms if ts_ms > state.clock_ms else state.clock_ms
-                    out += engine.evaluate(stamped, state, now)
-                elif isinstance(record, Rejected):
-                    # At event time, not arrival: the same wherever the log is replayed.
-                    at_ns = state.clock_ms * 1_000_000 if state.clock_ms else record.received_ns
-                    reading = self.unknown.reading(record, engine.directory, at_ns)
-                    if reading is not None:
-                        out += engine.evaluate(reading, state, state.clock_ms)
-                else:
-                    out += engine.tick(state, record.at_ms)
+                # A record the rules cannot evaluate is skipped and counted, never
+                # retried: evaluation is deterministic, so after a restart the same
+                # record would fail again, the log would fill and ingestion would stop.
+                try:
+                    if isinstance(record, Reading):
+                        stamped = record
+                        if record.ts_from_device:
+                            self.clockless = False
+                        elif not self.clockless and state.clock_ms:
+                            # Stamped on arrival, which says when it was read from the broker,
+                            # not when it happened (a backlog's would all be "now"): it
+                            # happened where it is in the log, at event time.
+                            stamped = _at(record, state.clock_ms)
+                        ts_ms = stamped.ts_ns // 1_000_000
+                        now = ts_ms if ts_ms > state.clock_ms else state.clock_ms
+                        out += engine.evaluate(stamped, state, now)
+                    elif isinstance(record, Rejected):
+                        # At event time, not arrival: the same wherever the log is replayed.
+                        at_ns = state.clock_ms * 1_000_000 if state.clock_ms else record.received_ns
+                        reading = self.unknown.reading(record, engine.directory, at_ns)
+                        if reading is not None:
+                            out += engine.evaluate(reading, state, state.clock_ms)
+                    else:
+                        out += engine.tick(state, record.at_ms)
+                except Exception as exc:  # noqa: BLE001 (the record boundary)
+                    self._record_failed(record, exc)
             self.evaluated += len(records)
         return out
+
+    def _record_failed(self, record: Record, exc: Exception) -> None:
+        """Count a record evaluation raised on; log the first ones with the traceback."""
+        self.record_errors += 1
+        if self.record_errors <= 3 or self.record_errors % 1000 == 0:
+            log.error(
+                "rules: evaluating %s raised %s (%d so far); skipped",
+                _describe(record),
+                type(exc).__name__,
+                self.record_errors,
+                exc_info=exc if self.record_errors <= 3 else None,
+            )
 
     def commit(
         self, detections: Sequence[Detection], position: Cursor | None, *, state: bool = False
@@ -469,6 +489,7 @@ class RulesService:
             "rules_evaluated": self.evaluated,
             "rules_detections": self.detections,
             "rules_commits": self.commits,
+            "rules_record_errors": self.record_errors,
             "rules_lag_records": lag_records,
             "rules_lag_s": self._lag.seconds(self.watermark_ms) if lag_records else 0.0,
             "rules_watermark_ms": self.watermark_ms,
@@ -566,6 +587,14 @@ def _from_snapshot(data: bytes) -> tuple[EngineState, UnknownSources, Cursor | N
     raw = body["position"]
     position = None if raw is None else Cursor(int(raw[0]), int(raw[1]))
     return state, unknown, position, bool(body.get("clockless", True))
+
+
+def _describe(record: Record) -> str:
+    if isinstance(record, Reading):
+        return f"reading of {record.site}/{record.device}/{record.channel} at {record.ts_ns}"
+    if isinstance(record, Rejected):
+        return f"rejection ({record.reason.value}) on {record.topic[:200]!r}"
+    return f"tick at {record.at_ms}"
 
 
 def _at(reading: Reading, at_ms: int) -> Reading:

@@ -251,3 +251,28 @@ def test_unknown_features_score_as_usual(model: AnomalyModel, history: list[Read
         d for d in smoke.explain("sm-a", unknown, top=len(smoke.schema)) if d[0] == "gap_log_s"
     )
     assert value == usual[gap]  # explanations never carry NaN into an event
+
+
+def test_a_reading_the_scorer_cannot_take_is_skipped_not_retried(
+    model: AnomalyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose scoring raises is scored reading by reading: the reading that raises
+    is counted and skipped (it would raise again after a restart and hold the log)."""
+    with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
+        store.migrate()
+        scorer = AnomalyScorer(model)
+        service = AnomalyService(scorer, EventManager(store, workers={}))
+        readings = smoke_history(["sm-a", "sm-b"], T0, 20, first_minute=DAY_MIN)
+        score_batch = scorer.score_batch
+
+        def poisoned(batch):  # type: ignore[no-untyped-def]
+            if any(r.device == "sm-b" for r in batch):
+                raise ValueError("a reading this scorer cannot take")
+            return score_batch(batch)
+
+        monkeypatch.setattr(scorer, "score_batch", poisoned)
+        service.process(readings, Cursor(0, 100))
+        poison = sum(1 for r in readings if r.device == "sm-b")
+        assert poison and service.counters.errors == poison
+        assert service.counters.readings == len(readings)
+        assert service.counters.scored > 0  # sm-a's readings were scored

@@ -177,3 +177,26 @@ def test_without_device_clocks_arrival_stamps_are_event_time(service: RulesServi
     service.step([], force=True)
     service.restore()
     assert service.clockless
+
+
+def test_a_record_the_rules_cannot_evaluate_is_skipped_not_retried(
+    service: RulesService, store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation is deterministic: a record that raises would raise again after every
+    restart, hold the log until it fills, and stop ingestion. It is counted and skipped;
+    the records around it are evaluated, and the skip survives a replay."""
+    evaluate = service.engine.evaluate
+
+    def poisoned(reading, state, now):  # type: ignore[no-untyped-def]
+        if reading.device == "a2":
+            raise RecursionError("a rule that cannot take this reading")
+        return evaluate(reading, state, now)
+
+    monkeypatch.setattr(service.engine, "evaluate", poisoned)
+    detections = service.step(
+        [event("access", "a2", 0, "tamper"), event("access", "a1", 1, "tamper")], force=True
+    )
+    assert [(d.key, d.raised) for d in detections] == [("a1", True)]
+    assert service.record_errors == 1
+    assert service.status()["rules_record_errors"] == 1
+    assert [e.key for e in store.list_events()] == ["a1"]
