@@ -173,6 +173,4 @@ ACCESS: Final = kind_measurement(access.KIND)
 SMOKE: Final = kind_measurement(smoke.KIND)
 PARKING: Final = kind_measurement(parking.KIND)
 DEVICE_STATUS_M: Final = Measurement(DEVICE_STATUS, DEVICE_STATUS_TAGS, DEVICE_STATUS_FIELDS)
-HUB_STATS_M: Final = Measurement(
-    HUB_STATS, HUB_STATS_TAGS, HUB_STATS_FIELDS + RULES_STATS_FIELDS
-)
+HUB_STATS_M: Final = Measurement(HUB_STATS, HUB_STATS_TAGS, HUB_STATS_FIELDS + RULES_STATS_FIELDS)
