@@ -62,6 +62,8 @@ class IngestionView:
     """How long writes to InfluxDB have been failing (0 while they succeed)."""
     task_problems: Callable[[], Mapping[str, str]]
     """Supervised background tasks that are not running, with why."""
+    storage_error: Callable[[], str | None] = lambda: None
+    """Why the spool's disk refuses writes (full, I/O error); None while it takes them."""
     pause_grace_s: float = 30.0
     """A pause shorter than this is back-pressure doing its job, not a problem."""
     writer_grace_s: float = 60.0
@@ -88,6 +90,8 @@ def with_ingestion(probes: Mapping[str, ReadyProbe], view: IngestionView) -> dic
     def broker() -> str | None:
         if not view.connected():
             return "the hub is not connected to the broker"
+        if (error := view.storage_error()) is not None:
+            return f"the spool's disk refuses writes ({error}): nothing is acknowledged"
         if view.spool_full():
             return "the spool is full: nothing is acknowledged until InfluxDB catches up"
         paused = view.reading_paused_s()

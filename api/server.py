@@ -21,7 +21,7 @@ from api.deps import ApiDeps
 from api.hardening import BodyLimits, RequestGuard
 from api.metrics import install_metrics
 from api.roles import LoginLimiter
-from api.routes import auth, desk, events, geo, ops, registry, reports
+from api.routes import auth, desk, events, geo, kpi, ops, registry, reports
 
 API_VERSION: Final = "1.0.0"
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -41,6 +41,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
             {"name": "auth", "description": "Tokens and who you are"},
             {"name": "events", "description": "The event desk: list, inspect and work events"},
             {"name": "reports", "description": "Incidents reported by residents"},
+            {"name": "kpi", "description": "Alarm KPIs after ISA-18.2 and EEMUA 191"},
             {"name": "ops", "description": "Health, readiness and metrics"},
         ],
     )
@@ -67,6 +68,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
         desk.router,
         registry.router,
         geo.router,
+        kpi.router,
     ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

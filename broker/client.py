@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 import struct
 from collections.abc import Callable, Sequence
@@ -91,6 +92,20 @@ _CONNACK_V311_REASONS: Final = {
 # Packets we accept from the broker; bigger ones are dropped by the broker (MQTT 5).
 MAX_INBOUND_PACKET: Final = 1 << 20
 
+PROBE_INTERVAL_S: Final = 0.5
+"""While the broker is unreachable, a TCP connect to host:port every half to whole of
+this (jittered): a refused connect costs the broker nothing, and the real connect follows
+as soon as the port accepts, instead of after a backoff grown through the outage."""
+
+PROBE_TIMEOUT_S: Final = 2.0
+"""A probe the network neither accepts nor refuses (a host gone silent) gives up after
+this long; it also bounds the probe rate there."""
+
+STABLE_AFTER_S: Final = 10.0
+"""A connection that stayed up this long resets the backoff, and its loss is answered with
+an immediate probe. One that keeps dropping sooner (another client taking over our
+client id, a broker that disconnects us) backs off as a refusal does."""
+
 OnPublish = Callable[[str, bytes, int, bool, int], None]
 """(topic, payload, qos, retain, packet_id or 0) — called synchronously on receipt.
 
@@ -114,6 +129,11 @@ class ProtocolViolation(MqttError):
 
 class ConnectionLost(MqttError):
     """The connection closed while something waited on it."""
+
+
+class BrokerUnreachable(MqttError):
+    """No TCP connection to the broker (refused, reset, unreachable, timed out): it is down
+    or restarting, so the client waits by probing rather than backing off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +318,8 @@ class MqttProtocol(asyncio.Protocol):
         self.last_inbound = loop.time()
         self.paused = False
         self.counters = counters if counters is not None else ClientCounters()
+        self.close_reason: str | None = None
+        """Why the broker ended the connection, when it said so (DISCONNECT)."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -441,7 +463,8 @@ class MqttProtocol(asyncio.Protocol):
             pass
         elif kind == DISCONNECT:
             reason = body[0] if body else 0
-            log.warning("broker disconnected us, reason 0x%02x", reason)
+            # Reported once, by the client, as the reason the connection was lost.
+            self.close_reason = f"broker disconnected us, reason 0x{reason:02x}"
             self.abort()
         else:
             raise ProtocolViolation(f"unexpected packet type {kind}")
@@ -529,8 +552,17 @@ class ClientCounters:
     connects: int = 0
     reconnects: int = 0
     connect_failures: int = 0
+    probes: int = 0
+    """TCP connects made to see whether an unreachable broker is back."""
     dispatch_errors: int = 0
     """PUBLISH callbacks that raised (each message acked and dropped, logged)."""
+
+
+def _raise_if_cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Python 3.11's `wait_for` returns (or raises) the inner result when a cancel races
+    it, swallowing the cancel: a client cancelled mid-connect would then run forever."""
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(slots=True)
@@ -549,7 +581,8 @@ class _Backoff:
 
 
 class MqttClient:
-    """A persistent MQTT session: connect, (re)subscribe, reconnect with backoff, forever.
+    """A persistent MQTT session: connect, (re)subscribe, reconnect, forever (probing a
+    broker that is down, backing off from one that refuses: see `run`).
 
     `generation` increases with every connection: acks for packet ids of an older
     connection are dropped, because the broker re-sends those messages on the new one.
@@ -569,10 +602,13 @@ class MqttClient:
         reconnect_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
         log_connects: bool = True,
+        probe_interval_s: float = PROBE_INTERVAL_S,
     ) -> None:
         self.host = host
         # A simulator with thousands of device clients would drown the log otherwise.
         self._connect_log_level = logging.INFO if log_connects else logging.DEBUG
+        self._trouble_log_level = logging.WARNING if log_connects else logging.DEBUG
+        self._probe_interval = probe_interval_s
         self.port = port
         self.opts = opts
         self.subscriptions = list(subscriptions)
@@ -638,26 +674,93 @@ class MqttClient:
             self._protocol.set_reading(enabled)
 
     async def run(self) -> None:
-        """Keep a session up until cancelled; on cancel, DISCONNECT cleanly (session kept)."""
+        """Keep a session up until cancelled; on cancel, DISCONNECT cleanly (session kept).
+
+        How long to wait before the next attempt depends on who failed. The broker
+        answered (CONNACK refusal, bad credentials, refused subscription, TLS or handshake
+        failure, a connection that keeps dropping): back off exponentially, so a broker
+        that is up but refusing is never hammered. No TCP connection at all (refused,
+        reset, unreachable): the broker is down, so probe its port and connect as soon as
+        it accepts (`_wait_for_port`). A connection lost after STABLE_AFTER_S is probed
+        for at once. One warning per outage (and per new reason), one line when back."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        down_since: float | None = None
+        last_reason = ""
+        probe_passed = False
         try:
             while True:
+                up_at: float | None = None
                 try:
-                    await self._connect_once()
-                    self._backoff.reset()
+                    await self._connect_once(
+                        None if down_since is None else loop.time() - down_since
+                    )
+                    _raise_if_cancelled(task)
+                    down_since, last_reason, probe_passed = None, "", False
+                    up_at = loop.time()
                     assert self._protocol is not None
                     await self._supervise(self._protocol)
                 except (OSError, MqttError, TimeoutError) as exc:
+                    _raise_if_cancelled(task)
                     self.counters.connect_failures += 1
-                    log.warning("MQTT %s:%d: %s", self.host, self.port, exc or type(exc).__name__)
                     self._drop_connection()
-                delay = self._backoff.next_delay()
-                log.info("MQTT reconnecting in %.1f s", delay)
-                await asyncio.sleep(delay)
+                    stable = up_at is not None and loop.time() - up_at >= STABLE_AFTER_S
+                    if stable:
+                        self._backoff.reset()
+                    # A port that accepted a probe and still failed the connect is not down.
+                    unreachable = isinstance(exc, BrokerUnreachable) and not probe_passed
+                    probe = stable or unreachable
+                    delay = 0.0 if probe else self._backoff.next_delay()
+                    if down_since is None:
+                        down_since = loop.time()
+                    reason = str(exc) or type(exc).__name__
+                    plan = "waiting for the broker" if probe else f"retrying in {delay:.1f} s"
+                    log.log(
+                        self._trouble_log_level if reason != last_reason else logging.DEBUG,
+                        "MQTT %s:%d: %s; %s",
+                        self.host,
+                        self.port,
+                        reason,
+                        plan,
+                    )
+                    last_reason = reason
+                    probe_passed = False
+                    if probe:
+                        await self._wait_for_port(immediately=stable)
+                        probe_passed = True
+                    else:
+                        await asyncio.sleep(delay)
         finally:
             proto = self._protocol
             if proto is not None and not proto.closed.done():
                 proto.disconnect()  # graceful: the broker discards our will, keeps the session
             self._drop_connection()
+
+    async def _wait_for_port(self, *, immediately: bool) -> None:
+        """Return once the broker's port accepts a TCP connection, probing it every
+        PROBE_INTERVAL_S (jittered, so a fleet does not come back in step)."""
+        interval = self._probe_interval
+        if immediately and await self._port_accepts():
+            return
+        while True:
+            await asyncio.sleep(random.uniform(interval / 2, interval))
+            if await self._port_accepts():
+                return
+
+    async def _port_accepts(self) -> bool:
+        """One probe: a bare TCP connect, closed at once (no MQTT, nothing to log)."""
+        self.counters.probes += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                transport, _ = await loop.create_connection(asyncio.Protocol, self.host, self.port)
+        except (OSError, TimeoutError):
+            return False
+        # Connecting to a free loopback port can connect a socket to itself (TCP
+        # simultaneous open): that is not the broker, and would hold its port.
+        to_itself = transport.get_extra_info("sockname") == transport.get_extra_info("peername")
+        transport.close()
+        return not to_itself
 
     def _drop_connection(self) -> None:
         self.connected.clear()
@@ -673,19 +776,26 @@ class MqttClient:
                 return self._next_packet_id
         raise MqttError("all 65535 packet ids in flight")
 
-    async def _connect_once(self) -> None:
+    async def _connect_once(self, down_s: float | None = None) -> None:
+        """Connect, CONNECT, resubscribe; `down_s`: how long we have been without a
+        connection (for the log). Raises BrokerUnreachable when TCP does not connect."""
         loop = asyncio.get_running_loop()
         # New generation before the socket opens: queued messages may arrive with CONNACK.
         self.generation += 1
-        _, proto = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: MqttProtocol(self.opts, self._on_publish, self.counters),
-                self.host,
-                self.port,
-                ssl=self._tls,
-            ),
-            self._connect_timeout,
-        )
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: MqttProtocol(self.opts, self._on_publish, self.counters),
+                    self.host,
+                    self.port,
+                    ssl=self._tls,
+                ),
+                self._connect_timeout,
+            )
+        except (ssl.SSLError, socket.gaierror):
+            raise  # the broker answered (TLS), or the name is wrong: neither is a broker down
+        except (OSError, TimeoutError) as exc:
+            raise BrokerUnreachable(f"no connection: {exc or type(exc).__name__}") from exc
         self._protocol = proto
         session_present = await asyncio.wait_for(
             asyncio.shield(proto.connack), self._connect_timeout
@@ -704,11 +814,12 @@ class MqttClient:
                 raise ConnectRefused(f"broker refused subscriptions {refused} (codes {codes})")
         log.log(
             self._connect_log_level,
-            "MQTT connected to %s:%d as %s (session present: %s)",
+            "MQTT connected to %s:%d as %s (session present: %s)%s",
             self.host,
             self.port,
             self.opts.client_id,
             session_present,
+            "" if down_s is None else f", back after {down_s:.1f} s without a connection",
         )
         self.connected.set()
         if self._on_connected is not None:
@@ -725,4 +836,4 @@ class MqttClient:
             if not proto.paused and loop.time() - proto.last_inbound > keepalive * 1.5:
                 raise ConnectionLost(f"no traffic from broker for {keepalive * 1.5:.0f} s")
             proto.write(b"\xc0\x00")
-        raise ConnectionLost("connection closed")
+        raise ConnectionLost(proto.close_reason or "connection closed")

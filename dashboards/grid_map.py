@@ -43,6 +43,8 @@ DEVICE_STATE_COLOURS: Final = {
     "alarm": "red",
     "offline": "#8e8e8e",
     "low_battery": "orange",
+    "out_of_service": "#5b5b5b",
+    "shelved": "#6f8fb3",
 }
 """The `state` values of devices.geojson (API_CONTRACT.md) and how each is drawn."""
 

@@ -91,6 +91,26 @@ def build(config: BuildConfig) -> dashboard.Dashboard:
             unit="ms",
         ),
         timeseries_panel(
+            "Storage refusing writes",
+            "Seconds the spool's disk has refused writes (full, I/O error): nothing is "
+            "acknowledged meanwhile and the broker keeps the backlog (0 while it takes them).",
+            [query(_gauge("storage_blocked_s")).alias(alias)],
+            unit="s",
+        ),
+        timeseries_panel(
+            "Broker sessions lost",
+            "Reconnects where the broker no longer had the hub's session: what it had queued "
+            "was lost (counter difference).",
+            [
+                query(
+                    f"SELECT non_negative_difference(last({ident(hub.field('sessions_lost'))})) "
+                    f"AS {ident('sessions_lost')} FROM {ident(hub.name)} "
+                    + where(var_match(hub.tag(HUB), HUB))
+                    + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
+                ).alias(alias)
+            ],
+        ),
+        timeseries_panel(
             "Broker reconnects",
             "MQTT reconnects per interval (counter difference).",
             [

@@ -33,7 +33,6 @@ from anomaly.online import AnomalyScorer, Scored
 from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore
-from ingest.decode import Rejected
 from ingest.records import Record, Tick
 from ingest.spool import ConsumerLag, Cursor, Spool
 from sensors.base import Reading
@@ -122,8 +121,7 @@ class AnomalyService:
                     self.watermark_ms = max(self.watermark_ms, record.ts_ns // 1_000_000)
             elif isinstance(record, Tick):
                 self.watermark_ms = max(self.watermark_ms, record.at_ms)
-            else:
-                assert isinstance(record, Rejected)
+            # rejections and session losses: nothing to score
         try:
             detections, scored = self.scorer.score_batch(readings)
         except Exception as exc:  # noqa: BLE001 (the batch boundary)

@@ -32,6 +32,12 @@ bounded table (part of the committed state), and reaches the rules as a `rejecte
 reading of that scope carrying the tally, so a storm of made-up names opens at most one
 event per known site plus one for the hub (rule `unknown_sources` of the default pack).
 
+The hub's own health reaches operators here too: `hub_condition` raises or clears an
+event per site (its disk refuses writes: nothing is acknowledged), and a `SessionLost`
+record in the log (the broker lost what it queued for the hub) raises a one-shot
+event, and marks each sequence-gap detection that spans it (`cause`), so operators are
+not sent to chase "messages lost" devices that lost nothing themselves.
+
 `reload_rules` (SIGHUP in `gridwatch run`; the hub API calls it too) re-reads the rule
 files and swaps the engine without a restart: conditions of unchanged rules carry on,
 those of changed or removed rules start afresh, and their open events return to normal
@@ -53,10 +59,10 @@ from pathlib import Path
 from typing import Final
 
 from events.manager import EventManager
-from events.model import Detection
+from events.model import Detection, Severity, Source
 from events.store import EventStore
 from ingest.decode import Rejected, RejectReason
-from ingest.records import Record
+from ingest.records import Record, SessionLost
 from ingest.spool import ConsumerLag, Cursor, Spool
 from ingest.stats import LatencyHistogram
 from rules.directory import Directory
@@ -68,7 +74,7 @@ from rules.engine import (
     unknown_sources_reading,
 )
 from rules.schema import RuleError, load_rules
-from sensors.base import Reading
+from sensors.base import FieldValue, Reading
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,14 @@ TICK_S: Final = 1.0
 """The loop looks for a due commit (interval, reload) at least this often."""
 CHUNK: Final = 2_000
 """Records evaluated per turn of `run` before the event loop goes to other tasks."""
+STORAGE_FAILING_RULE: Final = "hub_storage_failing"
+"""The hub's event while the spool's disk refuses writes (`hub_condition`)."""
+SESSION_LOST_RULE: Final = "hub_session_lost"
+"""The hub's one-shot event when the broker lost its session (`SessionLost`)."""
+SESSION_LOST_CAUSE: Final = "broker_session_lost"
+"""`cause` of a sequence-gap detection that spans a session loss."""
+HUB_HEALTH_RULES: Final = frozenset({STORAGE_FAILING_RULE, SESSION_LOST_RULE})
+"""Events about the hub itself, not decided from the log's readings."""
 
 
 def as_reading(item: Reading | Rejected, at_ns: int | None = None) -> Reading | None:
@@ -236,6 +250,10 @@ class RulesService:
         self._lock = threading.Lock()
         self._owed: list[Detection] = []
         """Clears a reload owes, committed with the next turn."""
+        self._health: list[Detection] = []
+        """The hub's own conditions (`hub_condition`), kept until a commit has them."""
+        self.session_lost_ms = 0
+        """When the broker last lost the hub's session (from the log; 0: never)."""
         self._dirty = False
         self.unknown = UnknownSources()
         """Rejections under names the directory does not know, tallied per scope."""
@@ -262,9 +280,10 @@ class RulesService:
         so it reaches the state it had, and the events it decides are already stored."""
         data = self.store.get_snapshot(SNAPSHOT_NAME)
         state, unknown, position, clockless = EngineState(), UnknownSources(), None, True
+        session_lost_ms = 0
         if data is not None:
             try:
-                state, unknown, position, clockless = _from_snapshot(data)
+                state, unknown, position, clockless, session_lost_ms = _from_snapshot(data)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring rules snapshot: %s", exc)
             else:
@@ -279,6 +298,7 @@ class RulesService:
             committed = position
         with self._lock:
             self.state, self.unknown, self.clockless = state, unknown, clockless
+            self.session_lost_ms = session_lost_ms
             self.position = self.state_position = position
             self.committed = committed
             self._replay_until = committed if committed != position else None
@@ -287,7 +307,9 @@ class RulesService:
     def _snapshot(self, position: Cursor | None) -> bytes:
         with self._lock:
             self._dirty = False
-            return _to_snapshot(self.state, self.unknown, position, self.clockless)
+            return _to_snapshot(
+                self.state, self.unknown, position, self.clockless, self.session_lost_ms
+            )
 
     @property
     def watermark_ms(self) -> int:
@@ -300,7 +322,7 @@ class RulesService:
         """Evaluate records in log order on event time; pure CPU, no I/O. Returns the
         detections (with what a reload owed), to be `commit`ted."""
         with self._lock:
-            out, self._owed = self._owed, []
+            out, self._owed = [*self._owed, *self._health], []
             engine, state = self.engine, self.state
             for record in records:
                 # A record the rules cannot evaluate is skipped and counted, never
@@ -318,19 +340,122 @@ class RulesService:
                             stamped = _at(record, state.clock_ms)
                         ts_ms = stamped.ts_ns // 1_000_000
                         now = ts_ms if ts_ms > state.clock_ms else state.clock_ms
-                        out += engine.evaluate(stamped, state, now)
+                        found = engine.evaluate(stamped, state, now)
+                        if found and self.session_lost_ms:
+                            found = [self._gap_cause(d) for d in found]
+                        out += found
                     elif isinstance(record, Rejected):
                         # At event time, not arrival: the same wherever the log is replayed.
                         at_ns = state.clock_ms * 1_000_000 if state.clock_ms else record.received_ns
                         reading = self.unknown.reading(record, engine.directory, at_ns)
                         if reading is not None:
                             out += engine.evaluate(reading, state, state.clock_ms)
+                    elif isinstance(record, SessionLost):
+                        out += self._session_lost(record)
                     else:
                         out += engine.tick(state, record.at_ms)
                 except Exception as exc:  # noqa: BLE001 (the record boundary)
                     self._record_failed(record, exc)
             self.evaluated += len(records)
         return out
+
+    def _session_lost(self, record: SessionLost) -> list[Detection]:
+        """Under the lock: remember the loss (for `_gap_cause`) and say so on every site
+        (raised and returned at once: nothing clears it later; operators acknowledge)."""
+        self.session_lost_ms = record.at_ms
+        message = (
+            f"The broker lost hub {record.hub}'s session: messages it had queued for the "
+            "hub are lost; sequence-gap alarms that follow may come from this"
+        )
+        raised = self._hub_detections(
+            SESSION_LOST_RULE,
+            True,
+            record.at_ms,
+            hub=record.hub,
+            severity=Severity.MEDIUM,
+            title="Broker lost the hub's session",
+            message=message,
+            values={"hub": record.hub},
+        )
+        return [*raised, *(dataclasses.replace(d, raised=False) for d in raised)]
+
+    def _gap_cause(self, detection: Detection) -> Detection:
+        """A sequence gap whose previous reading predates the broker's loss of our
+        session: those messages may have been lost with the session, not by the device."""
+        previous = detection.values.get("previous_ms")
+        if (
+            not detection.raised
+            or not isinstance(previous, int)
+            or previous > self.session_lost_ms
+            or "missing" not in detection.values
+        ):
+            return detection
+        return dataclasses.replace(
+            detection,
+            values={**detection.values, "cause": SESSION_LOST_CAUSE},
+            message=f"{detection.message} (the broker lost the hub's session meanwhile: "
+            "the messages may have been lost there)",
+        )
+
+    def _hub_detections(
+        self,
+        rule_id: str,
+        raised: bool,
+        at_ms: int,
+        *,
+        hub: str,
+        severity: Severity,
+        title: str,
+        message: str,
+        values: dict[str, FieldValue],
+    ) -> list[Detection]:
+        """One detection per site the rules know (each one's sensing is affected), or
+        one for the hub scope when none is known."""
+        sites = sorted(self.engine.directory.sites) or [HUB_SCOPE]
+        return [
+            Detection(
+                rule_id,
+                hub,
+                raised,
+                at_ms,
+                site,
+                severity=severity,
+                title=title,
+                message=message,
+                incident=rule_id,
+                source=Source.RULE,
+                values=values,
+            )
+            for site in sites
+        ]
+
+    def hub_condition(
+        self,
+        rule_id: str,
+        raised: bool,
+        *,
+        hub: str,
+        severity: Severity,
+        title: str,
+        message: str,
+        values: dict[str, FieldValue],
+    ) -> None:
+        """A condition of the hub itself (e.g. its disk refuses writes) raised or
+        cleared now (wall clock): not from the log, so it is committed with the next
+        turn, and kept until a commit has it. Safe from any thread."""
+        at_ms = time.time_ns() // 1_000_000
+        with self._lock:
+            self._health += self._hub_detections(
+                rule_id,
+                raised,
+                at_ms,
+                hub=hub,
+                severity=severity,
+                title=title,
+                message=message,
+                values=values,
+            )
+        self._wake.set()
 
     def _record_failed(self, record: Record, exc: Exception) -> None:
         """Count a record evaluation raised on; log the first ones with the traceback."""
@@ -362,6 +487,9 @@ class RulesService:
                 self.store.put_snapshot(SNAPSHOT_NAME, self._snapshot(position), now_ms)
             self.store.put_snapshot(POSITION_NAME, _position_json(position), now_ms)
         self.committed = position
+        if self._health:
+            with self._lock:  # committed now; those raised meanwhile wait for the next
+                self._health = [h for h in self._health if all(h is not d for d in detections)]
         if with_state:
             self.state_position = position
             self._last_state = now
@@ -430,7 +558,9 @@ class RulesService:
                     self._stopped.set()
                     return
                 idle_due = self._due(()) and position != self.committed
-                if self._dirty or self._owed or idle_due:
+                # A full disk waits for what only a restart would re-read: save the state.
+                pressed = spool.needs_space and position != self.state_position
+                if self._dirty or self._owed or self._health or idle_due or pressed:
                     await self._commit(spool, self.consume(()), position)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -464,9 +594,10 @@ class RulesService:
         return position, replayed
 
     async def _commit(self, spool: Spool, detections: list[Detection], position: Cursor) -> None:
-        # A full log may be full of what only a restart would re-read: save the state
-        # now so the release below frees it.
-        await asyncio.to_thread(self.commit, detections, position, state=spool.full)
+        # A full log (or disk) may be full of what only a restart would re-read: save
+        # the state now so the release below frees it.
+        state = spool.full or spool.needs_space
+        await asyncio.to_thread(self.commit, detections, position, state=state)
         if self.state_position is not None:
             spool.release(self.NAME, self.state_position)  # a restart re-reads from there
         self._done(detections)
@@ -562,11 +693,16 @@ def _position_of(data: bytes | None) -> Cursor | None:
 
 
 def _to_snapshot(
-    state: EngineState, unknown: UnknownSources, position: Cursor | None, clockless: bool
+    state: EngineState,
+    unknown: UnknownSources,
+    position: Cursor | None,
+    clockless: bool,
+    session_lost_ms: int,
 ) -> bytes:
     body = {
         "format": SNAPSHOT_FORMAT,
         "clockless": clockless,
+        "session_lost_ms": session_lost_ms,
         "position": None if position is None else [position.segment, position.offset],
         "engine": json.loads(state.to_json()),
         "unknown": {
@@ -576,17 +712,20 @@ def _to_snapshot(
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _from_snapshot(data: bytes) -> tuple[EngineState, UnknownSources, Cursor | None, bool]:
+def _from_snapshot(
+    data: bytes,
+) -> tuple[EngineState, UnknownSources, Cursor | None, bool, int]:
     body = json.loads(data)
     if body.get("format") != SNAPSHOT_FORMAT:  # an engine state of before the log
-        return EngineState.from_json(data), UnknownSources(), None, True
+        return EngineState.from_json(data), UnknownSources(), None, True, 0
     state = EngineState.from_json(json.dumps(body["engine"]).encode())
     unknown = UnknownSources()
     for scope, (counts, others, total, last_ns) in body["unknown"].items():
         unknown.tallies[scope] = _Tally(dict(counts), int(others), int(total), int(last_ns))
     raw = body["position"]
     position = None if raw is None else Cursor(int(raw[0]), int(raw[1]))
-    return state, unknown, position, bool(body.get("clockless", True))
+    clockless = bool(body.get("clockless", True))
+    return state, unknown, position, clockless, int(body.get("session_lost_ms", 0))
 
 
 def _describe(record: Record) -> str:
@@ -594,6 +733,8 @@ def _describe(record: Record) -> str:
         return f"reading of {record.site}/{record.device}/{record.channel} at {record.ts_ns}"
     if isinstance(record, Rejected):
         return f"rejection ({record.reason.value}) on {record.topic[:200]!r}"
+    if isinstance(record, SessionLost):
+        return f"session loss of {record.hub} at {record.at_ms}"
     return f"tick at {record.at_ms}"
 
 

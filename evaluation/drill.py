@@ -43,6 +43,17 @@ the publisher, waits until the hub has logged everything published so far, and o
 then kills the broker; the hub's own crash paths (kills while the broker queues a
 backlog, redeliveries of unacked messages) are exercised by the hub kills.
 
+Disk full (`disk_full_s` > 0). The faulted run's spool lives on a small tmpfs of its
+own (root only); once a random share of the stream is published, another writer keeps
+the tmpfs full to the last byte (taking whatever the spool frees) for `disk_full_s`,
+and then it is enlarged. The spool then starts new segments and frees old ones, so the
+run's log is no longer whole and its analysis covers what is left. The hub must stay up,
+stop acknowledging (the broker keeps the backlog), say so (`storage_error`, a health
+event), and resume by itself; the run must still decide and store exactly what the
+uninterrupted one did. The report gives the measured recovery times: the hub's
+reconnect after the broker's return, its first InfluxDB write after InfluxDB's, and its
+first acknowledged batch after the disk's enlargement.
+
 Publisher. The messages are those of `simulators.scenarios.run_scenarios`, published by
 the drill's own small publisher (`_Publisher`), not by `simulators.publish.Simulation`:
 the drill must hold the stream around the broker restart, and publish exactly the
@@ -80,7 +91,7 @@ from typing import Any, Final, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.client import ConnectionLost, ConnectOptions, MqttClient
-from detection.rules_service import CHUNK, RulesService
+from detection.rules_service import CHUNK, HUB_HEALTH_RULES, RulesService
 from devstack.postgres import create_database, running_postgres
 from devstack.stack import (
     INFLUXDB_PACKAGES,
@@ -91,6 +102,7 @@ from devstack.stack import (
     start_influxdb,
     start_mosquitto,
 )
+from devstack.tmpfs import SmallDisk
 from evaluation.rules_eval import HASH_KEY, TICK_MS, run_rules
 from events.manager import EventManager
 from events.model import Action
@@ -118,6 +130,9 @@ STATUS_INTERVAL_S: Final = 0.1
 """The drill's hubs rewrite their status file this often (progress, kill points)."""
 SETTLE_S: Final = 2.0
 """The hub counts as done once nothing moved for this long after the stream."""
+DISK_BYTES: Final = 256 << 20
+"""The faulted run's spool tmpfs (and what enlarging it adds): the drill keeps the whole
+log in one segment, a few hundred bytes a message."""
 STALL_S: Final = 180.0
 """A run fails when the hub's progress has not moved for this long."""
 KILL_PAUSE_S: Final = (0.2, 2.0)
@@ -157,6 +172,8 @@ class DrillOptions:
     """Simulated start; None: the next Monday 00:00 UTC at least an hour away."""
     fault_seed: int | None = None
     """Seeds the fault times and pauses; None: `seed`."""
+    disk_full_s: float = 0.0
+    """Fill the faulted run's spool disk mid-stream for this long (0: no disk fault)."""
     workdir: Path | None = None
     """Kept after the run when given (logs, configs, spools, stores); else a temp dir."""
 
@@ -262,11 +279,12 @@ class Decision:
 
 
 def read_decisions(store_url: str, cutoff_ms: int) -> dict[str, Decision]:
-    """Every event raised up to the cutoff, with its audit trail up to the cutoff."""
+    """Every event raised up to the cutoff, with its audit trail up to the cutoff (the
+    hub's health events aside: `read_health`)."""
     out: dict[str, Decision] = {}
     with EventStore(store_url) as store:
         for event in store.list_events(limit=1_000_000):
-            if event.raised_ms > cutoff_ms:
+            if event.raised_ms > cutoff_ms or event.rule_id in HUB_HEALTH_RULES:
                 continue
             trail = [r for r in store.audit_trail(event.id) if r.at_ms <= cutoff_ms]
             out[event.id] = Decision(
@@ -278,6 +296,17 @@ def read_decisions(store_url: str, cutoff_ms: int) -> dict[str, Decision]:
                 tuple((r.action.value, r.at_ms) for r in trail),
                 sum(1 for r in trail if r.action in COMPARED_ACTIONS),
             )
+    return out
+
+
+def read_health(store_url: str) -> dict[str, list[str]]:
+    """The hub's health events: `rule/site` -> the actions of its audit trail."""
+    out: dict[str, list[str]] = {}
+    with EventStore(store_url) as store:
+        for event in store.list_events(limit=1_000_000):
+            if event.rule_id in HUB_HEALTH_RULES:
+                trail = store.audit_trail(event.id)
+                out[f"{event.rule_id}/{event.site}"] = [r.action.value for r in trail]
     return out
 
 
@@ -688,6 +717,10 @@ class LiveRun:
     log: LogAnalysis | None = None
     records: list[Record] = field(default_factory=list)
     """The hub's log, record by record."""
+    recovery_s: dict[str, float] = field(default_factory=dict)
+    """Measured recovery times by fault (`_Run.recovery_s`)."""
+    health: dict[str, list[str]] = field(default_factory=dict)
+    """The hub's own health events (storage, session): id -> its audit actions."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -703,6 +736,8 @@ class LiveRun:
             "points": {m: points_of(c) for m, c in sorted(self.points.items())},
             "untimed_status_points": self.untimed_points,
             "log": None if self.log is None else self.log.to_json(),
+            "recovery_s": {k: round(v, 3) for k, v in self.recovery_s.items()},
+            "health_events": self.health,
         }
 
 
@@ -735,6 +770,10 @@ class FaultPlan:
     """Stop InfluxDB once this many messages were released."""
     influx_outage_s: float
     rng: random.Random
+    disk_full_at: int | None = None
+    """Fill the spool's disk once this many messages were released ..."""
+    disk_full_s: float = 0.0
+    """... for this long, then enlarge it."""
 
 
 def plan_faults(options: DrillOptions, stream: Stream) -> FaultPlan:
@@ -746,7 +785,10 @@ def plan_faults(options: DrillOptions, stream: Stream) -> FaultPlan:
     n = len(stream.messages)
     broker_at = round(rng.uniform(0.25, 0.75) * n) if options.broker_restart else None
     influx_at = round(rng.uniform(0.05, 0.5) * n) if options.influx_outage_s > 0 else None
-    return FaultPlan(kills, broker_at, influx_at, options.influx_outage_s, rng)
+    disk_at = round(rng.uniform(0.2, 0.6) * n) if options.disk_full_s > 0 else None
+    return FaultPlan(
+        kills, broker_at, influx_at, options.influx_outage_s, rng, disk_at, options.disk_full_s
+    )
 
 
 class _Run:
@@ -773,6 +815,9 @@ class _Run:
             self.store_url = create_database(services.postgres_admin, self.database)
         else:
             self.store_url = f"sqlite:///{self.dir / 'data' / 'events.db'}"
+        self.disk: SmallDisk | None = None
+        if faults is not None and faults.disk_full_at is not None:
+            self.disk = SmallDisk(self.dir / "spool", DISK_BYTES)
         self.mosquitto = start_mosquitto(self.dir / "mosquitto", free_port())
         config = hub_config(
             self.dir / "hub.toml",
@@ -785,7 +830,12 @@ class _Run:
         )
         self.hub = _Hub(config, self.dir / "data", self.dir / "hub.log")
         self.faults: list[str] = []
+        self.recovery_s: dict[str, float] = {}
+        """Measured recovery times (s): `broker` (hub reconnected after the broker
+        accepted again), `influx` (first write after InfluxDB was back), `disk` (first
+        acknowledged batch after the disk was enlarged)."""
         self._influx_timer: threading.Thread | None = None
+        self._disk_timer: threading.Thread | None = None
         self._t0 = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -796,6 +846,13 @@ class _Run:
         self.say(text)
 
     def run(self) -> LiveRun:
+        try:
+            return self._run()
+        finally:
+            if self.disk is not None:
+                self.disk.close()
+
+    def _run(self) -> LiveRun:
         publisher = _Publisher(self.stream, self.mosquitto.port, self.options.gateways)
         try:
             self.hub.start()
@@ -810,8 +867,9 @@ class _Run:
                 "waiting for the hub to decide and store everything"
             )
             self._wait_settled()
-            if self._influx_timer is not None:
-                self._influx_timer.join()
+            for timer in (self._influx_timer, self._disk_timer):
+                if timer is not None:
+                    timer.join()
             self.hub.stop()
             wall_s = time.monotonic() - self._t0
         finally:
@@ -846,6 +904,8 @@ class _Run:
             untimed_points=self._untimed_points(),
             log=analysis,
             records=records,
+            recovery_s=self.recovery_s,
+            health=read_health(self.store_url),
         )
 
     def _store(self, name: str) -> str:
@@ -874,6 +934,9 @@ class _Run:
                     f"log {self.hub.log}:\n{self.hub.tail()}"
                 )
             if plan is not None:
+                if plan.disk_full_at is not None and publisher.released >= plan.disk_full_at:
+                    plan.disk_full_at = None
+                    self._fill_disk(plan.disk_full_s)
                 if plan.influx_at is not None and publisher.released >= plan.influx_at:
                     plan.influx_at = None
                     self._influx_outage(plan.influx_outage_s)
@@ -925,8 +988,13 @@ class _Run:
         )
         time.sleep(down_s)
         self.mosquitto = start_mosquitto(self.mosquitto.workdir, self.mosquitto.port)
+        back = time.monotonic()
         self.hub.wait_connected(after_reconnects=reconnects)
-        self.note("broker back on the same port and persistence directory; hub reconnected")
+        self.recovery_s["broker"] = time.monotonic() - back
+        self.note(
+            "broker back on the same port and persistence directory; hub reconnected "
+            f"{self.recovery_s['broker']:.2f} s after it accepted connections"
+        )
         publisher.resume()
 
     def _wait_caught_up(self, last_sim_ms: int, timeout_s: float = 60.0) -> bool:
@@ -955,11 +1023,62 @@ class _Run:
 
         def back() -> None:
             time.sleep(outage_s)
+            stored = int(self.hub.status().get("stored", 0))
             self.services.influx = start_influxdb(influx.workdir, influx.port)
+            up = time.monotonic()
             self.note("InfluxDB started again")
+            waited = self._until(lambda s: int(s.get("stored", 0)) > stored, 60.0)
+            if waited is not None:
+                self.recovery_s["influx"] = time.monotonic() - up
+                self.note(f"hub wrote to InfluxDB again {self.recovery_s['influx']:.2f} s later")
 
         self._influx_timer = threading.Thread(target=back, name="drill-influx", daemon=True)
         self._influx_timer.start()
+
+    def _until(self, ready: Callable[[dict[str, Any]], bool], timeout_s: float) -> float | None:
+        """Poll the hub's status until `ready` says so; the seconds it took, or None."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            status = self.hub.status()
+            if status and ready(status):
+                return time.monotonic() - started
+            time.sleep(0.02)
+        return None
+
+    def _fill_disk(self, full_s: float) -> None:
+        """Fill the spool's tmpfs; after `full_s`, enlarge it (on a thread)."""
+        disk = self.disk
+        assert disk is not None
+        acked = int(self.hub.status().get("acked", 0))
+        disk.hog()  # a runaway file takes whatever the spool frees, until stopped
+        self.note(f"spool disk kept full by another writer for {full_s:.0f} s")
+        if self._until(lambda s: bool(s.get("storage_error")), 30.0) is None:
+            self.note("the hub did not report a storage error within 30 s")
+        else:
+            status = self.hub.status()
+            self.note(
+                f"hub stopped acknowledging at {status.get('acked'):,} (from {acked:,}): "
+                f"{status.get('storage_error')}"
+            )
+
+        def enlarge() -> None:
+            time.sleep(full_s)
+            acked = int(self.hub.status().get("acked", 0))
+            disk.stop_hog()
+            disk.resize(disk.size + DISK_BYTES)
+            grown = time.monotonic()
+            self.note(f"spool disk enlarged to {disk.size >> 20} MiB")
+            waited = self._until(
+                lambda s: not s.get("storage_error") and int(s.get("acked", 0)) > acked, 60.0
+            )
+            if waited is None:
+                self.note("the hub did not acknowledge again within 60 s")
+            else:
+                self.recovery_s["disk"] = time.monotonic() - grown
+                self.note(f"hub acknowledging again {self.recovery_s['disk']:.2f} s later")
+
+        self._disk_timer = threading.Thread(target=enlarge, name="drill-disk", daemon=True)
+        self._disk_timer.start()
 
     # -- the end ---------------------------------------------------------------------
     def _wait_settled(self) -> None:
@@ -974,7 +1093,9 @@ class _Run:
         while True:
             self.hub.check_alive()
             status = self.hub.status()
-            influx_down = self._influx_timer is not None and self._influx_timer.is_alive()
+            influx_down = any(
+                t is not None and t.is_alive() for t in (self._influx_timer, self._disk_timer)
+            )
             if time.monotonic() - outbox_read >= 1.0:
                 outbox, outbox_read = self._outbox_pending(), time.monotonic()
             state = (
@@ -1009,7 +1130,7 @@ class _Run:
                     "hub: "
                     + ", ".join(f"{k} {status.get(k)}" for k in _PROGRESS)
                     + f", outbox {outbox}"
-                    + (" (InfluxDB down)" if influx_down else "")
+                    + (" (a fault is running)" if influx_down else "")
                 )
             time.sleep(0.1)
 
@@ -1597,6 +1718,13 @@ def format_report(report: DrillReport) -> str:
         lines.append(f"  {name:<13} {run['events']:>4} events, {run['wall_s']} s{extra}")
         for fault in run.get("faults", []):
             lines.append(f"{'':18}{fault}")
+        if run.get("recovery_s"):
+            lines.append(
+                f"{'':18}recovery: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(run["recovery_s"].items()))
+            )
+        for event, actions in sorted(run.get("health_events", {}).items()):
+            lines.append(f"{'':18}health event {event}: {' → '.join(actions)}")
     lines.append("events:")
     for comparison in report.comparisons:
         verdict = (

@@ -10,6 +10,14 @@ jitter, the backoff stored on the head item so a restart keeps it); `SinkRejecte
 that one item failed - kept in the outbox with its reason, counted and logged - and
 delivery goes on. Nothing is ever dropped silently.
 
+Readiness: while a sink's head backs off, a sink with a probe (`ProbedSink`: InfluxDB's
+`/ping`, the MQTT connection) is asked every ~PROBE_INTERVAL_S, and the queue is
+delivered as soon as it says ready, whatever the stored backoff says: the outbox empties
+within about a second of the receiver's return. If a delivery the probe started fails
+again (ready, yet unavailable), the next wait is the plain backoff, so a receiver that
+answers probes but fails deliveries is not hammered. Sinks without a probe (webhooks)
+wait their backoff, capped by `BackoffCapped.max_backoff_s` where a sink declares one.
+
 At least once: if the hub stops (or the store fails) between a delivery and
 `outbox_done`, the items are sent again. The InfluxDB point of a transition is the same
 on every send; MQTT consumers dedupe on (event id, version), webhook receivers on the
@@ -29,17 +37,23 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from events.model import OutboxItem
-from events.sinks import Sink, SinkRejected, SinkUnavailable
+from events.sinks import BackoffCapped, ProbedSink, Sink, SinkRejected, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
 _HORIZON_MS: Final = 2**62
 """`now_ms` that makes every queued item "due": fits SQLite and PostgreSQL integers."""
+
+PROBE_INTERVAL_S: Final = 0.5
+"""While a probed sink backs off, ask it whether it is ready about this often (+/-20 %)."""
+
+PROBE_TIMEOUT_S: Final = 2.0
+"""A readiness probe that has not answered in this long counts as "not ready"."""
 
 
 class OutboxStore(Protocol):
@@ -79,6 +93,9 @@ class _Worker:
     """After a batch was refused without naming the item: deliver one at a time up to
     this outbox id, so only the offending item is failed."""
     store_errors: int = 0
+    probe: Callable[[], Awaitable[bool]] | None = None
+    """The sink's readiness probe; None when it has none (or one that raised)."""
+    max_backoff_s: float = float("inf")
 
 
 class OutboxDispatcher:
@@ -99,7 +116,14 @@ class OutboxDispatcher:
         if batch < 1 or backoff_s[0] <= 0 or backoff_s[1] < backoff_s[0]:
             raise ValueError("batch must be >= 1 and backoff_s (min, max) with 0 < min <= max")
         self._store = store
-        self._workers = [_Worker(s) for s in sinks]
+        self._workers = [
+            _Worker(
+                s,
+                probe=s.ready if isinstance(s, ProbedSink) else None,
+                max_backoff_s=s.max_backoff_s if isinstance(s, BackoffCapped) else float("inf"),
+            )
+            for s in sinks
+        ]
         self._clock_ms = clock_ms
         self._batch = batch
         self._idle_s = idle_s
@@ -149,28 +173,66 @@ class OutboxDispatcher:
             worker.wake.set()
 
     async def _serve(self, worker: _Worker) -> None:
+        ready = False
         while True:
             worker.wake.clear()  # before the round: a wake() during it is not lost
-            delay = await self._round(worker)
+            delay = await self._round(worker, ready)
             if delay is None:
+                ready = False
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._idle_s):
                         await worker.wake.wait()
-            elif delay > 0:
-                await asyncio.sleep(delay)
+            else:
+                # A delivery the probe started that failed again: a plain wait this time.
+                ready = await self._back_off(worker, delay, probe=not ready) if delay else False
 
     async def _drain_one(self, worker: _Worker) -> None:
+        ready = False
         while True:
-            delay = await self._round(worker)
+            delay = await self._round(worker, ready)
             if delay is None:
                 return
-            await asyncio.sleep(delay)
+            ready = await self._back_off(worker, delay, probe=not ready) if delay else False
 
-    async def _round(self, worker: _Worker) -> float | None:
-        """One locked round; a failing store is logged and retried, never fatal."""
+    async def _back_off(self, worker: _Worker, delay: float, *, probe: bool) -> bool:
+        """Wait `delay` seconds, or less: True as soon as the sink's probe (asked every
+        ~PROBE_INTERVAL_S) says it is ready, to deliver now despite the head's backoff."""
+        if not probe or worker.probe is None:
+            await asyncio.sleep(delay)
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while True:
+            step = random.uniform(0.8 * PROBE_INTERVAL_S, 1.2 * PROBE_INTERVAL_S)
+            remaining = deadline - loop.time()
+            if remaining <= step:  # the head is due before the next probe anyway
+                await asyncio.sleep(max(remaining, 0.0))
+                return False
+            await asyncio.sleep(step)
+            if await self._probe(worker):
+                return True
+
+    async def _probe(self, worker: _Worker) -> bool:
+        probe = worker.probe
+        if probe is None:
+            return False
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                return await probe()
+        except TimeoutError:
+            return False
+        except Exception:
+            # A sink bug: logged once, and the sink waits out its backoffs from now on.
+            log.exception("outbox %s: readiness probe raised; not asked again", worker.sink.name)
+            worker.probe = None
+            return False
+
+    async def _round(self, worker: _Worker, ready: bool = False) -> float | None:
+        """One locked round; a failing store is logged and retried, never fatal.
+        `ready`: the sink's probe said it is back, so the head goes now if it backs off."""
         async with worker.lock:
             try:
-                delay = await self._step(worker)
+                delay = await self._step(worker, ready)
             except Exception:
                 # The store (not a sink) failed: back off; the other sinks carry on.
                 worker.store_errors += 1
@@ -179,7 +241,7 @@ class OutboxDispatcher:
             worker.store_errors = 0
             return delay
 
-    async def _step(self, worker: _Worker) -> float | None:
+    async def _step(self, worker: _Worker, ready: bool = False) -> float | None:
         """Deliver one batch. None: nothing queued. Else seconds until the next round."""
         name = worker.sink.name
         items = await asyncio.to_thread(self._store.outbox_due, name, _HORIZON_MS, self._batch)
@@ -188,7 +250,7 @@ class OutboxDispatcher:
             return None
         items = sorted(items, key=lambda i: i.id)
         wait_ms = items[0].next_attempt_ms - self._clock_ms()
-        if wait_ms > 0:
+        if wait_ms > 0 and not ready:
             return wait_ms / 1000  # the head is backing off: so does everything after it
         if items[0].id <= worker.single_until:
             items = items[:1]
@@ -207,6 +269,14 @@ class OutboxDispatcher:
             )
         else:
             await self._done(worker, [i.id for i in items])
+            if items[0].attempts:
+                log.info(
+                    "outbox %s: delivering again (%d item(s) from id %d, at attempt %d)",
+                    name,
+                    len(items),
+                    items[0].id,
+                    items[0].attempts + 1,
+                )
         await self._refresh_pending(worker)
         return delay
 
@@ -232,7 +302,7 @@ class OutboxDispatcher:
             return 0.0
         head = rest[0]
         attempts = head.attempts + 1
-        delay = self._delay(attempts)
+        delay = min(self._delay(attempts), worker.max_backoff_s)
         if exc.retry_after_s is not None:  # the server knows best, within our ceiling
             delay = max(delay, min(exc.retry_after_s, self._backoff[1]))
         worker.stats.last_error = exc.reason
@@ -246,7 +316,9 @@ class OutboxDispatcher:
             next_attempt_ms=self._clock_ms() + round(delay * 1000),
         )
         worker.stats.retries += 1
-        log.warning(
+        # One warning per outage (and per new reason); the head keeps the last one.
+        log.log(
+            logging.DEBUG if exc.reason == head.last_error else logging.WARNING,
             "outbox %s: unavailable (%s); %d item(s) from id %d wait %.1f s (attempt %d)",
             worker.sink.name,
             exc.reason,

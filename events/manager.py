@@ -17,13 +17,25 @@ before itself. So how often `tick` runs changes when the timers are written, nev
 is written.
 
 Flood control (ISA-18.2 "alarm flood"): per site, the raise times of new events in the
-last `flood_window_ms`. When a new event makes them exceed `flood_limit`, a parent event
+last `flood_window_ms`, every severity counted (the flood is the operator's load, and an
+emergency adds to it). When a new event makes them exceed `flood_limit`, a parent event
 (`flood_control`, key = site) opens, and every open top-level event of the site raised in
 the window, the new one included, is grouped under it and suppressed. While the parent is
 active, each further new event of the site joins it the same way and repeats the parent,
 so the parent's `last_ms` is the site's last new event. Once the site has been quiet for
 `flood_window_ms` the parent returns and unsuppresses the children it suppressed (they
 stay grouped under it). Children otherwise keep their own lifecycle.
+
+Flood control groups the noise, never the emergencies: an event whose severity is in
+`flood_exempt` (default: critical) is never grouped or suppressed. It stays a top-level,
+annunciated event; a new one raised during a flood repeats the parent (the site is not
+quiet), is counted and named in the parent's message, and gets a system comment naming
+the parent. A parent opens only when there is something to group, and a grouped child
+that a repeat escalates into an exempt severity is unsuppressed at once.
+
+The parent's title, message, `values` (`events`: grouped children; `apart`: exempt events
+of the flood shown on their own; `devices`: how many devices its children name) and
+device list are rewritten on every join, so they always agree.
 
 State kept here is only the per-site window (at most `flood_limit + 1` times each),
 rebuilt from the store on start and by `reload()`; everything else is read from the store
@@ -40,7 +52,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Final, TypeVar
@@ -65,6 +77,8 @@ from events.store import EventFilter, EventStore, StaleEvent, UnknownEvent
 
 FLOOD_RULE: Final = "flood_control"
 FLOOD_INCIDENT: Final = "incident_storm"
+FLOOD_EXEMPT: Final = frozenset({Severity.CRITICAL})
+"""Severities flood control never groups or suppresses, by default."""
 RETRIES: Final = 5
 """Attempts at one system transition that keeps losing optimistic-lock races."""
 
@@ -89,7 +103,10 @@ class EventManager:
         new_id: NewId = event_id,
         flood_limit: int = 10,
         flood_window_ms: int = 600_000,
+        flood_exempt: Collection[Severity] = FLOOD_EXEMPT,
     ) -> None:
+        """`flood_exempt`: severities that always annunciate on their own, even in a
+        flood (critical by default; add high to keep those apart too)."""
         if flood_limit < 1 or flood_window_ms < 1:
             raise ValueError("flood_limit and flood_window_ms must be positive")
         self.store = store
@@ -98,6 +115,7 @@ class EventManager:
         self._new_id = new_id
         self.flood_limit = flood_limit
         self.flood_window_ms = flood_window_ms
+        self.flood_exempt = frozenset(flood_exempt)
         # One writer at a time in this process; other processes are caught by the store.
         # Reentrant: `batch` holds it around the calls made inside it.
         self._lock = threading.RLock()
@@ -159,7 +177,13 @@ class EventManager:
                 return []  # a replay, or older than what the event already has
             changes = self._overdue(existing, at)
             repeat = _system(_latest(changes, existing), Action.REPEAT, at, detection=detection)
-            return self._save([*changes, repeat])
+            changes.append(repeat)
+            repeated = repeat[0]
+            if repeated.mode is Mode.SUPPRESSED and self._exempt(repeated):
+                # Escalated while hidden in a flood: annunciate it now.
+                note = f"flood control: {repeated.severity.value} events are never suppressed"
+                changes.append(_system(repeated, Action.UNSUPPRESS, at, note=note))
+            return self._save(changes)
         new_id = self._new_id(detection.rule_id, detection.key, at)
         if self.store.get(new_id) is not None:
             return []  # a replay of the raise that opened it (closed since)
@@ -201,46 +225,33 @@ class EventManager:
         return _latest(changes, parent), changes
 
     def _flood(self, event: SecurityEvent, at: int, parent: SecurityEvent | None) -> list[Change]:
-        """The changes that group `event` into its site's flood, if there is one
-        (`parent`: the site's open flood parent, see `_flood_parent`)."""
+        """The changes that bring `event` into its site's flood, if there is one
+        (`parent`: the site's open flood parent, see `_flood_parent`): grouped and
+        suppressed, or, if exempt, only counted and named by the parent."""
         site = event.site
         recent = self._recent[site]
         while recent and recent[0] <= at - self.flood_window_ms:
             recent.popleft()
         changes: list[Change] = []
+        joining: list[SecurityEvent] = []
+        apart: list[SecurityEvent] = []
         if parent is not None and parent.active:
-            joining = [event]
+            (apart if self._exempt(event) else joining).append(event)
         elif len(recent) + 1 > self.flood_limit:
-            joining = []
             for other in self._open_in_window(site, at):
+                if self._exempt(other):
+                    apart.append(other)
+                    continue
                 # An expired shelve runs out before the event is grouped, as if ticked.
                 overdue = self._overdue(other, at)
                 changes += overdue
                 joining.append(_latest(overdue, other))
-            joining.append(event)
+            (apart if self._exempt(event) else joining).append(event)
+            if not joining:
+                return []  # only emergencies: each stands on its own, nothing to group
         else:
             return []
-        # Children so far (a returned parent reopened by a new storm keeps its old ones).
-        n = len(joining) + (_int(parent.values.get("events")) if parent else 0)
-        minutes = f"{self.flood_window_ms / 60_000:g}"
-        storm = Detection(
-            rule_id=FLOOD_RULE,
-            key=site,
-            raised=True,
-            at_ms=at,
-            site=site,
-            severity=_most_severe([e.severity for e in joining]),
-            title=f"Incident storm: {n} events in {minutes} min at {site}",
-            message=f"{n} events grouped at {site}; latest: {event.title or event.rule_id}",
-            incident=FLOOD_INCIDENT,
-            source=Source.RULE,
-            values={"events": n},
-            devices=_devices(joining),
-        )
-        if parent is None:
-            head = new_event(self._new_id(FLOOD_RULE, site, at), storm, at)
-        else:  # active: one more joins; returned: a new storm reopens it
-            head = _system(parent, Action.REPEAT, at, detection=storm)
+        head = self._storm(site, at, parent, joining, apart, latest=event)
         changes.append(head)
         parent_id = head[0].id
         note = f"flood control: incident storm {parent_id}"
@@ -250,7 +261,65 @@ class EventManager:
             # A shelved or out-of-service child is already not annunciated: leave its mode.
             if grouped.mode is Mode.NORMAL:
                 changes.append(_system(grouped, Action.SUPPRESS, at, note=note))
+        if self._exempt(event):
+            context = (
+                f"raised during incident storm {parent_id}; "
+                f"{event.severity.value} events are annunciated on their own"
+            )
+            changes.append(_system(event, Action.COMMENT, at, note=context))
         return changes
+
+    def _storm(
+        self,
+        site: str,
+        at: int,
+        parent: SecurityEvent | None,
+        joining: Sequence[SecurityEvent],
+        apart: Sequence[SecurityEvent],
+        *,
+        latest: SecurityEvent,
+    ) -> Change:
+        """Open the site's flood parent, or repeat it with its summary brought up to
+        date: children so far (a returned parent reopened by a new storm keeps its old
+        ones), exempt events shown apart, every child's device."""
+        old = parent.values if parent is not None else {}
+        grouped = _int(old.get("events")) + len(joining)
+        shown_apart = _int(old.get("apart")) + len(apart)
+        devices = _devices(joining, first=parent.devices if parent is not None else ())
+        latest_title = latest.title or latest.rule_id
+        if self._exempt(latest):
+            latest_title += " (shown on its own)"
+        also = f", {shown_apart} more shown on their own" if shown_apart else ""
+        minutes = f"{self.flood_window_ms / 60_000:g}"
+        storm = Detection(
+            rule_id=FLOOD_RULE,
+            key=site,
+            raised=True,
+            at_ms=at,
+            site=site,
+            # The parent is as severe as its worst child (a repeat only raises it).
+            severity=_most_severe(
+                [e.severity for e in joining] + ([parent.severity] if parent else [])
+            ),
+            title=f"Incident storm at {site}: {grouped} events grouped",
+            message=(
+                f"{grouped} events from {len(devices)} devices grouped at {site}{also} "
+                f"(more than {self.flood_limit} new events in {minutes} min); "
+                f"latest: {latest_title}"
+            ),
+            incident=FLOOD_INCIDENT,
+            source=Source.RULE,
+            values={"events": grouped, "apart": shown_apart, "devices": len(devices)},
+            devices=devices,
+        )
+        if parent is None:
+            return new_event(self._new_id(FLOOD_RULE, site, at), storm, at)
+        # Active: one more joins; returned: a new storm reopens it.
+        return _system(parent, Action.REPEAT, at, detection=storm)
+
+    def _exempt(self, event: SecurityEvent) -> bool:
+        """Whether flood control must leave `event` annunciated on its own."""
+        return event.rule_id != FLOOD_RULE and event.severity in self.flood_exempt
 
     def _open_in_window(self, site: str, at: int) -> list[SecurityEvent]:
         """Open top-level events of the site raised in the window (not flood parents)."""
@@ -455,9 +524,9 @@ def _retry(attempt: Callable[[], T]) -> T:
     return attempt()
 
 
-def _devices(events: Sequence[SecurityEvent]) -> tuple[str, ...]:
-    """Every device of the events, in first-seen order."""
-    seen: dict[str, None] = {}
+def _devices(events: Sequence[SecurityEvent], first: Sequence[str] = ()) -> tuple[str, ...]:
+    """`first`, then every further device of the events, in first-seen order."""
+    seen = dict.fromkeys(first)
     for event in events:
         for device in (event.device, *event.devices):
             if device:

@@ -273,8 +273,8 @@ def transition(
     """Apply one action; raise `ForbiddenTransition` when the lifecycle refuses it.
 
     `assignee` goes with ASSIGN, `until_ms` with SHELVE, `parent_id` with GROUP,
-    `detection` with REPEAT (its message and values replace the event's; its severity
-    raises the event's if higher).
+    `detection` with REPEAT (its title, message and values replace the event's, its
+    devices are added to the event's, its severity raises the event's if higher).
     """
     before = event.state
     if event.closed:
@@ -289,10 +289,13 @@ def transition(
             changes = {
                 "count": event.count + 1,
                 "last_ms": max(event.last_ms, detection.at_ms),
+                "title": detection.title or event.title,
                 "message": detection.message or event.message,
                 "values": dict(detection.values) or event.values,
-                # Priority only goes up: a repeat at a higher severity (or a critical event
-                # joining a flood group) must not stay hidden under the first, lower one.
+                # Every device involved so far: a repeat names who is involved now.
+                "devices": tuple(dict.fromkeys((*event.devices, *detection.devices))),
+                # Priority only goes up: a repeat at a higher severity (or a more severe
+                # child joining a flood group) must not stay hidden under the first, lower one.
                 "severity": min(event.severity, detection.severity, key=lambda s: s.rank),
             }
             if not event.active:

@@ -6,6 +6,14 @@ never be accepted: it is marked failed and kept for inspection). Both may name t
 delivered before the failure, so a retry does not resend them. The dispatcher
 (events/dispatcher.py) owns retries; sinks never loop or sleep.
 
+A sink may also offer a readiness probe (`ProbedSink.ready`): while its queue backs off,
+the dispatcher asks it about every half second and delivers as soon as it says yes, so
+the outbox empties within about a second of the receiver's return however long the
+backoff had grown. The InfluxDB sink asks `/ping`, the MQTT sink whether its connection
+is up. A webhook has no general probe: it waits its backoff, capped lower
+(`WEBHOOK_BACKOFF_MAX_S`, via `BackoffCapped`) so it resumes within that of the
+receiver's return.
+
 Transports are injected (an InfluxDB write, an MQTT publish, an httpx client), so this
 package stays below ingest/ and hub/ in the layering.
 """
@@ -17,7 +25,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import httpx
 from pydantic import SecretStr
@@ -27,8 +35,11 @@ from events.render import event_json, event_point
 from sensors.topics import DEFAULT_PREFIX, TopicError, events_topic, normalise_prefix
 
 __all__ = [
+    "WEBHOOK_BACKOFF_MAX_S",
+    "BackoffCapped",
     "InfluxSink",
     "MqttSink",
+    "ProbedSink",
     "Sink",
     "SinkError",
     "SinkRejected",
@@ -79,6 +90,30 @@ class Sink(Protocol):
         ...
 
 
+@runtime_checkable
+class ProbedSink(Sink, Protocol):
+    """A sink that can tell, cheaply, whether a delivery now would find its receiver up."""
+
+    async def ready(self) -> bool:
+        """True when the receiver is up again; False when it is not (or cannot tell).
+        Should not raise: the dispatcher logs a probe that raises and stops asking."""
+        ...
+
+
+@runtime_checkable
+class BackoffCapped(Protocol):
+    """A sink whose retries should not wait longer than `max_backoff_s` (the
+    dispatcher's own ceiling still applies, and a Retry-After still wins)."""
+
+    max_backoff_s: float
+
+
+WEBHOOK_BACKOFF_MAX_S: Final = 15.0
+"""The longest a webhook waits between attempts while its receiver is unavailable.
+Webhooks have no readiness probe, so this bounds how late delivery resumes after the
+receiver's return; one request per 15 s per hub is no load for a receiver that is down."""
+
+
 def _unavailable(exc: Exception, delivered: Sequence[int] = ()) -> SinkUnavailable:
     return SinkUnavailable(f"{type(exc).__name__}: {exc}", delivered=delivered)
 
@@ -98,13 +133,24 @@ class InfluxSink:
     `write` takes line-protocol lines (no newlines) and raises on failure. The hub adapts
     its InfluxDB writer: data refused (HTTP 400) -> SinkRejected (no item id: the
     dispatcher narrows it down); anything not a SinkError counts as unavailable.
+    `ping`, when given, is the readiness probe (InfluxDB answers `/ping`); it returns a
+    bool and does not raise.
     """
 
     def __init__(
-        self, write: Callable[[Sequence[str]], Awaitable[None]], *, name: str = "influxdb"
+        self,
+        write: Callable[[Sequence[str]], Awaitable[None]],
+        *,
+        name: str = "influxdb",
+        ping: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.name = name
         self._write = write
+        self._ping = ping
+
+    async def ready(self) -> bool:
+        """InfluxDB answers `/ping` (False when no probe was given)."""
+        return await self._ping() if self._ping is not None else False
 
     async def deliver(self, items: Sequence[OutboxItem]) -> None:
         lines: list[str] = []
@@ -133,7 +179,8 @@ class MqttSink:
     receives the events it publishes.
 
     `publish(topic, payload)` must return once the broker has the message (QoS 1 PUBACK);
-    it is awaited one item at a time so consumers see transitions in order.
+    it is awaited one item at a time so consumers see transitions in order. `connected`,
+    when given, says whether the connection `publish` uses is up (the readiness probe).
     """
 
     def __init__(
@@ -143,12 +190,18 @@ class MqttSink:
         *,
         name: str = "mqtt",
         timeout_s: float = 10.0,
+        connected: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self._publish = publish
+        self._connected = connected
         self._prefix = normalise_prefix(topic_prefix)
         # A publish that waits for a connection would otherwise hold the sink forever.
         self._timeout_s = timeout_s
+
+    async def ready(self) -> bool:
+        """The MQTT connection is up (False when no probe was given)."""
+        return self._connected() if self._connected is not None else False
 
     def topic(self, site: str) -> str:
         """Raises TopicError for a site that cannot be a topic level."""
@@ -225,7 +278,12 @@ class WebhookSink:
     401, 403 and 404 also retried, because they mean our configuration (URL, secret) is
     wrong rather than the transition, and fixing the configuration should lose nothing
     (as ingest/influx.py does for InfluxDB); any other 4xx refuses the transition.
+
+    No readiness probe (a receiver's health URL is not standard, and a POST is the only
+    honest test): retries back off up to `max_backoff_s` (WEBHOOK_BACKOFF_MAX_S).
     """
+
+    max_backoff_s: float = WEBHOOK_BACKOFF_MAX_S
 
     def __init__(
         self,

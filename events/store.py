@@ -418,6 +418,11 @@ class EventStore:
 
     # ------------------------------------------------------------------ transactions
 
+    def reading(self) -> AbstractContextManager[Connection]:
+        """A read-only connection for queries this class has no method for (reports such
+        as `events.kpi`): one consistent read over the store's tables."""
+        return self._read()
+
     def _read(self) -> AbstractContextManager[Connection]:
         """The batch's connection on this thread, else a read transaction of its own."""
         conn = self._batch.conn

@@ -17,6 +17,14 @@ open, offline) still fire; a reading delayed in transit by more than that bound 
 arrive after its time has passed, and is then evaluated as a late reading. During a
 backlog, an outage or a pause nothing is ticked: event time follows the readings.
 
+Faults of the spine are reported, not fatal: when the spool's disk refuses writes the
+intake stops acknowledging and retries (see `ingest.intake`), and the hub raises a
+health event on every site, shows `storage_error` in `gridwatch status` and `/readyz`,
+and sends `hub_stats` straight to InfluxDB until the disk takes writes again. When the
+broker answers a reconnect without the session it should have kept (`ingest.session`),
+that is a warning, counted (`sessions_lost`), and a `SessionLost` record in the log: the
+rules raise a health event and mark the sequence gaps it explains.
+
 The MQTT client, the intake and the spool writer are the pipeline: when one fails the
 hub stops, loudly. Every other long-lived task (rules, the registry's refreshes, the
 event sinks, anomaly scoring, stats and status) runs under `Supervisor`: a failure is
@@ -39,6 +47,8 @@ from typing import Any, Final
 
 from api.probes import IngestionView
 from broker.client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient, Will
+from detection.rules_service import STORAGE_FAILING_RULE
+from events.model import Severity
 from hub.serving import embedded_api
 from hub.settings import Settings
 from hub.wiring import (
@@ -55,6 +65,7 @@ from ingest.decode import DecodeLimits, Decoder
 from ingest.influx import InfluxV1Writer, WatchedWriter, WriteError
 from ingest.intake import Intake
 from ingest.line_protocol import encode_point
+from ingest.session import SessionMemory
 from ingest.spool import Spool
 from ingest.stats import IngestStats
 from ingest.status import write_status
@@ -253,6 +264,13 @@ class Hub:
             high_water=max(settings.mqtt.receive_maximum * 2, settings.spool.fsync_batch * 4),
             records=self.events is not None,
             on_persisted=self._wake_consumers,
+            on_storage=self._storage_changed,
+        )
+        self.session = SessionMemory(
+            settings.hub.data_dir,
+            f"{mqtt.host}:{mqtt.port}",
+            mqtt.client_id,
+            mqtt.session_expiry_s if mqtt.protocol == "5" else None,
         )
         self.watched_sink = WatchedWriter(self.sink)
         self.writer = SpoolWriter(
@@ -277,6 +295,7 @@ class Hub:
             spool_full=lambda: self.spool.full,
             writer_failing_s=self.watched_sink.failing_s,
             task_problems=self.supervisor.problems,
+            storage_error=lambda: self.stats.storage_error,
             pause_grace_s=READY_PAUSE_GRACE_S,
             writer_grace_s=READY_WRITER_GRACE_S,
         )
@@ -286,6 +305,30 @@ class Hub:
             self.events.service.wake()
         if self.anomaly is not None:
             self.anomaly.wake()
+
+    def _storage_changed(self, error: str | None) -> None:
+        """The spool's disk started refusing writes (`error`) or takes them again."""
+        if self.events is None:
+            return
+        hub = self.settings.mqtt.client_id
+        if error is not None:
+            title = "Hub cannot store sensor data"
+            message = (
+                f"Hub {hub}: the spool's disk refuses writes ({error}). Sensor messages are "
+                "not acknowledged and wait in the broker; alarms are delayed until the disk "
+                "takes writes again (free space on it)"
+            )
+        else:
+            title, message = "Hub stores sensor data again", f"Hub {hub}: spool writes resumed"
+        self.events.service.hub_condition(
+            STORAGE_FAILING_RULE,
+            error is not None,
+            hub=hub,
+            severity=Severity.HIGH,
+            title=title,
+            message=message,
+            values={"hub": hub, "error": error or ""},
+        )
 
     def _hold_log(self) -> None:
         """Before anything commits: keep the log from each consumer's restored position
@@ -329,6 +372,19 @@ class Hub:
         self.intake.on_publish(topic, payload, qos, retain, packet_id)
 
     def _on_connected(self, client: MqttClient, session_present: bool) -> None:
+        now = time.time()
+        if not session_present and self.session.expected(now):
+            self.stats.sessions_lost += 1
+            log.warning(
+                "the broker %s:%d lost our session (session present: 0 on reconnect, %d so "
+                "far): messages it had queued for the hub are lost; sequence-gap alarms that "
+                "follow are marked as such",
+                client.host,
+                client.port,
+                self.stats.sessions_lost,
+            )
+            self.intake.add_session_lost(int(now * 1000), self.settings.mqtt.client_id)
+        self.session.alive(now)
         if self._reading_paused_since is not None:
             # A new connection reads from the start (the handshake needs it); the
             # intake's back-pressure still holds, so the cap holds across reconnects.
@@ -409,9 +465,12 @@ class Hub:
             if self.stats.received != seen:
                 seen, quiet_since = self.stats.received, now
                 continue
+            # Not while messages wait unacked (a full spool, a refusing disk): the broker
+            # then holds more behind them, so the input is stalled, not idle.
             idle = (
                 self.client.connected.is_set()
                 and self._reading_paused_since is None
+                and not self.intake.backlogged
                 and now - quiet_since >= IDLE_AFTER_S
             )
             tick = time.time_ns() // 1_000_000 - TICK_LAG_MS
@@ -467,7 +526,16 @@ class Hub:
                 fields.update(
                     (k, v) for k, v in self.events.service.status().items() if v is not None
                 )
-            self.intake.add_point(encode_point(HUB_STATS, hub_tags, fields, time.time_ns()))
+            line = encode_point(HUB_STATS, hub_tags, fields, time.time_ns())
+            if self.stats.storage_error is None:
+                self.intake.add_point(line)
+            else:  # the spool refuses it: straight to InfluxDB, so dashboards show why
+                try:
+                    await self.sink.write(line)
+                except WriteError as exc:
+                    log.debug("hub_stats not written while the spool refuses writes: %s", exc)
+            if self.stats.connected:
+                self.session.alive()
 
     async def _status_loop(self) -> None:
         while True:

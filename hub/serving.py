@@ -59,7 +59,12 @@ def build_deps(
         store.migrate()
     if manager is None:
         workers = directory_from_sites(sites).workers()
-        manager = EventManager(store, workers=workers, sinks=sink_names(settings))
+        manager = EventManager(
+            store,
+            workers=workers,
+            sinks=sink_names(settings),
+            flood_exempt=settings.events.flood_exempt,
+        )
     users = UserStore(url)
     users.migrate()
     bootstrap_admin(settings, users)

@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from events.model import Severity
 from sensors import topics
 
 ENV_PREFIX = "GRIDWATCH_"
@@ -208,6 +209,9 @@ class EventsSettings(_Section):
     webhooks: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr | None = None
     snapshot_interval_s: Positive = 10.0
+    flood_exempt: list[Severity] = Field(default_factory=lambda: [Severity.CRITICAL])
+    """Severities that always annunciate on their own, even during an alarm flood (never
+    grouped under the storm parent nor suppressed); e.g. ["critical", "high"]."""
 
 
 class ApiSettings(_Section):

@@ -42,6 +42,7 @@ from ingest.influx import (
     V1Target,
     V2Target,
     WriteError,
+    answers_ping,
 )
 from ingest.influxql import QueryTarget
 from registry.allowlist import RegistryGate
@@ -279,13 +280,15 @@ def build_events(
     cfg = settings.events
     sinks: list[Sink] = []
     if cfg.write_influx:
-        sinks.append(InfluxSink(influx_write(influx)))
+        sinks.append(InfluxSink(influx_write(influx), ping=lambda: answers_ping(influx)))
     if cfg.publish_mqtt and publisher is not None:
 
         async def publish(topic: str, payload: bytes) -> None:
             await publisher.publish(topic, payload, qos=1)
 
-        sinks.append(MqttSink(publish, settings.mqtt.topic_prefix))
+        sinks.append(
+            MqttSink(publish, settings.mqtt.topic_prefix, connected=publisher.connected.is_set)
+        )
     webhooks = [
         WebhookSink(url, secret=cfg.webhook_secret, name=f"webhook-{i}")
         for i, url in enumerate(cfg.webhooks)
@@ -298,7 +301,12 @@ def build_events(
     rules = load_rules(cfg.rules)
     source = directory_source(settings, rules)  # the registry's sites, else the site files
     directory = source.current
-    manager = EventManager(store, workers=directory.workers(), sinks=[s.name for s in sinks])
+    manager = EventManager(
+        store,
+        workers=directory.workers(),
+        sinks=[s.name for s in sinks],
+        flood_exempt=cfg.flood_exempt,
+    )
     dispatcher = OutboxDispatcher(store, sinks, clock_ms=_now_ms)
     service = RulesService(
         Engine(rules, directory),

@@ -64,16 +64,30 @@ class DeadLetterStore:
             self._fd = None
 
     def add(self, letter: DeadLetter) -> None:
-        """Append (durable after `sync`); rotate first if the file is full."""
+        """Append (durable after `sync`); rotate first if the file is full. On a write
+        error (a full disk) the partial line is cut and OSError raised: the file never
+        holds half a letter followed by whole ones."""
         data = letter.to_json()
         with self._lock:
-            if self._size >= self.file_bytes:
-                self._rotate()
+            if self._fd is None or self._size >= self.file_bytes:
+                self._rotate() if self._fd is not None else self._open_current()
             assert self._fd is not None
-            os.write(self._fd, data)
+            view = memoryview(data)
+            try:
+                while view:  # a short write continues
+                    view = view[os.write(self._fd, view) :]
+            except OSError:
+                os.ftruncate(self._fd, self._size)
+                raise
             self._size += len(data)
             self._dirty = True
             self.written += 1
+
+    def append(self, letters: list[DeadLetter]) -> None:
+        """Add and sync a batch of letters (raises OSError if the disk refuses them)."""
+        for letter in letters:
+            self.add(letter)
+        self.sync()
 
     def sync(self) -> None:
         with self._lock:

@@ -9,12 +9,13 @@ that the data is bad: they are retried too, loudly, so fixing the config loses n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
 import httpx
@@ -22,6 +23,9 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.rest import ApiException
 
 log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S: Final = 1.0
+"""A readiness probe (`/ping`) that takes longer than this counts as "not back yet"."""
 
 
 class Failure(StrEnum):
@@ -44,6 +48,12 @@ class WriteError(Exception):
         self.status = status
         self.detail = detail
         self.retry_after_s = retry_after_s
+
+    @property
+    def unavailable(self) -> bool:
+        """Down or unreachable (no answer at all, or 5xx): its `/ping` tells when it is back.
+        Not for 429 (up, throttling: `/ping` would answer at once) nor refusals."""
+        return self.failure is Failure.RETRY and (self.status is None or self.status >= 500)
 
 
 def classify(status: int) -> Failure:
@@ -197,6 +207,10 @@ class InfluxV2Writer:
     async def ping(self) -> None:
         try:
             ok = await self._api().ping()
+        except ApiException as exc:
+            status = int(exc.status or 0)
+            failure = classify(status) if status else Failure.RETRY
+            raise WriteError(failure, status or None, _error_text(str(exc.reason))) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WriteError(Failure.RETRY, None, f"{type(exc).__name__}: {exc}") from exc
         if not ok:
@@ -207,6 +221,17 @@ class InfluxV2Writer:
             close: Callable[[], Awaitable[None]] = self._client.close  # untyped in the library
             await close()
             self._client = None
+
+
+async def answers_ping(writer: InfluxWriter, timeout_s: float = PING_TIMEOUT_S) -> bool:
+    """True when InfluxDB (1.x, 2.x, VictoriaMetrics: `GET /ping`, 204) answers in time:
+    the readiness probe that ends a wait for a server that was down."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writer.ping()
+    except (WriteError, TimeoutError):
+        return False
+    return True
 
 
 def _error_text(body: str) -> str:

@@ -14,6 +14,12 @@ when it is durable, and the broker's Receive Maximum caps what sits unacked in m
 When the spool is full (InfluxDB down too long) the intake stops persisting and thus
 stops acking: the broker keeps the backlog for our persistent session.
 
+When the disk refuses a write (full, I/O error) the spool cuts the frame back and the
+intake keeps the batch, acks nothing, and tries again every `STORAGE_RETRY_S` until the
+disk takes it; meanwhile it reports the failure (`storage_error` in the stats, the
+`on_storage` callback: a hub health event) and the broker keeps what it has not acked.
+The loop never ends on it: a full disk is bad input, not a crash.
+
 No message may stop the hub: whatever raises while one message is handled (decode, line
 protocol, an observer) is caught at the message boundary, and the message is
 dead-lettered as `internal_error` (with the exception type), counted and acked like any
@@ -28,12 +34,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.decode import Decoder, Rejected, RejectReason
 from ingest.line_protocol import LineEncoder, LineProtocolError
-from ingest.records import Deduplicator, Record, Tick
-from ingest.spool import Spool, encode_frame
+from ingest.records import Deduplicator, Record, SessionLost, Tick
+from ingest.spool import Spool, SpoolWriteError, encode_frame
 from ingest.stats import IngestStats
 from sensors.base import Reading
 from sensors.topics import Route
@@ -42,6 +49,10 @@ log = logging.getLogger(__name__)
 
 AckFn = Callable[[int, list[int]], int]
 """(connection generation, packet ids) -> number acked."""
+STORAGE_RETRY_S: Final = 1.0
+"""A batch the disk refused is written again this often (resumes within it)."""
+STORAGE_REMIND_S: Final = 60.0
+"""While writes fail, the log says so again this often."""
 
 
 @dataclass(slots=True)
@@ -54,6 +65,8 @@ class _Batch:
     first_ns: int = 0
     size: int = 0
     """Messages and points in the batch (lines + rejects)."""
+    spooled: bool = False
+    """Its frame is in the log (a retry after a dead-letter failure must not log it twice)."""
 
 
 class Intake:
@@ -72,6 +85,8 @@ class Intake:
         high_water: int = 20_000,
         records: bool = True,
         on_persisted: Callable[[], None] = lambda: None,
+        on_storage: Callable[[str | None], None] = lambda _error: None,
+        storage_retry_s: float = STORAGE_RETRY_S,
     ) -> None:
         self._decoder = decoder
         self._spool = spool
@@ -95,6 +110,10 @@ class Intake:
         """Log records for the detection consumers (off when none runs)."""
         self._on_persisted = on_persisted
         """Called after each fsync (wakes the consumers)."""
+        self._storage_reminded = 0.0
+        self._on_storage = on_storage
+        """Called with the error when writes start failing, with None when they resume."""
+        self._storage_retry_s = storage_retry_s
         self.dedup = Deduplicator()
         self._internal_errors: dict[tuple[str, str], int] = {}
 
@@ -259,6 +278,17 @@ class Intake:
         self._batch.records.append(Tick(at_ms))
         self._waiting_messages += 1
 
+    def add_session_lost(self, at_ms: int, hub: str) -> None:
+        """Log that the broker lost our session (before what the new one brings)."""
+        if not self._records:
+            return
+        if not self._batch.size:
+            self._batch.first_ns = time.time_ns()
+            self._wake.set()
+        self._batch.size += 1
+        self._batch.records.append(SessionLost(at_ms, hub))
+        self._waiting_messages += 1
+
     def space_freed(self) -> None:
         """The writer committed: a full spool may have room again."""
         self._space.set()
@@ -299,8 +329,33 @@ class Intake:
         while self._sealed:
             await self.persist(self._sealed.pop(0))
 
+    @property
+    def backlogged(self) -> bool:
+        """Messages received and not yet acked (the broker may hold more behind them)."""
+        return self._waiting_messages > 0
+
     async def persist(self, batch: _Batch) -> None:
-        await asyncio.to_thread(self._write_durably, batch)
+        """Write the batch durably, then ack it; while the disk refuses it, retry (the
+        broker keeps the unacked messages). On `stop` a batch that still cannot be
+        written is left unacked: the broker re-sends it to the next run."""
+        while True:
+            try:
+                await asyncio.to_thread(self._write_durably, batch)
+            except (SpoolWriteError, OSError) as exc:
+                self._storage_failed(exc)
+                if self._stopping:
+                    log.error(
+                        "stopping with %d messages not written (the broker re-sends them)",
+                        batch.size,
+                    )
+                    self._waiting_messages -= batch.size
+                    return
+                if not self._spool.reclaim():  # space consumers no longer need: at once
+                    await asyncio.sleep(self._storage_retry_s)
+                continue
+            break
+        if self._stats.storage_error is not None:
+            self._storage_recovered()
         self._stats.dead_lettered += len(batch.rejects)
         self._stats.acked += self._ack(batch.generation, batch.packet_ids)
         self._waiting_messages -= batch.size
@@ -310,15 +365,51 @@ class Intake:
             self._reading_paused = False
             self._set_reading(True)
 
+    def _storage_failed(self, exc: Exception) -> None:
+        stats = self._stats
+        stats.storage_failures += 1
+        error = str(exc) or type(exc).__name__
+        now = time.monotonic()
+        if stats.storage_error is None:
+            stats.storage_error, stats.storage_failing_since = error, now
+            self._storage_reminded = now
+            log.error(
+                "%s: not acknowledging; the broker keeps the backlog; retrying every %.0f s",
+                error,
+                self._storage_retry_s,
+            )
+            self._on_storage(error)
+        elif now - self._storage_reminded >= STORAGE_REMIND_S:
+            self._storage_reminded = now
+            log.error(
+                "storage still failing after %.0f s (%d attempts, %d messages unacked): %s",
+                now - (stats.storage_failing_since or now),
+                stats.storage_failures,
+                self._waiting_messages,
+                error,
+            )
+
+    def _storage_recovered(self) -> None:
+        stats = self._stats
+        since = stats.storage_failing_since
+        log.warning(
+            "storage writes resumed after %.1f s; acknowledging again",
+            time.monotonic() - since if since is not None else 0.0,
+        )
+        stats.storage_error = stats.storage_failing_since = None
+        self._on_storage(None)
+
     def _write_durably(self, batch: _Batch) -> None:
-        """Worker thread: append + fsync spool and dead letters; no event-loop state here."""
-        if batch.lines or batch.records:
+        """Worker thread: append + fsync spool and dead letters; no event-loop state here.
+        Raises when the disk refuses either; what was done stays done (`spooled`)."""
+        if (batch.lines or batch.records) and not batch.spooled:
             frame = encode_frame(batch.lines, batch.first_ns // 1_000_000, batch.records)
             self._spool.append(frame, len(batch.lines), batch.records)
             self._spool.sync()
+        batch.spooled = True
         if batch.rejects:
-            for rejected in batch.rejects:
-                self._dead.add(
+            self._dead.append(
+                [
                     DeadLetter(
                         "decode",
                         rejected.reason.value,
@@ -327,8 +418,9 @@ class Intake:
                         rejected.payload,
                         rejected.received_ns,
                     )
-                )
-            self._dead.sync()
+                    for rejected in batch.rejects
+                ]
+            )
 
     async def _next_batch(self) -> _Batch | None:
         while not self._stopping:

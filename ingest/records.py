@@ -5,6 +5,8 @@ rules and anomaly consumers evaluate, in arrival order. They are kept as objects
 memory for the consumers that are caught up, and stored with `marshal` (plain tuples,
 no code: a stored frame can only ever decode to data) for those resuming from disk.
 
+A `SessionLost` says the broker lost what it queued for the hub (see the class).
+
 A `Tick` moves event time forward when the whole input is idle: the hub appends one
 (wall clock minus a bound, see `hub.runtime`) so that timers of silent devices fire,
 and since ticks are in the log a consumer replaying it after a crash sees them in the
@@ -26,6 +28,7 @@ RECORDS_VERSION: Final = 1
 _READING: Final = 0
 _REJECTED: Final = 1
 _TICK: Final = 2
+_SESSION_LOST: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,18 @@ class Tick:
     at_ms: int
 
 
-Record = Reading | Rejected | Tick
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """The broker answered our reconnect without the session it kept for `hub` (it
+    crashed before saving it, or expired it): what it had queued for us is lost. In the
+    log so that the rules mark the sequence gaps that follow, the same on every replay.
+    `at_ms` is the wall clock at the reconnect; it does not move event time."""
+
+    at_ms: int
+    hub: str
+
+
+Record = Reading | Rejected | Tick | SessionLost
 
 
 class RecordsError(ValueError):
@@ -67,8 +81,10 @@ def encode_records(records: Sequence[Record]) -> bytes:
         elif isinstance(r, Rejected):
             route = tuple(r.route) if r.route is not None else None
             rows.append((_REJECTED, r.reason.value, r.detail, r.topic, r.received_ns, route))
-        else:
+        elif isinstance(r, Tick):
             rows.append((_TICK, r.at_ms))
+        else:
+            rows.append((_SESSION_LOST, r.at_ms, r.hub))
     try:
         return marshal.dumps((RECORDS_VERSION, rows))
     except ValueError:
@@ -127,6 +143,8 @@ def _record(row: tuple[Any, ...]) -> Record:
         )
     if tag == _TICK:
         return Tick(int(row[1]))
+    if tag == _SESSION_LOST:
+        return SessionLost(int(row[1]), str(row[2]))
     raise RecordsError(f"unknown record tag {tag!r}")
 
 

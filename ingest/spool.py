@@ -1,8 +1,9 @@
 """Durable local spool, the hub's log: a message is acked to the broker only once it is in here.
 
 Layout: `DIR/<n>.seg` segment files of frames, `DIR/cursor` (segment, offset) of the
-first frame not yet stored in InfluxDB, `DIR/format` (the frame format), `DIR/lock`
-held by the one hub using DIR. A frame is one fsync batch:
+first frame not yet stored in InfluxDB, `DIR/synced` (segment, offset) the log has made
+durable (so acknowledged), `DIR/format` (the frame format), `DIR/lock` held by the one
+hub using DIR. A frame is one fsync batch:
 
     header  <I lines length> <I crc32(rest)> <I line count> <Q spooled-at ms>
             <I records length> <I record count>
@@ -17,14 +18,24 @@ the writer and every `hold`er have passed it, so the log keeps what some consume
 needs, and `full` counts from the oldest such position. Records of recent frames stay
 in memory as objects (bounded), so a consumer that keeps up never decodes them.
 
-On open, a torn tail (crash during write) is cut at the first frame whose CRC fails;
-those messages were never acked, so the broker still has them.
+Writes are checked: a short write goes on, and a failed write or fsync (a full disk,
+an I/O error) cuts the file back to its last synced frame and raises `SpoolWriteError`;
+nothing more is appended until the cut has succeeded. So no frame is acknowledged that
+is not wholly written and fsynced, and no acknowledged frame sits behind garbage.
+
+On open, a torn tail (crash during write) is cut at the first frame whose CRC fails,
+but only past `synced`: those messages were never acked, and the broker still has them.
+A frame that fails its check before `synced` is damage to acknowledged data, not a
+torn write; the spool refuses to open (`SpoolError`, saying where) rather than cut it.
+`synced` is rewritten in place after each fsync without an fsync of its own: it never
+runs ahead of the durable frames, and after a process crash it is exact.
 `append` + `sync` run on a worker thread while the event loop reads: a lock guards the
 shared counters, and readers only see frames that are already fsynced.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -36,7 +47,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 from ingest.records import Record, decode_records, encode_records, event_time_ms
 
@@ -50,10 +61,22 @@ CACHE_RECORDS: Final = 50_000
 """Records of recent frames kept in memory for the consumers that keep up (tens of MB;
 a consumer further behind decodes them from disk)."""
 _TAIL_FRAMES: Final = 4096
+_MARK: Final = struct.Struct("<QQI")
+"""`DIR/synced`: segment, offset, crc32 of the two."""
 
 
 class SpoolError(Exception):
     """The spool directory cannot be used (locked by another hub, unwritable, foreign)."""
+
+
+class SpoolWriteError(SpoolError):
+    """A frame could not be written or made durable (disk full, I/O error). Every frame
+    appended since the last `sync` is gone from the log again: none may be acknowledged,
+    and the caller appends them again once the disk takes writes."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -115,7 +138,10 @@ class Spool:
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
+        # Segments are freed whole: one as large as the limit would keep that much that
+        # no consumer needs, and a disk sized for `max_bytes` would fill with everyone
+        # caught up.
+        self.segment_bytes = min(segment_bytes, max(max_bytes // 8, 1 << 16))
         self.cache_records = cache_records
         self._lock = threading.Lock()
         self._lock_fd: int | None = None
@@ -137,6 +163,12 @@ class Spool:
         self.latest_event_ms = 0
         """The newest event time among the records synced since `open` (for lag)."""
         self._read_fds: dict[int, int] = {}
+        self._mark_fd: int | None = None
+        self._cut_pending = False
+        """A failed write left bytes past the synced end that are not cut yet."""
+        self.needs_space = False
+        """The disk refused the last write for want of space (until a sync succeeds):
+        consumers should commit, so that `reclaim` can free what they have passed."""
 
     # -- lifecycle ------------------------------------------------------------------
     def open(self) -> None:
@@ -154,8 +186,9 @@ class Spool:
             int(p.stem) for p in self.directory.glob(f"*{_SUFFIX}") if p.stem.isdigit()
         )
         self._check_format(bool(segments))
+        synced = self._load_mark()
         for seg in segments:
-            size, lines = self._scan(seg, self._cursor)
+            size, lines = self._scan(seg, self._cursor, synced, seg == segments[-1])
             self._sizes[seg] = size
             self._pending_lines += lines
         if not self._sizes:
@@ -168,7 +201,11 @@ class Spool:
             self._cursor = Cursor(min(self._sizes), 0)
         self._write_segment = max(self._sizes)
         self._write_offset = self._sizes[self._write_segment]
-        self._open_write_fd()
+        self._write_fd = self._open_segment(self._write_segment)
+        # What recovery kept may never have been fsynced (a crash between write and
+        # fsync): make it durable before the mark says it is.
+        os.fsync(self._write_fd)
+        self._open_mark()
         if self._pending_lines:
             log.info(
                 "spool %s: %d lines waiting from a previous run",
@@ -177,12 +214,11 @@ class Spool:
             )
 
     def close(self) -> None:
-        for fd in [*self._read_fds.values(), self._write_fd, self._lock_fd]:
+        for fd in [*self._read_fds.values(), self._write_fd, self._mark_fd, self._lock_fd]:
             if fd is not None:
                 os.close(fd)
         self._read_fds.clear()
-        self._write_fd = None
-        self._lock_fd = None
+        self._write_fd = self._mark_fd = self._lock_fd = None
 
     def _check_format(self, has_segments: bool) -> None:
         path = self.directory / "format"
@@ -203,15 +239,27 @@ class Spool:
     # -- writing (worker thread) ---------------------------------------------------
     def append(self, frame: bytes, lines: int, records: list[Record] | None = None) -> None:
         """Write a frame (not yet durable: call `sync`). `records` are the frame's
-        records as objects, kept in memory for the consumers once synced."""
+        records as objects, kept in memory for the consumers once synced. Raises
+        `SpoolWriteError` when the disk refuses it (see the class)."""
+        self._cut_back()
         if self._write_offset >= self.segment_bytes:
             self._rotate()
-        assert self._write_fd is not None
+        fd = self._write_fd
+        assert fd is not None
         start = Cursor(self._write_segment, self._write_offset)
         view = memoryview(frame)
-        while view:  # a short write (a full disk can cut one) continues, never skips
-            written = os.write(self._write_fd, view)
-            view = view[written:]
+        try:
+            while view:  # a short write (a full disk can cut one) continues, never skips
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and start.offset > 0 and not self._unsynced_bytes:
+                # Perhaps the consumers are past most of this segment, which is only
+                # freed whole: start the next one, so `reclaim` can delete this one.
+                self._cut_pending = True
+                self._cut_back()
+                self._rotate()
+            self._abandon_unsynced(exc, "write")
         self._write_offset += len(frame)
         self._unsynced_lines += lines
         self._unsynced_bytes += len(frame)
@@ -220,12 +268,52 @@ class Spool:
             self._unsynced_frames.append((start, end, records))
 
     def sync(self) -> None:
-        """fsync, then make the synced frames visible to the readers."""
+        """fsync, then make the synced frames visible to the readers. Raises
+        `SpoolWriteError` when the fsync fails (the unsynced frames are then cut: after
+        a failed fsync the kernel may have dropped their pages, so they are written
+        again rather than trusted)."""
         assert self._write_fd is not None
-        os.fsync(self._write_fd)
+        try:
+            os.fsync(self._write_fd)
+        except OSError as exc:
+            self._abandon_unsynced(exc, "fsync")
         with self._lock:
             self._sizes[self._write_segment] = self._write_offset
             self._publish_unsynced()
+        self.needs_space = False
+        self._mark_synced()
+
+    def _abandon_unsynced(self, exc: OSError, what: str) -> NoReturn:
+        """Forget the frames appended since the last sync, cut their bytes, and raise."""
+        with self._lock:
+            self._write_offset = self._sizes[self._write_segment]
+        self._unsynced_lines = self._unsynced_bytes = 0
+        self._unsynced_frames.clear()
+        self._cut_pending = True
+        self.needs_space = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        detail = f"spool {self.directory}: {what} failed ({exc.strerror or exc})"
+        try:
+            self._cut_back()
+        except SpoolWriteError as cut:
+            detail += f"; {cut}"
+        raise SpoolWriteError(detail, exc.errno) from exc
+
+    def _cut_back(self) -> None:
+        """Before anything is appended: cut what a failed write left past the synced
+        end (appending after it would put acknowledged frames behind garbage)."""
+        if not self._cut_pending:
+            return
+        try:
+            if self._write_fd is None:
+                self._write_fd = self._open_segment(self._write_segment)
+            os.ftruncate(self._write_fd, self._write_offset)
+        except OSError as exc:
+            raise SpoolWriteError(
+                f"cannot cut {self._segment_path(self._write_segment).name} back to its "
+                f"synced end {self._write_offset} ({exc.strerror or exc})",
+                exc.errno,
+            ) from exc
+        self._cut_pending = False
 
     def _publish_unsynced(self) -> None:
         """Under the lock, after an fsync: counters and cached records of the new frames."""
@@ -249,17 +337,52 @@ class Spool:
         self._unsynced_bytes = 0
 
     def _rotate(self) -> None:
+        """Start the next segment: create and sync it first, so that a full disk leaves
+        the log as it was (nothing of the frame to come is written yet)."""
         assert self._write_fd is not None
-        os.fsync(self._write_fd)
+        seg = self._write_segment + 1
+        try:
+            os.fsync(self._write_fd)
+        except OSError as exc:
+            self._abandon_unsynced(exc, "fsync")
+        try:
+            new_fd = self._open_segment(seg)
+        except OSError as exc:
+            raise SpoolWriteError(
+                f"spool {self.directory}: cannot start segment {seg} ({exc.strerror or exc})",
+                exc.errno,
+            ) from exc
+        try:
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            os.close(new_fd)
+            self._segment_path(seg).unlink(missing_ok=True)
+            raise SpoolWriteError(
+                f"spool {self.directory}: cannot sync the directory ({exc.strerror or exc})",
+                exc.errno,
+            ) from exc
         os.close(self._write_fd)
         with self._lock:
             self._sizes[self._write_segment] = self._write_offset
             self._publish_unsynced()
-            self._write_segment += 1
+            self._write_segment = seg
             self._write_offset = 0
-            self._sizes[self._write_segment] = 0
-        self._open_write_fd()
-        _fsync_dir(self.directory)
+            self._sizes[seg] = 0
+        self._write_fd = new_fd
+        self._mark_synced()
+
+    def _mark_synced(self) -> None:
+        """Record the synced end in `DIR/synced`, in place (no new blocks: it works on a
+        full disk) and without an fsync (it is written after the frames' fsync, so it
+        never claims more than is durable)."""
+        if self._mark_fd is None:
+            return
+        seg, offset = self._write_segment, self._write_offset
+        data = _MARK.pack(seg, offset, zlib.crc32(struct.pack("<QQ", seg, offset)))
+        try:
+            os.pwrite(self._mark_fd, data, 0)
+        except OSError as exc:  # recovery then falls back to cutting at the first bad frame
+            log.warning("spool %s: cannot record the synced end: %s", self.directory, exc)
 
     # -- reading lines: the InfluxDB writer (event loop) ----------------------------
     @property
@@ -275,8 +398,9 @@ class Spool:
             return self._bytes_from(self._oldest_needed())
 
     def _bytes_from(self, start: Cursor) -> int:
-        return sum(size for seg, size in self._sizes.items() if seg >= start.segment) - (
-            start.offset if start.segment in self._sizes else 0
+        # min: a segment `reclaim` emptied is shorter than a position at its old end
+        return sum(size for seg, size in self._sizes.items() if seg >= start.segment) - min(
+            start.offset, self._sizes.get(start.segment, 0)
         )
 
     @property
@@ -360,10 +484,14 @@ class Spool:
             self._cursor = end
             self._pending_lines -= lines
         self._collect()
-        # Not fsynced on purpose: losing the cursor only re-sends points InfluxDB folds.
+        # Not fsynced on purpose: losing the cursor only re-sends points InfluxDB folds;
+        # for the same reason a full disk only leaves the previous one in place.
         tmp = self.directory / "cursor.tmp"
-        tmp.write_text(f"{end.segment} {end.offset}\n")
-        tmp.replace(self.directory / "cursor")
+        try:
+            tmp.write_text(f"{end.segment} {end.offset}\n")
+            tmp.replace(self.directory / "cursor")
+        except OSError as exc:
+            log.warning("spool %s: cursor not saved (%s); kept in memory", self.directory, exc)
 
     # -- reading records: the detection consumers (event loop) ----------------------
     def start_of_log(self) -> Cursor:
@@ -481,26 +609,72 @@ class Spool:
         """Under the lock: the oldest position the writer or a holder still needs."""
         return min([self._cursor, *self._holds.values()])
 
-    def _collect(self) -> None:
-        """Delete segments every consumer has passed."""
+    def reclaim(self) -> int:
+        """Free what no consumer needs (event loop); the bytes freed. The intake calls
+        it when the disk is full: `append` has then started a new segment, and a
+        finished segment whose end every consumer has reached is emptied in place (its
+        file stays until they move on, so their positions stay valid across a restart)."""
+        freed = self._collect()
+        with self._lock:
+            oldest = self._oldest_needed()
+            size = self._sizes.get(oldest.segment, 0)
+            if oldest.segment >= self._write_segment or not size or oldest.offset < size:
+                return freed
+            self._sizes[oldest.segment] = 0
+        fd = self._read_fds.pop(oldest.segment, None)
+        if fd is not None:
+            os.close(fd)
+        os.truncate(self._segment_path(oldest.segment), 0)
+        return freed + size
+
+    def _collect(self) -> int:
+        """Delete segments every consumer has passed; the bytes freed."""
         with self._lock:
             oldest = self._oldest_needed()
             finished = [s for s in self._sizes if s < oldest.segment]
-            for seg in finished:
-                del self._sizes[seg]
+            freed = sum(self._sizes.pop(seg) for seg in finished)
         for seg in finished:
             fd = self._read_fds.pop(seg, None)
             if fd is not None:
                 os.close(fd)
             self._segment_path(seg).unlink(missing_ok=True)
+        return freed
 
     def _segment_path(self, seg: int) -> Path:
         return self.directory / f"{seg:016d}{_SUFFIX}"
 
-    def _open_write_fd(self) -> None:
-        self._write_fd = os.open(
-            self._segment_path(self._write_segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
+    def _open_segment(self, seg: int) -> int:
+        return os.open(self._segment_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def _open_mark(self) -> None:
+        """Open `DIR/synced` and give it its block now, so rewriting it never needs space."""
+        path = self.directory / "synced"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            if os.fstat(fd).st_size < _MARK.size:
+                os.pwrite(fd, bytes(_MARK.size), 0)
+                os.fsync(fd)
+        except OSError as exc:
+            log.warning("spool %s: no synced mark (%s): recovery cuts at a bad frame", path, exc)
+            return
+        self._mark_fd = fd
+        self._mark_synced()
+
+    def _load_mark(self) -> Cursor | None:
+        """The synced end a previous run recorded; None when unknown (no file yet, or
+        unreadable: then a bad frame anywhere is cut as before)."""
+        path = self.directory / "synced"
+        try:
+            data = path.read_bytes()[: _MARK.size]
+        except FileNotFoundError:
+            return None
+        if len(data) < _MARK.size:
+            return None
+        seg, offset, crc = _MARK.unpack(data)
+        if zlib.crc32(struct.pack("<QQ", seg, offset)) != crc:
+            log.warning("spool %s: the synced mark is unreadable; ignoring it", self.directory)
+            return None
+        return Cursor(seg, offset)
 
     def _read_fd(self, seg: int) -> int:
         fd = self._read_fds.get(seg)
@@ -519,9 +693,13 @@ class Spool:
             raise SpoolError(f"{path} is corrupt: {exc}") from exc
         return Cursor(seg, offset)
 
-    def _scan(self, seg: int, cursor: Cursor) -> tuple[int, int]:
+    def _scan(
+        self, seg: int, cursor: Cursor, synced: Cursor | None, newest: bool
+    ) -> tuple[int, int]:
         """Validate a segment's frames; truncate a torn tail. Return (size, lines waiting
-        for the writer, i.e. from `cursor`)."""
+        for the writer, i.e. from `cursor`). A bad frame before the `synced` mark (or, in
+        an older segment, anywhere: rotation syncs it whole) is damage to acknowledged
+        frames: refused, never cut."""
         path = self._segment_path(seg)
         data = path.read_bytes()
         offset = 0
@@ -542,6 +720,17 @@ class Spool:
                 self._tail.append(Cursor(seg, offset))
             offset = end
         if offset != len(data):
+            acked = (synced is not None and Cursor(seg, offset) < synced) or (
+                synced is None and not newest
+            )
+            if acked:
+                raise SpoolError(
+                    f"spool {path}: the frame at offset {offset} fails its check, but the "
+                    f"log had synced (and acknowledged) up to {synced or 'the segment end'}: "
+                    "that is damage to stored data, not a torn write, and is not cut. Copy "
+                    "the directory for inspection; moving this segment away starts the hub "
+                    "without its frames (they are then lost)"
+                )
             log.warning(
                 "spool %s: cutting %d bytes of torn tail (unacked, the broker re-sends them)",
                 path.name,

@@ -68,10 +68,18 @@ class IngestStats:
     """Retained messages re-sent because the hub resubscribed to its kept session."""
     write_failures: Counter[str] = field(default_factory=Counter)
     backpressure_waits: int = 0
+    storage_failures: int = 0
+    """Spool or dead-letter writes the disk refused (full, I/O error), retried."""
+    storage_error: str | None = None
+    """The current write failure; None while the disk takes writes."""
+    storage_failing_since: float | None = None
+    """`time.monotonic()` of the first failure of the current one."""
     spool_bytes: int = 0
     spool_lines: int = 0
     lag_s: float = 0.0
     reconnects: int = 0
+    sessions_lost: int = 0
+    """Reconnects where the broker no longer had the session it should have kept."""
     connected: bool = False
     first_received_ns: int = 0
     first_received_cpu_s: float = 0.0
@@ -92,10 +100,14 @@ class IngestStats:
             "retained_skipped": self.retained_skipped,
             "write_failures": sum(self.write_failures.values()),
             "backpressure_waits": self.backpressure_waits,
+            "storage_blocked": self.storage_error is not None,
+            "storage_failures": self.storage_failures,
+            "storage_blocked_s": float(self.storage_blocked_s()),
             "spool_bytes": self.spool_bytes,
             "spool_lines": self.spool_lines,
             "lag_s": float(self.lag_s),
             "reconnects": self.reconnects,
+            "sessions_lost": self.sessions_lost,
             "connected": self.connected,
             "uptime_s": float((time.time_ns() - self.started_ns) / 1e9),
         }
@@ -105,12 +117,17 @@ class IngestStats:
             out[f"write_failures_{failure}"] = count
         return out
 
+    def storage_blocked_s(self) -> float:
+        since = self.storage_failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready view for `gridwatch status` and the benchmark."""
         p50, p99 = self.latency.percentiles(0.5, 0.99)
         data: dict[str, Any] = dict(self.fields())
         data["rejected_by_reason"] = dict(self.rejected)
         data["write_failures_by_kind"] = dict(self.write_failures)
+        data["storage_error"] = self.storage_error
         data["latency_p50_ms"] = p50
         data["first_received_ns"] = self.first_received_ns
         data["first_received_cpu_s"] = self.first_received_cpu_s

@@ -6,6 +6,12 @@ committed together, in order); a crash re-sends at most those (InfluxDB folds
 identical points). When InfluxDB refuses a batch as data, the batch is
 split in halves until the refused lines are isolated; those go to dead letters and the
 rest is stored.
+
+Retries back off exponentially (up to `retry_max_s`), but a backoff after InfluxDB was
+down (no answer, 5xx) is cut short by a readiness probe: its `/ping` is asked every
+PROBE_INTERVAL_S and the write retried as soon as it answers, so writes resume within
+about a second of its return however long the outage. 429 and configuration failures
+(401/403/404) wait the plain backoff; a Retry-After is honoured up to RETRY_AFTER_MAX_S.
 """
 
 from __future__ import annotations
@@ -15,13 +21,25 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Final
 
 from ingest.deadletter import DeadLetter, DeadLetterStore
-from ingest.influx import Failure, InfluxWriter, WriteError
+from ingest.influx import Failure, InfluxWriter, WriteError, answers_ping
 from ingest.spool import Spool, SpoolBatch
 from ingest.stats import IngestStats
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTER_RETRY_S: Final = 1.0
+"""Refused lines the dead-letter disk would not take are filed again this often."""
+
+PROBE_INTERVAL_S: Final = 0.5
+"""While backing off from an InfluxDB that is down, ask its `/ping` about this often
+(+/-20 %, jittered) and retry at once when it answers."""
+
+RETRY_AFTER_MAX_S: Final = 60.0
+"""A longer Retry-After (a proxy asking for an hour) is cut to this: the spool fills
+meanwhile, and the server can always say it again."""
 
 
 class SpoolWriter:
@@ -118,7 +136,7 @@ class SpoolWriter:
             )
             self._failing_since = None
         if refused_lines:
-            await asyncio.to_thread(self._dead_letter, refused_lines)
+            await self._dead_letter_until_done(refused_lines)
             # Counted here, on the event loop: the intake updates the same counter.
             self._stats.dead_lettered += len(refused_lines)
         lines = sum(batch.lines for batch in batches)
@@ -130,8 +148,12 @@ class SpoolWriter:
         self._on_commit()
 
     async def _deliver_until_done(self, payload: bytes) -> list[tuple[bytes, WriteError]]:
-        """Write one batch, backing off on retryable failures; return its refused lines."""
+        """Write one batch, backing off on retryable failures; return its refused lines.
+
+        A retry that a probe started and that failed again (InfluxDB answers `/ping` but
+        not writes) is followed by a plain backoff, so a failing server is not hammered."""
         delay = self._retry_min_s
+        probe = True
         while True:
             refused_lines: list[tuple[bytes, WriteError]] = []
             try:
@@ -140,9 +162,30 @@ class SpoolWriter:
             except WriteError as exc:
                 self._stats.write_failures[exc.failure.value] += 1
                 self._report_failure(exc)
-                wait = exc.retry_after_s or random.uniform(self._retry_min_s, delay)
+                if exc.retry_after_s is not None:  # the server knows best, within reason
+                    await asyncio.sleep(min(max(exc.retry_after_s, 0.0), RETRY_AFTER_MAX_S))
+                    probe = True
+                elif probe and exc.unavailable:
+                    probe = not await self._wait_or_ready(random.uniform(self._retry_min_s, delay))
+                else:
+                    await asyncio.sleep(random.uniform(self._retry_min_s, delay))
+                    probe = True
                 delay = min(delay * 2, self._retry_max_s)
-                await asyncio.sleep(wait)
+
+    async def _wait_or_ready(self, seconds: float) -> bool:
+        """Wait up to `seconds`, probing InfluxDB's `/ping` every ~PROBE_INTERVAL_S;
+        True as soon as it answers (retry now), False once the wait has run out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            step = random.uniform(0.8 * PROBE_INTERVAL_S, 1.2 * PROBE_INTERVAL_S)
+            remaining = deadline - loop.time()
+            if remaining <= step:  # the retry itself comes sooner than a probe would
+                await asyncio.sleep(max(remaining, 0.0))
+                return False
+            await asyncio.sleep(step)
+            if await answers_ping(self._sink):
+                return True
 
     async def _deliver(self, payload: bytes, refused: list[tuple[bytes, WriteError]]) -> None:
         """Write; on a data refusal bisect, collecting the refused lines in `refused`."""
@@ -159,12 +202,39 @@ class SpoolWriter:
             await self._deliver(b"".join(lines[:middle]), refused)
             await self._deliver(b"".join(lines[middle:]), refused)
 
+    async def _dead_letter_until_done(self, refused: list[tuple[bytes, WriteError]]) -> None:
+        """Dead-letter the refused lines before the commit; while the disk refuses them
+        (full), retry every `DEAD_LETTER_RETRY_S`: the cursor must not pass lines that
+        are neither stored nor filed, and the writer must not end on a full disk."""
+        failing = False
+        while True:
+            try:
+                await asyncio.to_thread(self._dead_letter, refused)
+            except OSError as exc:
+                if not failing:
+                    failing = True
+                    log.error("cannot file %d refused lines as dead letters: %s", len(refused), exc)
+                await asyncio.sleep(DEAD_LETTER_RETRY_S)
+                continue
+            if failing:
+                log.warning("refused lines filed as dead letters again")
+            return
+
     def _dead_letter(self, refused: list[tuple[bytes, WriteError]]) -> None:
         """Worker thread: all refused lines of a batch, one fsync, before the commit."""
-        for line, exc in refused:
-            reason = f"influx_{exc.status or 'error'}"
-            self._dead.add(DeadLetter("influx", reason, exc.detail, "", line, time.time_ns()))
-        self._dead.sync()
+        self._dead.append(
+            [
+                DeadLetter(
+                    "influx",
+                    f"influx_{exc.status or 'error'}",
+                    exc.detail,
+                    "",
+                    line,
+                    time.time_ns(),
+                )
+                for line, exc in refused
+            ]
+        )
 
     def _report_failure(self, exc: WriteError) -> None:
         if self._failing_since is None:

@@ -759,15 +759,16 @@ class GapLogic(Logic):
         seq = obs.reading.seq
         if seq is None:
             return None
-        last = st.get("seq")
+        last, previous_ms = st.get("seq"), st.get("seq_ms", 0)
+        st["seq"], st["seq_ms"] = seq, obs.ts_ms
         if last is None or seq <= last:
-            st["seq"] = seq  # first sight, a duplicate or a device restart
-            return None
-        st["seq"] = seq
+            return None  # first sight, a duplicate or a device restart
         missing = seq - last - 1
-        return (
-            Change(True, obs.ts_ms, {"missing": missing}) if missing > self.c.max_missing else None
-        )
+        if missing <= self.c.max_missing:
+            return None
+        # `previous_ms`: when the gap opened (a broker that lost our session then is
+        # a likelier cause than the device: detection.rules_service marks it).
+        return Change(True, obs.ts_ms, {"missing": missing, "previous_ms": previous_ms})
 
 
 def compile_condition(c: Condition, directory: Directory, *, rule_clears: bool = False) -> Logic:

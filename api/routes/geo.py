@@ -11,16 +11,20 @@ Both layers are paged so a response stays bounded: `limit` (default 5000, at mos
 `offset` and `truncated` (more follow). Geomap asks without them and gets a whole
 ordinary site.
 
-A device's `state` comes from the event store's active events (not closed, condition
-still raised, not shelved or suppressed) that name it: `alarm` for any security event,
-else `offline` (device_offline), else `low_battery`, else `ok`.
+A device's `state` is the worst of the open events that name it and whose condition is
+still raised (flood-control parents left out: they only summarise their children).
+Annunciated and suppressed events count alike, so a flood never turns a burning cell
+`ok`: `alarm` for any security event, else `offline` (device_offline), else
+`low_battery`. Events an operator set aside show as such: `out_of_service`, else
+`shelved`. Nothing raised: `ok`. A cell's `state` is the same over the events of the
+cell, and its `severity` the highest of those that count as raised (null if none).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Annotated, Any, Final, Literal, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Final, Literal, TypedDict, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -29,7 +33,8 @@ from accounts.roles import Role
 from api.deps import get_deps
 from api.problems import Unavailable, problem_responses
 from api.roles import Principal, requires
-from events.model import SecurityEvent, State
+from events.manager import FLOOD_RULE
+from events.model import Mode, SecurityEvent, State
 from events.store import EventFilter, EventStore
 from registry.model import Cell, Device, Page
 from registry.store import MAX_PAGE, RegistryStore
@@ -38,11 +43,41 @@ GEOJSON: Final = "application/geo+json"
 IDENT: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 OFFLINE_INCIDENTS: Final = frozenset({"device_offline"})
 BATTERY_INCIDENTS: Final = frozenset({"low_battery"})
-ACTIVE_STATES: Final = (State.ACTIVE_UNACKNOWLEDGED, State.ACTIVE_ACKNOWLEDGED)
+RAISED_STATES: Final = frozenset(
+    {
+        State.ACTIVE_UNACKNOWLEDGED,
+        State.ACTIVE_ACKNOWLEDGED,
+        State.SUPPRESSED,
+        State.SHELVED,
+        State.OUT_OF_SERVICE,
+    }
+)
+"""Where an event whose condition still holds can be (the last three also hold returned
+events: those are sifted out)."""
 EVENTS_PAGE: Final = 1000
 
 T = TypeVar("T")
-DeviceState = Literal["ok", "alarm", "offline", "low_battery"]
+DeviceState = Literal["ok", "alarm", "offline", "low_battery", "out_of_service", "shelved"]
+PRECEDENCE: Final[tuple[DeviceState, ...]] = (
+    "alarm",
+    "offline",
+    "low_battery",
+    "out_of_service",
+    "shelved",
+    "ok",
+)
+"""Worst first: what a device or cell shows when several events name it."""
+SET_ASIDE: Final[dict[Mode, DeviceState]] = {
+    Mode.OUT_OF_SERVICE: "out_of_service",
+    Mode.SHELVED: "shelved",
+}
+
+
+class CellState(TypedDict):
+    state: DeviceState
+    severity: str | None
+
+
 SiteId = Annotated[str, Path(pattern=IDENT, description="The site's id")]
 MapReader = Annotated[Principal, Depends(requires(Role.operator, Role.integrator, query_key=True))]
 
@@ -139,6 +174,8 @@ async def cells_geojson(
         return store.list_cells(site=site_id, limit=size, offset=start)
 
     cells, total = await asyncio.to_thread(_window, fetch, limit, offset)
+    raised = await asyncio.to_thread(_raised_events, get_deps(request).events, site_id)
+    by_cell = cell_states(raised)
     features = [
         {
             "type": "Feature",
@@ -148,7 +185,12 @@ async def cells_geojson(
                 # RFC 7946: a closed ring, exterior counter-clockwise.
                 "coordinates": [_ring(cell.polygon)],
             },
-            "properties": {"id": cell.id, "name": cell.name, "worker": cell.worker},
+            "properties": {
+                "id": cell.id,
+                "name": cell.name,
+                "worker": cell.worker,
+                **by_cell.get(cell.id, {"state": "ok", "severity": None}),
+            },
         }
         for cell in cells
     ]
@@ -175,9 +217,8 @@ async def devices_geojson(
         return store.list_devices(site=site_id, limit=size, offset=start)
 
     devices, total = await asyncio.to_thread(_window, fetch, limit, offset)
-    events = get_deps(request).events
-    active = await asyncio.to_thread(_active_events, events, site_id)
-    states = device_states(devices, active)
+    raised = await asyncio.to_thread(_raised_events, get_deps(request).events, site_id)
+    states = device_states(devices, raised)
     features = [
         {
             "type": "Feature",
@@ -199,35 +240,60 @@ async def devices_geojson(
     return _collection(features, total=total, limit=limit, offset=offset)
 
 
-def _active_events(events: EventStore, site: str) -> list[SecurityEvent]:
-    where = EventFilter(site=site, states=ACTIVE_STATES)
+def _raised_events(events: EventStore, site: str) -> list[SecurityEvent]:
+    """The site's open events whose condition still holds, flood parents left out."""
+    where = EventFilter(site=site, states=RAISED_STATES)
     found: list[SecurityEvent] = []
+    offset = 0
     while True:
-        batch = events.list_events(where, limit=EVENTS_PAGE, offset=len(found))
-        found += batch
+        batch = events.list_events(where, limit=EVENTS_PAGE, offset=offset)
+        offset += len(batch)
+        found += [e for e in batch if e.active and e.rule_id != FLOOD_RULE]
         if len(batch) < EVENTS_PAGE:
             return found
 
 
-def device_states(devices: list[Device], active: list[SecurityEvent]) -> dict[str, DeviceState]:
-    """Each device's map state from the active events naming it (precedence: alarm,
-    offline, low_battery, ok)."""
-    incidents: dict[str, set[str]] = {}
-    for event in active:
-        for named in {event.device, *event.devices}:
-            if named is not None:
-                incidents.setdefault(named, set()).add(event.incident)
-    out: dict[str, DeviceState] = {}
-    for device in devices:
-        found = incidents.get(device.id, set())
-        if found - OFFLINE_INCIDENTS - BATTERY_INCIDENTS:
-            out[device.id] = "alarm"
-        elif found & OFFLINE_INCIDENTS:
-            out[device.id] = "offline"
-        elif found & BATTERY_INCIDENTS:
-            out[device.id] = "low_battery"
-        else:
-            out[device.id] = "ok"
+def event_state(event: SecurityEvent) -> DeviceState:
+    """What one raised event makes of the devices it names (suppressed counts as raised:
+    flood control hides it from the desk, not from the map)."""
+    if event.mode in SET_ASIDE:
+        return SET_ASIDE[event.mode]
+    if event.incident in OFFLINE_INCIDENTS:
+        return "offline"
+    if event.incident in BATTERY_INCIDENTS:
+        return "low_battery"
+    return "alarm"
+
+
+def worst(states: Iterable[DeviceState]) -> DeviceState:
+    return min(states, key=PRECEDENCE.index, default="ok")
+
+
+def device_states(devices: list[Device], raised: list[SecurityEvent]) -> dict[str, DeviceState]:
+    """Each device's map state: the worst of the raised events naming it (see PRECEDENCE)."""
+    named: dict[str, list[DeviceState]] = {}
+    for event in raised:
+        for device in {event.device, *event.devices}:
+            if device is not None:
+                named.setdefault(device, []).append(event_state(event))
+    return {device.id: worst(named.get(device.id, ())) for device in devices}
+
+
+def cell_states(raised: list[SecurityEvent]) -> dict[str, CellState]:
+    """Each cell's map state (as a device's) and the highest severity of its raised
+    events that are not set aside."""
+    by_cell: dict[str, list[SecurityEvent]] = {}
+    for event in raised:
+        if event.cell is not None:
+            by_cell.setdefault(event.cell, []).append(event)
+    out: dict[str, CellState] = {}
+    for cell, events in by_cell.items():
+        counted = [e.severity for e in events if e.mode not in SET_ASIDE]
+        severity = min(counted, key=lambda s: s.rank) if counted else None
+        out[cell] = {
+            "state": worst(event_state(e) for e in events),
+            "severity": None if severity is None else severity.value,
+        }
     return out
 
 

@@ -17,6 +17,7 @@ from hub.cli import (
     dashboards,
     drill,
     registry,
+    report,
     rules,
     run,
     simulate,
@@ -47,6 +48,7 @@ for _command in (
     dashboards.dashboards,
     drill.drill,
     registry.registry,
+    report.report,
     api.serve,
     api.users,
 ):

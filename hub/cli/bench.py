@@ -1,4 +1,4 @@
-"""`gridwatch bench ingest|anomaly`: benchmarks (separate commands, not timed tests)."""
+"""`gridwatch bench ingest|anomaly|broker`: benchmarks (separate commands, not timed tests)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,87 @@ def anomaly(train_days: float, hours: float, detector: str, as_json: bool) -> No
 
     result = run_anomaly_bench(train_days=train_days, hours=hours, detector=detector)
     click.echo(json.dumps(result, sort_keys=True) if as_json else format_bench(result))
+
+
+@bench.command("broker")
+@click.option("--messages", "n_messages", default=20_000, show_default=True)
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    help="A persistence setting to compare: none, interval:<seconds>, changes:<count> "
+    "(repeat; the stack's own setting is always measured). "
+    "Default: none, interval:30, interval:1, changes:1, changes:10, changes:100, changes:1000.",
+)
+@click.option(
+    "--scenario",
+    "scenarios",
+    type=click.Choice(["live", "slow", "offline"]),
+    multiple=True,
+    help="Subscriber: live (acks at once), slow (acks at --slow-ack-rate), offline "
+    "(disconnected session). Default: all three.",
+)
+@click.option("--trials", default=1, show_default=True, help="Crash runs per setting and shape.")
+@click.option(
+    "--rate", type=float, default=None, help="Pace the publisher (msg/s); default flat out."
+)
+@click.option("--slow-ack-rate", type=float, default=5_000.0, show_default=True)
+@click.option(
+    "--queue-size",
+    "queue_sizes",
+    type=int,
+    multiple=True,
+    help="Time one save with this many queued messages (repeat). Default: 10,000 and 100,000.",
+)
+@click.option(
+    "--max-seconds",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Cap on one publish phase (a setting that saves on every message is slow).",
+)
+@click.option("--seed", default=1, show_default=True, help="Where the crashes fall.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def broker(
+    n_messages: int,
+    candidates: tuple[str, ...],
+    scenarios: tuple[str, ...],
+    trials: int,
+    rate: float | None,
+    slow_ack_rate: float,
+    queue_sizes: tuple[int, ...],
+    max_seconds: float,
+    seed: int,
+    workdir: Path | None,
+    as_json: bool,
+) -> None:
+    """What a Mosquitto SIGKILL loses under each persistence setting, and what the
+    setting costs (docs/broker-durability.md)."""
+    from evaluation.broker_durability import (
+        DEFAULT_CANDIDATES,
+        SCENARIOS,
+        candidate,
+        format_bench,
+        run_broker_bench,
+    )
+
+    for spec in candidates:
+        try:
+            candidate(spec)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--candidate") from exc
+    result = run_broker_bench(
+        messages=n_messages,
+        candidates=candidates or DEFAULT_CANDIDATES,
+        scenarios=scenarios or SCENARIOS,
+        trials=trials,
+        rate=rate,
+        slow_ack_rate=slow_ack_rate,
+        queue_sizes=queue_sizes or (10_000, 100_000),
+        max_s=max_seconds,
+        seed=seed,
+        workdir=workdir,
+        progress=not as_json,
+    )
+    click.echo(json.dumps(result.to_json(), sort_keys=True) if as_json else format_bench(result))

@@ -37,6 +37,14 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option("--broker-restart/--no-broker-restart", default=True, show_default=True)
 @click.option("--influx-outage-s", type=click.FloatRange(min=0), default=60.0, show_default=True)
 @click.option(
+    "--disk-full-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Fill the faulted hub's spool disk (a tmpfs: root only) mid-stream for this long, "
+    "then enlarge it.",
+)
+@click.option(
     "--store", type=click.Choice(["sqlite", "postgresql"]), default="sqlite", show_default=True
 )
 @click.option("--site", default="yingyang", show_default=True, help="Site file or demo site.")
@@ -73,6 +81,7 @@ def alarm_path(
     kills: int,
     broker_restart: bool,
     influx_outage_s: float,
+    disk_full_s: float,
     store: str,
     site: str,
     scenario_list: str,
@@ -83,8 +92,9 @@ def alarm_path(
     as_json: bool,
 ) -> None:
     """Run a scenario stream through the live hub uninterrupted, again with SIGKILLed hubs,
-    a broker restart and an InfluxDB outage, and through the harness; exit 1 unless the
-    events and InfluxDB's points are identical."""
+    a broker restart, an InfluxDB outage (and, asked, a full spool disk), and through the
+    harness; exit 1 unless the events and InfluxDB's points are identical. Prints the
+    measured recovery times."""
     from evaluation.drill import DrillError, DrillOptions, format_report, run_drill
     from hub.cli.inputs import scenario_names
 
@@ -97,6 +107,7 @@ def alarm_path(
         kills=kills,
         broker_restart=broker_restart,
         influx_outage_s=influx_outage_s,
+        disk_full_s=disk_full_s,
         store="postgresql" if store == "postgresql" else "sqlite",
         site=site,
         scenarios=tuple(scenario_names(scenario_list)),

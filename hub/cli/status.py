@@ -45,8 +45,15 @@ def format_status(data: dict[str, Any]) -> str:
     lines = [
         f"hub {data.get('client_id')} pid {data.get('pid')}: {state}",
         f"  subscription  {data.get('subscription')}   InfluxDB {data.get('influx')}",
-        f"  connected     {data.get('connected')}   reconnects {data.get('reconnects')}",
+        f"  connected     {data.get('connected')}   reconnects {data.get('reconnects')}"
+        f"   sessions lost {data.get('sessions_lost', 0)}",
     ]
+    if data.get("storage_error"):
+        lines.append(
+            f"  STORAGE       {data['storage_error']}: not acknowledging for "
+            f"{data.get('storage_blocked_s', 0):.0f} s ({data.get('storage_failures', 0)} "
+            "attempts); the broker keeps the backlog"
+        )
     lines += [f"  {key:<16} {data.get(key)}" for key in COUNTERS]
     lines += [
         f"    rejected {reason:<20} {count}"

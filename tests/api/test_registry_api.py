@@ -170,7 +170,14 @@ def test_map_layers_with_states_from_events(api: ApiHarness) -> None:
     assert cells.headers["content-type"].startswith("application/geo+json")
     (feature,) = cells.json()["features"]
     ring = feature["geometry"]["coordinates"][0]
-    assert feature["properties"] == {"id": "c1", "name": "West", "worker": "w1"}
+    # The events above name no cell: the cell itself is calm.
+    assert feature["properties"] == {
+        "id": "c1",
+        "name": "West",
+        "worker": "w1",
+        "state": "ok",
+        "severity": None,
+    }
     assert ring[0] == ring[-1] and len(ring) == 5
 
     devices = api.client.get(f"/api/v1/sites/s1/devices.geojson?api_key={key}").json()

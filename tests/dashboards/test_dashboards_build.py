@@ -171,7 +171,7 @@ def test_grid_map_loads_cells_and_devices_from_the_hub_api() -> None:
     assert devices["src"] == layer_url(config, "devices")
     styled = {rule["check"]["value"]: rule["style"]["color"]["fixed"] for rule in devices["rules"]}
     assert styled == DEVICE_STATE_COLOURS
-    assert set(styled) == {"ok", "alarm", "offline", "low_battery"}
+    assert set(styled) == {"ok", "alarm", "offline", "low_battery", "out_of_service", "shelved"}
     assert layers["Open events"]["location"] == {
         "mode": "coords",
         "latitude": "lat",

@@ -160,6 +160,12 @@ EXPECTED: Final[dict[tuple[str, str, str], Expect]] = {
     ("gridwatch-hub-health", "Time to event (p99)", "A"): Expect(
         ("time", "rules_event_latency_p99_ms"), ("hub",), data=False
     ),
+    ("gridwatch-hub-health", "Storage refusing writes", "A"): Expect(
+        ("time", "storage_blocked_s"), ("hub",)
+    ),
+    ("gridwatch-hub-health", "Broker sessions lost", "A"): Expect(
+        ("time", "sessions_lost"), ("hub",)
+    ),
     ("gridwatch-hub-health", "Broker reconnects", "A"): Expect(("time", "reconnects"), ("hub",)),
     ("gridwatch-hub-health", "Connected / uptime", "A"): Expect(
         ("time", "connected", "uptime"), ("hub",)

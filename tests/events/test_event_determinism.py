@@ -132,7 +132,7 @@ DETECTIONS: Sequence[Detection] = (
     raise_("c", 21 * S),
     raise_("x", 21 * S, site="s2"),
     raise_("d", 22 * S),  # four in the window: a flood, a..d grouped
-    raise_("e", 30 * S, severity=Severity.CRITICAL),  # joins; parent quiet at 90 s
+    raise_("e", 30 * S, severity=Severity.CRITICAL),  # on its own; parent quiet at 90 s
     clear("b", 40 * S),
     raise_("c", 45 * S),
     raise_("x", 70 * S, site="s2"),  # after its shelve ran out (50 s)
@@ -150,7 +150,7 @@ DETECTIONS: Sequence[Detection] = (
 OPERATORS: Sequence[Op] = (
     Op(T0 + 26 * S, "x", Action.SHELVE, until_ms=T0 + 50 * S),
     Op(T0 + 35 * S, "s1", Action.SHELVE, until_ms=T0 + 80 * S, rule_id=FLOOD_RULE),
-    Op(T0 + 95 * S, "e", Action.ACKNOWLEDGE),  # suppressed until the quiet-down at 90 s
+    Op(T0 + 95 * S, "e", Action.ACKNOWLEDGE),  # critical: never suppressed
     Op(T0 + 206 * S, "s1", Action.SHELVE, until_ms=T0 + 300 * S, rule_id=FLOOD_RULE),
 )
 END = T0 + 400 * S
@@ -240,14 +240,21 @@ def test_the_scenario_does_what_it_says(store: EventStore) -> None:
     play(manager(store), scenario(), tick_every=None)
     parent = store.open_event(FLOOD_RULE, "s1")
     assert parent is not None
-    assert (parent.count, parent.values["events"]) == (4, 10)
+    assert (parent.count, parent.values["events"], parent.values["apart"]) == (4, 9, 1)
     assert parent.state is State.RETURNED_UNACKNOWLEDGED
-    assert len(store.children(parent.id)) == 10
+    assert len(store.children(parent.id)) == 9
     by_key = {e.key: e for e in store.list_events(limit=100)}
     assert by_key["a"].count == 4
     assert (by_key["c"].count, by_key["c"].last_ms) == (3, T0 + 100 * S)
     assert by_key["k"].parent_id is None
-    assert by_key["e"].state is State.ACTIVE_ACKNOWLEDGED
+    assert (by_key["e"].state, by_key["e"].parent_id) == (State.ACTIVE_ACKNOWLEDGED, None)
+    e_trail = [(r.action, r.at_ms - T0) for r in store.audit_trail(by_key["e"].id)]
+    assert e_trail == [
+        (Action.RAISE, 30 * S),
+        (Action.ASSIGN, 30 * S),
+        (Action.COMMENT, 30 * S),  # names the storm it was raised in
+        (Action.ACKNOWLEDGE, 95 * S),
+    ]
     actions = [(r.action, r.at_ms - T0) for r in store.audit_trail(parent.id)]
     assert actions == [
         (Action.RAISE, 22 * S),
@@ -312,3 +319,39 @@ def test_a_late_repeat_or_clear_is_a_replay(store: EventStore) -> None:
     (back,) = events.handle(clear("a", 20 * S), T0)  # a clear at the last raise counts
     assert (back.id, back.active, back.count) == (event.id, False, 2)
     assert len(store.audit_trail(event.id)) == 4  # raise, assign, repeat, return
+
+
+def test_a_flood_with_a_critical_fire_is_the_same_every_time(
+    three_databases: list[str],
+) -> None:
+    """Twelve doors, a critical fire in the middle of the storm, four more doors: the
+    same detections give the same events, ids, audit trails and outbox, and replaying
+    them writes nothing."""
+    doors = [raise_(f"door-{i}", i * S) for i in range(12)]
+    burning = raise_("fire-c1", 12 * S, severity=Severity.CRITICAL, devices=("s-1", "s-2"))
+    steps = [*doors, burning, *(raise_(f"door-{i}", i * S) for i in range(12, 16))]
+    dumps = []
+    for url in three_databases[:2]:
+        with EventStore(url) as store:
+            store.migrate()
+            events = EventManager(store, workers={"c1": "worker-li"}, sinks=SINKS)
+            assert [events.handle(d, d.at_ms) for d in steps]
+            assert [events.handle(d, d.at_ms) for d in steps] == [[]] * len(steps)
+            assert events.tick(T0 + 16 * S + 10 * MIN) != []  # the storm is over
+            dumps.append(dump(store))
+            parent = store.open_event(FLOOD_RULE, "s1")
+            fire = store.open_event("door_forced", "fire-c1")
+            assert parent is not None and fire is not None
+            assert fire.parent_id is None
+            assert [r.action for r in store.audit_trail(fire.id)] == [
+                Action.RAISE,
+                Action.ASSIGN,
+                Action.COMMENT,
+            ]
+            assert (parent.values["events"], parent.values["apart"]) == (16, 1)
+    first, second = dumps
+    assert first == second
+    assert {e.id for e in first.events} >= {
+        event_id("door_forced", "fire-c1", T0 + 12 * S),
+        event_id(FLOOD_RULE, "s1", T0 + 10 * S),
+    }

@@ -256,17 +256,24 @@ def test_eleven_events_in_ten_minutes_open_one_parent(
     events: EventManager, store: EventStore
 ) -> None:
     storm(events, 9)
-    events.handle(raise_("smoke-1", at_ms=T0 + 9 * 50_000, severity=Severity.CRITICAL), T0)
+    fire = one(
+        events.handle(raise_("smoke-1", at_ms=T0 + 9 * 50_000, severity=Severity.CRITICAL), T0)
+    )
     changed = events.handle(raise_("door-10", at_ms=T0 + 10 * 50_000, devices=("cam-1",)), T0)
 
-    [parent] = top_level_open(store)
+    # The critical event counted towards the flood (11 in 10 min) but was not grouped.
+    parent, alone = sorted(top_level_open(store), key=lambda e: e.rule_id != FLOOD_RULE)
     assert (parent.rule_id, parent.key, parent.incident) == (FLOOD_RULE, "s1", FLOOD_INCIDENT)
-    assert parent.title == "Incident storm: 11 events in 10 min at s1"
-    assert parent.severity is Severity.CRITICAL  # the highest of the group
+    assert parent.title == "Incident storm at s1: 10 events grouped"
+    assert parent.message.startswith("10 events from 11 devices grouped at s1, 1 more shown")
+    assert dict(parent.values) == {"events": 10, "apart": 1, "devices": 11}
+    assert parent.severity is Severity.HIGH  # the highest of the group
     assert parent.state is State.ACTIVE_UNACKNOWLEDGED
-    assert {"door-0", "smoke-1", "door-10", "cam-1"} <= set(parent.devices)
+    assert {"door-0", "door-10", "cam-1"} <= set(parent.devices)
+    assert "smoke-1" not in parent.devices
+    assert (alone.id, alone.state, alone.parent_id) == (fire.id, State.ACTIVE_UNACKNOWLEDGED, None)
     children = store.children(parent.id)
-    assert len(children) == 11
+    assert len(children) == 10
     assert all(c.state is State.SUPPRESSED for c in children)
     assert all(c.parent_id == parent.id for c in children)
     assert sorted(e.id for e in changed) == sorted([parent.id, *(c.id for c in children)])
@@ -281,14 +288,13 @@ def test_further_events_join_the_active_parent(events: EventManager, store: Even
     last = storm(events, 11)
     [parent] = top_level_open(store)
     at = last + 30_000
-    changed = events.handle(raise_("door-11", at_ms=at, severity=Severity.CRITICAL), at)
+    changed = events.handle(raise_("door-11", at_ms=at), at)
     joined = store.children(parent.id)
     assert len(joined) == 12
     newcomer = next(c for c in joined if c.key == "door-11")
     assert newcomer.state is State.SUPPRESSED
     now = must(store.get(parent.id))
     assert (now.count, now.last_ms, now.values["events"]) == (2, at, 12)
-    assert now.severity is Severity.CRITICAL  # escalated by the critical newcomer
     assert {e.id for e in changed} == {newcomer.id, parent.id}
     assert len(top_level_open(store)) == 1
     # A repeat of a child is not a new event: it does not extend the storm.
@@ -297,6 +303,115 @@ def test_further_events_join_the_active_parent(events: EventManager, store: Even
     # Another site is not part of this storm.
     other = one(events.handle(raise_("door-x", at_ms=at, site="s2"), at))
     assert other.parent_id is None
+
+
+def fire(at: int, **kw: Any) -> Detection:
+    """A confirmed fire in cell c2: critical, two detectors."""
+    fields: dict[str, Any] = {
+        "rule_id": "fire",
+        "cell": "c2",
+        "device": "smoke-7",
+        "devices": ("smoke-7", "smoke-8"),
+        "severity": Severity.CRITICAL,
+        "title": "Fire confirmed in c2",
+        "incident": "fire",
+    }
+    return raise_("c2", at_ms=at, **(fields | kw))
+
+
+def test_a_critical_fire_during_a_flood_annunciates_on_its_own(
+    events: EventManager, store: EventStore
+) -> None:
+    last = storm(events, 11)
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    at = last + 30_000
+    changed = events.handle(fire(at), at)
+
+    burning = must(store.open_event("fire", "c2"))
+    assert (burning.parent_id, burning.mode) == (None, Mode.NORMAL)
+    assert burning.state is State.ACTIVE_UNACKNOWLEDGED
+    assert burning.assignee == "worker-wang"
+    assert burning in top_level_open(store)
+    assert burning.id not in {c.id for c in store.children(parent.id)}
+    trail = [(r.action, r.actor) for r in store.audit_trail(burning.id)]
+    assert trail == [
+        (Action.RAISE, SYSTEM),
+        (Action.ASSIGN, SYSTEM),
+        (Action.COMMENT, SYSTEM),
+    ]
+    assert parent.id in store.audit_trail(burning.id)[-1].note
+    # The parent counts and names it, keeps its own severity, and the site is not quiet.
+    now = must(store.get(parent.id))
+    assert (now.count, now.last_ms) == (2, at)
+    assert dict(now.values) == {"events": 11, "apart": 1, "devices": 11}
+    assert now.title == "Incident storm at s1: 11 events grouped"
+    assert now.message.endswith("latest: Fire confirmed in c2 (shown on its own)")
+    assert now.severity is Severity.HIGH
+    assert {e.id for e in changed} == {burning.id, parent.id}
+    # Noise still joins the storm; the fire never does.
+    events.handle(raise_("door-11", at_ms=at + 1), at + 1)
+    events.handle(fire(at + 2), at + 2)  # a repeat: only its counter
+    assert len(store.children(parent.id)) == 12
+    assert must(store.get(burning.id)).mode is Mode.NORMAL
+    # The quiet-down counts the fire as activity, and leaves it alone.
+    assert events.tick(at + WINDOW - 1) == []
+    back = events.tick(at + 1 + WINDOW)
+    assert burning.id not in {e.id for e in back}
+    assert must(store.get(parent.id)).state is State.RETURNED_UNACKNOWLEDGED
+
+
+def test_high_events_are_kept_apart_by_configuration(store: EventStore) -> None:
+    events = EventManager(
+        store,
+        workers=WORKERS,
+        flood_window_ms=WINDOW,
+        flood_exempt={Severity.CRITICAL, Severity.HIGH},
+    )
+    # Only emergencies: nothing to group, so no parent, every one annunciated.
+    storm(events, 11)
+    assert store.count_events(EventFilter(rule_id=FLOOD_RULE)) == 0
+    assert {e.state for e in top_level_open(store)} == {State.ACTIVE_UNACKNOWLEDGED}
+    # The first groupable event opens the flood; it groups the noise alone.
+    at = T0 + 11 * 50_000
+    events.handle(raise_("held-1", at_ms=at, severity=Severity.MEDIUM), at)
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    assert [c.key for c in store.children(parent.id)] == ["held-1"]
+    assert dict(parent.values) == {"events": 1, "apart": 11, "devices": 1}
+    assert parent.severity is Severity.MEDIUM
+    assert len(top_level_open(store)) == 12
+
+
+def test_the_parent_summary_stays_current(events: EventManager, store: EventStore) -> None:
+    last = storm(events, 16, step=10_000)
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    doors = tuple(f"door-{i}" for i in range(16))
+    assert (parent.count, parent.last_ms) == (6, last)  # opened by the 11th, five joined
+    assert parent.title == "Incident storm at s1: 16 events grouped"
+    assert parent.message == (
+        "16 events from 16 devices grouped at s1 (more than 10 new events in 10 min); "
+        "latest: Door forced: door-15"
+    )
+    assert dict(parent.values) == {"events": 16, "apart": 0, "devices": 16}
+    assert parent.devices == doors
+    assert len(store.children(parent.id)) == 16
+    # The outbox carried every update: the last one the sinks saw is the summary above.
+    delivered = [i.event for i in store.outbox_due("mqtt", 2**62) if i.event.id == parent.id]
+    assert [e.values["events"] for e in delivered] == [11, 12, 13, 14, 15, 16]
+    assert delivered[-1].title == parent.title
+
+
+def test_a_suppressed_child_escalated_to_critical_is_unsuppressed(
+    events: EventManager, store: EventStore
+) -> None:
+    last = storm(events, 11)
+    at = last + 1
+    events.handle(raise_("door-4", at_ms=at, severity=Severity.CRITICAL), at)
+    escalated = must(store.open_event("door_forced", "door-4"))
+    assert (escalated.severity, escalated.state) == (
+        Severity.CRITICAL,
+        State.ACTIVE_UNACKNOWLEDGED,
+    )
+    assert store.audit_trail(escalated.id)[-1].action is Action.UNSUPPRESS
 
 
 def test_events_outside_the_window_do_not_count(events: EventManager, store: EventStore) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -43,8 +44,11 @@ from events.render import event_json, event_point, point_time_ns, rfc3339_ms
 from events.sinks import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
+    WEBHOOK_BACKOFF_MAX_S,
+    BackoffCapped,
     InfluxSink,
     MqttSink,
+    ProbedSink,
     SinkRejected,
     SinkUnavailable,
     WebhookSink,
@@ -373,6 +377,145 @@ async def test_drain_while_running_delivers_each_item_once() -> None:
 def test_sink_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         dispatcher(FakeStore(), ScriptedSink("x"), ScriptedSink("x"))
+
+
+# ---------------------------------------------------------------- readiness probes
+
+
+class ProbedScriptedSink(ScriptedSink):
+    """A scripted sink with a readiness probe the test switches on and off."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.up = False
+        self.probes = 0
+
+    async def ready(self) -> bool:
+        self.probes += 1
+        return self.up
+
+
+@contextlib.asynccontextmanager
+async def serving(d: OutboxDispatcher) -> AsyncIterator[None]:
+    task = asyncio.create_task(d.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_which_sinks_have_a_probe_and_a_lower_ceiling() -> None:
+    async def write(lines: Sequence[str]) -> None:
+        return None
+
+    async def publish(topic: str, payload: bytes) -> None:
+        return None
+
+    webhook = WebhookSink("http://127.0.0.1:9/hook")
+    assert isinstance(InfluxSink(write), ProbedSink)
+    assert isinstance(MqttSink(publish), ProbedSink)
+    assert not isinstance(webhook, ProbedSink) and not isinstance(ScriptedSink(), ProbedSink)
+    assert isinstance(webhook, BackoffCapped) and webhook.max_backoff_s == WEBHOOK_BACKOFF_MAX_S
+
+
+async def test_probes_answer_from_what_they_were_given() -> None:
+    async def write(lines: Sequence[str]) -> None:
+        return None
+
+    async def publish(topic: str, payload: bytes) -> None:
+        return None
+
+    async def pong() -> bool:
+        return True
+
+    connected = asyncio.Event()
+    mqtt = MqttSink(publish, connected=connected.is_set)
+    assert not await mqtt.ready()
+    connected.set()
+    assert await mqtt.ready()
+    assert await InfluxSink(write, ping=pong).ready()
+    assert not await InfluxSink(write).ready()  # no probe: wait out the backoff
+
+
+async def test_a_ready_probe_cuts_a_long_backoff_short() -> None:
+    """Down, then back: delivered within a probe interval, not after the 2-4 s backoff,
+    which is still stored on the head item (a restart keeps it)."""
+    store = FakeStore()
+    ids = store.fill("rec", 3)
+    sink = ProbedScriptedSink(script=[SinkUnavailable("down")])
+    d = dispatcher(store, sink, backoff_s=(4.0, 60.0))
+    async with serving(d):
+        await eventually(lambda: bool(store.retry_calls), 2)
+        _, _, next_attempt_ms, _, at_ms = store.retry_calls[0]
+        assert next_attempt_ms - at_ms >= 2000
+        await asyncio.sleep(0.3)
+        sink.up = True
+        back = time.monotonic()
+        await eventually(lambda: not store.items, 1.5)
+    print(f"\nprobed sink delivered {time.monotonic() - back:.2f} s after it was ready")
+    assert sink.delivered == ids and sink.probes >= 1
+
+
+async def test_a_stored_backoff_is_kept_until_the_probe_says_ready() -> None:
+    """After a restart the head still backs off; the probe ends that wait, a sink
+    without one waits it out."""
+    store = FakeStore()
+    (item_id,) = store.fill("rec", 1)
+    store.outbox_retry(item_id, error="down", next_attempt_ms=clock_ms() + 60_000)
+    plain, probed = ScriptedSink("rec"), ProbedScriptedSink("rec")
+    async with serving(dispatcher(store, plain)):
+        await asyncio.sleep(1.0)
+    assert plain.calls == [] and list(store.items) == [item_id]
+    probed.up = True
+    async with serving(dispatcher(store, probed)):
+        await eventually(lambda: not store.items, 1.5)
+    assert probed.delivered == [item_id]
+
+
+async def test_ready_yet_failing_falls_back_to_the_plain_backoff() -> None:
+    """A receiver that answers the probe but fails deliveries: every other wait is the
+    plain backoff, so it gets at most two attempts per backoff, not one per probe."""
+    store = FakeStore()
+    store.fill("rec", 1)
+    sink = ProbedScriptedSink(script=[SinkUnavailable("half up")] * 100)
+    sink.up = True
+    d = dispatcher(store, sink, backoff_s=(2.0, 2.0))  # every wait 1-2 s
+    async with serving(d):
+        await asyncio.sleep(3.0)
+    print(f"\n3 s ready-but-failing: {len(sink.calls)} attempts, {sink.probes} probes")
+    assert 2 <= len(sink.calls) <= 5
+
+
+async def test_a_probe_that_raises_is_logged_and_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    class BrokenProbe(ScriptedSink):
+        async def ready(self) -> bool:
+            raise RuntimeError("probe bug")
+
+    store = FakeStore()
+    ids = store.fill("rec", 1)
+    sink = BrokenProbe(script=[SinkUnavailable("down")])
+    d = dispatcher(store, sink, backoff_s=(1.5, 1.5))
+    with caplog.at_level(logging.ERROR, logger="events.dispatcher"):
+        async with serving(d):
+            await eventually(lambda: not store.items, 3)
+    assert sink.delivered == ids
+    assert [r.getMessage() for r in caplog.records] == [
+        "outbox rec: readiness probe raised; not asked again"
+    ]
+
+
+async def test_a_sink_ceiling_caps_its_backoff() -> None:
+    """A webhook (no probe) waits at most its own ceiling, below the dispatcher's."""
+    store = FakeStore()
+    store.fill("rec", 1)
+    sink = ScriptedSink(script=[SinkUnavailable("down")] * 4)
+    sink.max_backoff_s = 0.2  # type: ignore[attr-defined]
+    d = dispatcher(store, sink, backoff_s=(1.0, 60.0))
+    assert await d.drain(5)
+    waits = [next_ms - at_ms for _, _, next_ms, _, at_ms in store.retry_calls]
+    assert len(waits) == 4 and max(waits) <= 210
 
 
 # ---------------------------------------------------------------- rendering

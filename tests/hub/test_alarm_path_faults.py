@@ -12,11 +12,13 @@ hub fed faster than real time.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from devstack.stack import ManagedProcess
+from devstack.tmpfs import MountError
 from evaluation.drill import (
     FaultPlan,
     Services,
@@ -111,3 +113,29 @@ def test_a_status_without_device_time_is_stored_once_across_hub_restarts(
     assert faulted.hub_starts == 3, faulted.faults
     assert compare_decisions(faulted.decisions, calm.decisions) == []
     assert faulted.points["device_status"] == calm.points["device_status"]
+
+
+def test_a_full_spool_disk_stops_acks_not_the_hub_and_changes_no_event(
+    drill_services: Services,
+) -> None:
+    """The spool's disk (a tmpfs) kept full mid-stream for 6 s by another writer, then
+    enlarged: the hub stays up, stops acknowledging, raises and clears a health event,
+    resumes within the retry interval, and decides and stores exactly what the harness
+    does. (The spool frees segments meanwhile, so its log is not analysed whole.)"""
+    stream = short_stream(TIMED_SCENARIOS)
+    options = replace(drill_options(), disk_full_s=6.0)
+    harness, _count, _rejected = harness_decisions(stream, offline_store(drill_services, "harness"))
+    try:
+        faulted = run_live("faulted", drill_services, stream, options, plan_faults(options, stream))
+    except MountError as exc:
+        pytest.skip(f"{exc}: the disk-full drill needs a tmpfs mount (root)")
+
+    assert faulted.hub_starts == 1, faulted.faults  # never ended by the full disk
+    assert any("stopped acknowledging" in f for f in faulted.faults), faulted.faults
+    found = compare_decisions(faulted.decisions, harness)
+    assert not found, explain(found, "faulted", "harness")
+    for measurement, want in expected_points(stream).items():
+        assert points_of(faulted.points.get(measurement, {})) == want, measurement
+    assert faulted.health["hub_storage_failing/yingyang"][:2] == ["raise", "return"]
+    print(f"disk full: recovery {faulted.recovery_s}")
+    assert faulted.recovery_s["disk"] <= 3.0  # retried every second

@@ -249,12 +249,19 @@ def test_torn_tail_garbage_is_cut(tmp_path: Path) -> None:
         again.close()
 
 
+def put_unsynced(spool: Spool, lines: list[bytes]) -> int:
+    """Append one frame without its fsync (a crash before the fsync: never acked)."""
+    frame = encode_frame(lines, SPOOLED_MS)
+    spool.append(frame, len(lines))
+    return len(frame)
+
+
 @pytest.mark.parametrize("cut", [1, 10, 20, 25])
-def test_frame_truncated_mid_way_is_cut(tmp_path: Path, cut: int) -> None:
+def test_unsynced_frame_truncated_mid_way_is_cut(tmp_path: Path, cut: int) -> None:
     directory = tmp_path / "spool"
     spool = open_spool(directory)
     first = put(spool, lines_of("a", 2))
-    second = put(spool, lines_of("b", 3))
+    second = put_unsynced(spool, lines_of("b", 3))
     spool.close()
     (last,) = segment_files(directory)
     with last.open("r+b") as f:
@@ -268,12 +275,12 @@ def test_frame_truncated_mid_way_is_cut(tmp_path: Path, cut: int) -> None:
         again.close()
 
 
-def test_corrupt_crc_in_the_middle_cuts_from_there(tmp_path: Path) -> None:
+def test_corrupt_unsynced_frame_cuts_from_there(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     spool = open_spool(directory)
     first = put(spool, lines_of("a", 2))
-    second = put(spool, lines_of("b", 3))
-    put(spool, lines_of("c", 1))
+    second = put_unsynced(spool, lines_of("b", 3))
+    put_unsynced(spool, lines_of("c", 1))
     spool.close()
     (last,) = segment_files(directory)
     data = bytearray(last.read_bytes())
@@ -286,6 +293,45 @@ def test_corrupt_crc_in_the_middle_cuts_from_there(tmp_path: Path) -> None:
         assert read_all(again).payload == b"".join(lines_of("a", 2))
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_synced_frame_is_refused_not_cut(tmp_path: Path, damage: str) -> None:
+    """Synced frames were acknowledged: recovery must not cut them as a torn tail."""
+    directory = tmp_path / "spool"
+    spool = open_spool(directory)
+    first = put(spool, lines_of("a", 2))
+    second = put(spool, lines_of("b", 3))
+    put(spool, lines_of("c", 1))
+    spool.close()
+    (last,) = segment_files(directory)
+    size = last.stat().st_size
+    if damage == "flip":
+        data = bytearray(last.read_bytes())
+        data[first + second - 3] ^= 0xFF
+        last.write_bytes(bytes(data))
+    else:
+        with last.open("r+b") as f:
+            f.truncate(first + second - 5)
+    with pytest.raises(SpoolError, match=r"offset \d+ fails its check.*not cut"):
+        open_spool(directory)
+    assert last.stat().st_size == (size if damage == "flip" else first + second - 5)
+
+
+def test_damage_in_an_older_segment_is_refused_without_a_mark(tmp_path: Path) -> None:
+    """A spool from before the synced mark: an older segment was synced whole at rotation."""
+    directory = tmp_path / "spool"
+    spool = open_spool(directory, segment_bytes=64)
+    for i in range(3):
+        put(spool, lines_of(f"s{i}", 3))
+    spool.close()
+    (directory / "synced").unlink()
+    oldest = segment_files(directory)[0]
+    data = bytearray(oldest.read_bytes())
+    data[-2] ^= 0xFF
+    oldest.write_bytes(bytes(data))
+    with pytest.raises(SpoolError, match="not cut"):
+        open_spool(directory, segment_bytes=64)
 
 
 def test_torn_tail_after_the_cursor(tmp_path: Path) -> None:

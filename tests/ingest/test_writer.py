@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import ingest.writer
 from ingest.deadletter import DeadLetterStore, read_dead_letters
 from ingest.influx import Failure, InfluxWriter, WriteError, classify
 from ingest.spool import Spool, encode_frame
@@ -467,3 +468,99 @@ async def test_two_in_flight_dead_letter_refused_lines_once(
     records = list(read_dead_letters(dead.directory, keep=dead.keep))
     assert {base64.b64decode(r["payload_b64"]) for r in records} == {lines[2], lines[15]}
     assert spool.pending_lines == 0
+
+
+# ---------------------------------------------------------------- readiness probe
+
+
+class ProbedInflux(FakeInflux):
+    """Fails every write until `up`; `/ping` answers only when `answers_ping` (and up)."""
+
+    def __init__(self, spool: Spool | None = None, **kwargs: object) -> None:
+        super().__init__(spool, fail_times=10**9, **kwargs)  # type: ignore[arg-type]
+        self.pings = 0
+        self.answers_ping = False
+        self.call_times: list[float] = []
+
+    async def write(self, payload: bytes) -> None:
+        self.call_times.append(asyncio.get_running_loop().time())
+        await super().write(payload)
+
+    async def ping(self) -> None:
+        self.pings += 1
+        if not self.answers_ping:
+            raise WriteError(Failure.RETRY, None, "ConnectError: refused")
+
+    def come_back(self) -> None:
+        self.fail_times = 0
+        self.answers_ping = True
+
+
+@pytest.mark.parametrize("status", [None, 503])
+async def test_a_ping_cuts_a_long_backoff_short(
+    spool: Spool, dead: DeadLetterStore, status: int | None
+) -> None:
+    """InfluxDB down (no answer, 5xx), then back: the retry follows its `/ping` within
+    a probe interval, not the 5-10 s backoff."""
+    spool_lines(spool, make_lines(5))
+    sink = ProbedInflux(spool, status=status)
+    w = writer(spool, sink, dead, IngestStats(), retry_min_s=5.0, retry_max_s=30.0)
+    task = asyncio.create_task(w.write_once())
+    await eventually(lambda: sink.calls == 1)
+    await asyncio.sleep(1.2)
+    assert sink.pings >= 1 and sink.calls == 1
+    loop = asyncio.get_running_loop()
+    back = loop.time()
+    sink.come_back()
+    assert await asyncio.wait_for(task, 2) is True
+    print(f"\nwrite resumed {sink.call_times[-1] - back:.2f} s after /ping answered")
+    assert sink.call_times[-1] - back <= 0.8
+    assert spool.pending_lines == 0
+
+
+@pytest.mark.parametrize(("failure", "status"), [(Failure.RETRY, 429), (Failure.CONFIG, 401)])
+async def test_throttling_and_config_failures_wait_the_plain_backoff(
+    spool: Spool, dead: DeadLetterStore, failure: Failure, status: int
+) -> None:
+    """The server is up (throttling, or our config is wrong): `/ping` would answer at
+    once, so it is not asked."""
+    spool_lines(spool, make_lines(3))
+    sink = ProbedInflux(spool, failure=failure, status=status)
+    sink.answers_ping = True
+    w = writer(spool, sink, dead, IngestStats(), retry_min_s=0.4, retry_max_s=0.4)
+    task = asyncio.create_task(w.write_once())
+    await asyncio.sleep(1.0)
+    sink.fail_times = 0
+    assert await asyncio.wait_for(task, 2) is True
+    assert sink.pings == 0
+    assert 3 <= sink.calls <= 4  # every 0.4 s
+
+
+async def test_ping_answered_but_writes_failing_is_not_hammered(
+    spool: Spool, dead: DeadLetterStore
+) -> None:
+    """`/ping` says up yet writes get 500: every other wait is the plain backoff, so at
+    most two writes per backoff, not one per probe."""
+    spool_lines(spool, make_lines(3))
+    sink = ProbedInflux(spool, status=500)
+    sink.answers_ping = True
+    w = writer(spool, sink, dead, IngestStats(), retry_min_s=2.0, retry_max_s=2.0)
+    task = asyncio.create_task(w.write_once())
+    await asyncio.sleep(3.0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    print(f"\n3 s of 500s with /ping up: {sink.calls} writes, {sink.pings} pings")
+    assert 2 <= sink.calls <= 4
+
+
+async def test_a_long_retry_after_is_bounded(
+    spool: Spool, dead: DeadLetterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest.writer, "RETRY_AFTER_MAX_S", 0.3)
+    spool_lines(spool, make_lines(2))
+    sink = FakeInflux(spool, fail_times=1, failure=Failure.RETRY, status=503, retry_after_s=3600)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await asyncio.wait_for(writer(spool, sink, dead, IngestStats()).write_once(), 2)
+    assert 0.29 <= loop.time() - start <= 1.0
