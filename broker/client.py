@@ -317,6 +317,8 @@ class MqttProtocol(asyncio.Protocol):
         self._loop = loop
         self.last_inbound = loop.time()
         self.paused = False
+        self.dup = False
+        """The DUP flag of the PUBLISH being dispatched (read from within `on_publish`)."""
         self.counters = counters if counters is not None else ClientCounters()
         self.close_reason: str | None = None
         """Why the broker ended the connection, when it said so (DISCONNECT)."""
@@ -398,6 +400,7 @@ class MqttProtocol(asyncio.Protocol):
                             j += prop_len
                     if j > end:
                         raise ProtocolViolation("PUBLISH header overruns packet")
+                    self.dup = bool(header & 0x08)
                     try:  # the message boundary: costs nothing until the callback raises
                         on_publish(topic, data[j:end], qos, bool(header & 0x01), packet_id)
                     except Exception as exc:  # noqa: BLE001 (one message must not drop us)
@@ -657,6 +660,12 @@ class MqttClient:
         if proto is None or proto.closed.done():
             raise ConnectionLost("not connected")
         return proto.publish(topic, payload, qos, retain, self._packet_id(proto) if qos else 0)
+
+    @property
+    def dispatching_dup(self) -> bool:
+        """Inside `on_publish`: the message's DUP flag (the broker, or the device, sends it
+        again after a connection dropped before its PUBACK)."""
+        return self._protocol is not None and self._protocol.dup
 
     def outstanding(self) -> int:
         return self._protocol.outstanding_publishes() if self._protocol else 0

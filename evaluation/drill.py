@@ -115,7 +115,7 @@ from ingest.status import read_status
 from rules.engine import Engine
 from rules.schema import Rule, load_rules
 from rules.site_directory import directory_from_sites
-from sensors.base import HUB_STATS, STATUS, DecodeContext, Reading, keyed_hash
+from sensors.base import HUB_STATS, SECURITY_EVENT, STATUS, DecodeContext, Reading, keyed_hash
 from sensors.registry import KINDS
 from simulators.engine import SimMessage
 from simulators.publish import gateway_of
@@ -364,14 +364,17 @@ def _order(left: dict[str, Decision], right: dict[str, Decision], event_id: str)
 
 
 def point_counts(target: QueryTarget) -> dict[str, dict[str, int]]:
-    """Per measurement (hub_stats left out), the count of each field over all time."""
+    """Per measurement (hub_stats left out), the count of each field over all time; the
+    hub's health events (`read_health`) are left out of security_event."""
     out: dict[str, dict[str, int]] = {}
+    not_health = "".join(f" AND \"rule\" != '{rule}'" for rule in sorted(HUB_HEALTH_RULES))
     for series in query(target, "SHOW MEASUREMENTS"):
         for (name,) in series.values:
             if name == HUB_STATS:
                 continue
+            where = "time > 0" + (not_health if name == SECURITY_EVENT else "")
             # Measurement names come from our own schema; quoted as identifiers.
-            q = f'SELECT count(*) FROM "{name}" WHERE time > 0'  # noqa: S608
+            q = f'SELECT count(*) FROM "{name}" WHERE {where}'  # noqa: S608
             for found in query(target, q):
                 row = found.records()[0]
                 out[str(name)] = {

@@ -265,6 +265,7 @@ class Hub:
             records=self.events is not None,
             on_persisted=self._wake_consumers,
             on_storage=self._storage_changed,
+            dup=lambda: self.client.dispatching_dup,
         )
         self.session = SessionMemory(
             settings.hub.data_dir,

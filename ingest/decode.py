@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,6 +87,13 @@ class Rejected:
     route: Route | None
     """Site, kind, device and channel as the topic names them (the kind or channel may
     be unknown, the device unregistered); None when the topic is no device topic."""
+    digest: int = 0
+    """CRC-32 of the payload where the payload is not kept (the log's copy); see
+    `payload_digest`."""
+
+    @property
+    def payload_digest(self) -> int:
+        return zlib.crc32(self.payload) if self.payload else self.digest
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ The spool is the hub's log: each frame carries the batch's line protocol (Influx
 and its records (readings, rejections, clock ticks: what the rules and anomaly
 consumers evaluate, `ingest.records`). Consumers read the log after the fsync, each at
 its own position, so an acked reading reaches every consumer whatever crashes when.
-A redelivered reading (same device, seq and timestamp as one the log already holds) is
+A redelivered reading (same device, seq and timestamp as one the log already holds), or
+a rejection sent again with MQTT's DUP flag whose topic and bytes the log holds, is
 acked and counted (`duplicates`), not logged twice.
 
 Messages are decoded as they arrive (synchronously, on the event loop) and grouped
@@ -86,6 +87,7 @@ class Intake:
         records: bool = True,
         on_persisted: Callable[[], None] = lambda: None,
         on_storage: Callable[[str | None], None] = lambda _error: None,
+        dup: Callable[[], bool] = lambda: False,
         storage_retry_s: float = STORAGE_RETRY_S,
     ) -> None:
         self._decoder = decoder
@@ -110,6 +112,8 @@ class Intake:
         """Log records for the detection consumers (off when none runs)."""
         self._on_persisted = on_persisted
         """Called after each fsync (wakes the consumers)."""
+        self._dup = dup
+        """The DUP flag of the message being handled (consulted for rejections only)."""
         self._storage_reminded = 0.0
         self._on_storage = on_storage
         """Called with the error when writes start failing, with None when they resume."""
@@ -159,10 +163,13 @@ class Intake:
                 result = self._internal_error(topic, payload, now_ns, exc, "line protocol")
         if line is None:
             assert isinstance(result, Rejected)  # no line: decode or encoding refused it
-            batch.rejects.append(result)
-            stats.rejected[result.reason.value] += 1
-            if self._records:
-                batch.records.append(result)
+            if self.dedup.seen_again(result, self._dup()):
+                stats.duplicates += 1  # sent again after a lost PUBACK: the log has it
+            else:
+                batch.rejects.append(result)
+                stats.rejected[result.reason.value] += 1
+                if self._records:
+                    batch.records.append(result)
         else:
             assert isinstance(result, Reading)
             if self.dedup.seen(result):

@@ -80,7 +80,17 @@ def encode_records(records: Sequence[Record]) -> bytes:
             )
         elif isinstance(r, Rejected):
             route = tuple(r.route) if r.route is not None else None
-            rows.append((_REJECTED, r.reason.value, r.detail, r.topic, r.received_ns, route))
+            rows.append(
+                (
+                    _REJECTED,
+                    r.reason.value,
+                    r.detail,
+                    r.topic,
+                    r.received_ns,
+                    route,
+                    r.payload_digest,
+                )
+            )
         elif isinstance(r, Tick):
             rows.append((_TICK, r.at_ms))
         else:
@@ -132,7 +142,7 @@ def _record(row: tuple[Any, ...]) -> Record:
     if tag == _READING:
         return new_reading(*row[1:])
     if tag == _REJECTED:
-        _, reason, detail, topic, received_ns, route = row
+        _, reason, detail, topic, received_ns, route, *digest = row  # digest: since 2026-12
         return Rejected(
             RejectReason(reason),
             str(detail),
@@ -140,6 +150,7 @@ def _record(row: tuple[Any, ...]) -> Record:
             b"",
             int(received_ns),
             Route(*route) if route is not None else None,
+            int(digest[0]) if digest else 0,
         )
     if tag == _TICK:
         return Tick(int(row[1]))
@@ -160,7 +171,8 @@ def event_time_ms(record: Record) -> int | None:
 
 class Deduplicator:
     """Recognises a redelivered reading: the same device, sequence number and timestamp
-    as one of the last `capacity` readings that had a sequence number. The broker
+    as one of the last `capacity` readings that had a sequence number (and a redelivered
+    rejection: `seen_again`). The broker
     re-sends what it sent but saw no PUBACK for (the hub crashed after the fsync),
     and devices retry; either way the log holds the reading once."""
 
@@ -169,6 +181,8 @@ class Deduplicator:
         self._seen: set[tuple[str, int, int]] = set()
         self._order: list[tuple[str, int, int]] = []
         self._head = 0
+        self._rejections: dict[tuple[str, int], None] = {}
+        """(topic, payload CRC) of recent rejections, oldest first."""
 
     def seen(self, reading: Reading) -> bool:
         """True for a duplicate; otherwise remember the reading and return False."""
@@ -188,8 +202,23 @@ class Deduplicator:
                 self._head = 0
         return False
 
+    def seen_again(self, rejected: Rejected, dup: bool) -> bool:
+        """For a rejection: True when it is a retransmission (MQTT DUP set) of one of
+        the last `capacity` rejections the log holds, same topic and payload bytes;
+        otherwise remember it and return False. Without DUP, identical bytes are a new
+        message (a device may send the same garbage twice, and each is counted)."""
+        key = (rejected.topic, rejected.payload_digest)
+        if dup and key in self._rejections:
+            return True
+        self._rejections[key] = None
+        if len(self._rejections) > self.capacity:
+            del self._rejections[next(iter(self._rejections))]
+        return False
+
     def remember(self, records: Iterable[Record]) -> None:
         """Seed from the log's tail at start (what was stored before a crash)."""
         for record in records:
             if isinstance(record, Reading):
                 self.seen(record)
+            elif isinstance(record, Rejected):
+                self.seen_again(record, False)

@@ -62,8 +62,12 @@ def every_kind() -> list[Record]:
 
 
 def as_stored(records: Sequence[Record]) -> list[Record]:
-    """What the stored form keeps: a rejection without its payload (dead letters keep it)."""
-    return [replace(r, payload=b"") if isinstance(r, Rejected) else r for r in records]
+    """What the stored form keeps: a rejection without its payload (dead letters keep it),
+    with the payload's CRC instead (to recognise a retransmission)."""
+    return [
+        replace(r, payload=b"", digest=r.payload_digest) if isinstance(r, Rejected) else r
+        for r in records
+    ]
 
 
 # ---------------------------------------------------------------- records
@@ -143,6 +147,33 @@ def test_remember_seeds_from_the_log() -> None:
     assert isinstance(with_seq, Reading) and with_seq.seq == 42
     assert dedup.seen(with_seq)
     assert not dedup.seen(seq_reading("d1", 8))
+
+
+def malformed(payload: bytes, topic: str = "gw/v1/s1/parking/pk-1/telemetry") -> Rejected:
+    return Rejected(RejectReason.BAD_JSON, "line 1", topic, payload, at(1) * 1_000_000, None)
+
+
+def test_a_rejection_sent_again_with_dup_is_recognised_once_logged() -> None:
+    """A rejection has no seq or timestamp: only MQTT's DUP flag says "sent again", and
+    then the same topic and bytes as a logged rejection are that one."""
+    dedup = Deduplicator()
+    assert not dedup.seen_again(malformed(b"{garbage"), dup=False)
+    assert dedup.seen_again(malformed(b"{garbage"), dup=True)
+    # Identical bytes without DUP are a new message: a device may repeat its garbage.
+    assert not dedup.seen_again(malformed(b"{garbage"), dup=False)
+    # DUP with other bytes or another topic: a first sight, not a repeat.
+    assert not dedup.seen_again(malformed(b"{other"), dup=True)
+    assert not dedup.seen_again(malformed(b"{garbage", "gw/v1/s1/parking/pk-2/telemetry"), True)
+
+
+def test_a_rejection_in_the_log_is_recognised_after_a_restart() -> None:
+    """The log keeps a rejection's payload CRC (not its bytes): seeded from the tail, a
+    redelivery after a crash between fsync and PUBACK is recognised."""
+    (stored,) = decode_records(encode_records([malformed(b"\xff\xfe not json")]))
+    assert isinstance(stored, Rejected) and stored.payload == b""
+    dedup = Deduplicator()
+    dedup.remember([stored])
+    assert dedup.seen_again(malformed(b"\xff\xfe not json"), dup=True)
 
 
 # ---------------------------------------------------------------- the intake writes the log
