@@ -21,7 +21,7 @@ from api.deps import ApiDeps
 from api.hardening import BodyLimits, RequestGuard
 from api.metrics import install_metrics
 from api.roles import LoginLimiter
-from api.routes import auth, desk, events, geo, kpi, ops, registry, reports
+from api.routes import auth, desk, events, geo, kpi, ops, registry, reports, stream, wall
 
 API_VERSION: Final = "1.0.0"
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -47,6 +47,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     )
     app.state.deps = deps
     app.state.templates = desk.make_templates()
+    app.state.streams = stream.LiveStreams()
     config = deps.config
     app.state.login_limiter = LoginLimiter(
         config.login_attempts,
@@ -69,6 +70,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
         registry.router,
         geo.router,
         kpi.router,
+        wall.router,
+        stream.router,
     ):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -96,10 +99,23 @@ def api_server(app: FastAPI, host: str, port: int, *, embedded: bool) -> uvicorn
         # (create_app): the login limits key on the client address.
         proxy_headers=False,
     )
-    if not embedded:
-        return uvicorn.Server(config)
+    streams = stream.live_streams(app)
 
-    class EmbeddedServer(uvicorn.Server):
+    class ApiServer(uvicorn.Server):
+        """Ends the event streams first: uvicorn waits for open responses to finish."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            streams.open()
+            await super().startup(sockets)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            streams.close()
+            await super().shutdown(sockets)
+
+    if not embedded:
+        return ApiServer(config)
+
+    class EmbeddedServer(ApiServer):
         """Runs inside the hub's TaskGroup: the hub's own SIGINT/SIGTERM stop it."""
 
         @contextlib.contextmanager

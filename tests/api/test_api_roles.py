@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount
 
 from accounts.roles import Role
 from api.roles import PublicMarker, RoleGuard
+from api.routes.stream import StreamTiming, live_streams
 from tests.support.api_fixtures import ApiHarness, api_harness
 
 EXPECTED: dict[str, frozenset[Role] | None] = {
@@ -41,6 +42,9 @@ EXPECTED: dict[str, frozenset[Role] | None] = {
     "GET /desk/{site}": frozenset({Role.operator}),
     "GET /desk/events/{event_id}": frozenset({Role.operator}),
     "POST /desk/events/{event_id}/{action}": frozenset({Role.operator}),
+    "GET /desk/{site}/wall": frozenset({Role.operator}),
+    "GET /desk/{site}/wall/state.json": frozenset({Role.operator}),
+    "GET /desk/{site}/stream": frozenset({Role.operator}),
 }
 EVENT_ACTIONS = (
     "acknowledge", "assign", "comment", "shelve", "unshelve", "resolve",
@@ -62,6 +66,8 @@ SAMPLE_PARAMS = {
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApiHarness]:
     # Authorization does not depend on the database: SQLite is enough here.
     with api_harness(f"sqlite:///{tmp_path / 'events.db'}") as harness:
+        # The event stream ends at once: a TestClient reads a response to its end.
+        live_streams(harness.app).timing = StreamTiming(poll_s=0.01, lifetime_s=0.05)
         yield harness
 
 
