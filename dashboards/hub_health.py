@@ -48,6 +48,17 @@ def _gauge(field: str) -> str:
     )
 
 
+def _difference(field: str) -> str:
+    """A counter's increase per interval."""
+    hub = schema.HUB_STATS_M
+    return (
+        f"SELECT non_negative_difference(last({ident(hub.field(field))})) AS {ident(field)} "
+        f"FROM {ident(hub.name)} "
+        + where(var_match(hub.tag(HUB), HUB))
+        + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
+    )
+
+
 def build(config: BuildConfig) -> dashboard.Dashboard:
     hub = schema.HUB_STATS_M
     alias = f"$tag_{hub.tag(HUB)} $col"
@@ -101,26 +112,12 @@ def build(config: BuildConfig) -> dashboard.Dashboard:
             "Broker sessions lost",
             "Reconnects where the broker no longer had the hub's session: what it had queued "
             "was lost (counter difference).",
-            [
-                query(
-                    f"SELECT non_negative_difference(last({ident(hub.field('sessions_lost'))})) "
-                    f"AS {ident('sessions_lost')} FROM {ident(hub.name)} "
-                    + where(var_match(hub.tag(HUB), HUB))
-                    + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
-                ).alias(alias)
-            ],
+            [query(_difference("sessions_lost")).alias(alias)],
         ),
         timeseries_panel(
             "Broker reconnects",
             "MQTT reconnects per interval (counter difference).",
-            [
-                query(
-                    f"SELECT non_negative_difference(last({ident(hub.field('reconnects'))})) "
-                    f"AS {ident('reconnects')} FROM {ident(hub.name)} "
-                    + where(var_match(hub.tag(HUB), HUB))
-                    + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
-                ).alias(alias)
-            ],
+            [query(_difference("reconnects")).alias(alias)],
         ),
         stat_panel(
             "Connected / uptime",
