@@ -423,7 +423,7 @@ class RulesService:
                 title=title,
                 message=message,
                 incident=rule_id,
-                source=Source.RULE,
+                source=Source.HUB,
                 values=values,
             )
             for site in sites

@@ -187,6 +187,9 @@ class EventManager:
         new_id = self._new_id(detection.rule_id, detection.key, at)
         if self.store.get(new_id) is not None:
             return []  # a replay of the raise that opened it (closed since)
+        if detection.source is Source.HUB:  # not a field alarm: no flood (Source.HUB)
+            event, raised = new_event(new_id, detection, at)
+            return self._save([(event, raised)])
         parent, changes = self._flood_parent(detection.site, at)
         event, raised = new_event(new_id, detection, at)
         changes.append((event, raised))
@@ -334,7 +337,9 @@ class EventManager:
             page = self.store.list_events(where, limit=_PAGE, offset=len(found))
             found += page
             if len(page) < _PAGE:
-                return [e for e in reversed(found) if e.rule_id != FLOOD_RULE]
+                return [
+                    e for e in reversed(found) if e.rule_id != FLOOD_RULE and e.source != Source.HUB
+                ]
 
     def _window(self) -> deque[int]:
         # Enough to tell "more than flood_limit"; once a parent is active, only its
@@ -343,7 +348,7 @@ class EventManager:
 
     def _rebuild_recent(self) -> None:
         """Refill the flood windows from the store, relative to the newest event."""
-        newest = self.store.list_events(limit=1)
+        newest = [e for e in self.store.list_events(limit=_PAGE) if e.source != Source.HUB]
         if not newest:
             return
         since = newest[0].raised_ms - self.flood_window_ms + 1
@@ -353,7 +358,7 @@ class EventManager:
         while page := self.store.list_events(recent, limit=_PAGE, offset=offset):
             offset += len(page)
             for event in page:
-                if event.rule_id != FLOOD_RULE:
+                if event.rule_id != FLOOD_RULE and event.source != Source.HUB:
                     times[event.site].append(event.raised_ms)
         for site, raised in times.items():
             self._recent[site].extend(sorted(raised))

@@ -98,6 +98,9 @@ class Source(StrEnum):
     RULE = "rule"
     ANOMALY = "anomaly"
     REPORT = "report"
+    HUB = "hub"
+    """The hub's own health (its disk, its broker session): not a field alarm, so
+    outside flood control (and raised on the hub's clock, not the log's)."""
     """A resident's report through the API."""
 
 

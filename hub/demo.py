@@ -1,6 +1,11 @@
 """`gridwatch run --demo`: the hub plus the demo site's devices (`simulators.demo`),
 which publish on the hub's broker as the hub (or as the simulator login of
-`stack up --dynsec`)."""
+`stack up --dynsec`).
+
+A restart on the same data dir must not replay time the hub has already seen: its rules
+then run on an event clock ahead of the replayed readings, every replayed door opening
+looks held open, and flood control opens an incident storm. The demo therefore starts
+no earlier than `RESUME_GAP_S` after the rules' restored event time."""
 
 from __future__ import annotations
 
@@ -8,19 +13,34 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final
 
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.wiring import broker_options, open_registry
 from registry.site_import import import_sites
-from simulators.demo import DEMO_SITE, demo_simulation, demo_site
-from simulators.publish import Simulation, SimulationError
+from simulators.demo import DEMO_HISTORY_S, DEMO_SITE, demo_simulation, demo_site
+from simulators.publish import Simulation, SimulationError, now_utc_second
 
 if TYPE_CHECKING:
     from devstack.dynsec import Login
 
 log = logging.getLogger(__name__)
+
+RESUME_GAP_S: Final = 300.0
+"""After a restart, the demo starts this long after the restored event time: the rules'
+snapshot (every 10 s of wall time, 100 s of a 10x replay) may trail what the log holds."""
+
+
+def demo_start(watermark_ms: int, now: datetime | None = None) -> datetime:
+    """`DEMO_HISTORY_S` ago, or later when the hub's rules have seen later readings."""
+    now = now or now_utc_second()
+    start = now - timedelta(seconds=DEMO_HISTORY_S)
+    if watermark_ms:
+        resume = datetime.fromtimestamp(watermark_ms / 1000, UTC) + timedelta(seconds=RESUME_GAP_S)
+        start = max(start, min(now, resume.replace(microsecond=0)))
+    return start
 
 
 async def _demo(hub: Hub, simulation: Simulation) -> None:
@@ -53,7 +73,11 @@ async def run_with_demo(settings: Settings, speed: float, login: Login | None = 
     broker = broker_options(settings)
     if login is not None:
         broker["username"], broker["password"] = login.username, login.password
-    demo = asyncio.create_task(_demo(hub, demo_simulation(broker, speed)), name="demo")
+    start = demo_start(hub.events.service.watermark_ms if hub.events is not None else 0)
+    if start > now_utc_second() - timedelta(seconds=DEMO_HISTORY_S):
+        log.info("demo: resuming after what the hub has seen, from %s", start.isoformat())
+    simulation = demo_simulation(broker, speed, start)
+    demo = asyncio.create_task(_demo(hub, simulation), name="demo")
     try:
         await hub.run(stop)
     finally:

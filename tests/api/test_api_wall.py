@@ -140,10 +140,12 @@ def test_a_fresh_stream_starts_with_a_sync_at_the_current_cursor(api: ApiHarness
 
 
 def test_resuming_at_the_current_cursor_sends_only_what_changes(api: ApiHarness) -> None:
-    fast(api, lifetime_s=1.0)
+    # The later raise must come after the stream's first look (a slow start would see it
+    # already and rightly ask for a re-read): a second's margin, within the lifetime.
+    fast(api, lifetime_s=3.0)
     api.raise_event(key="door-1", cell="yy-g02")
     cursor = cursor_of(open_versions(api.deps.events, "yingyang"))
-    later = raise_later(api, 0.3, key="smoke-9", cell="yy-g04", severity=Severity.CRITICAL)
+    later = raise_later(api, 1.2, key="smoke-9", cell="yy-g04", severity=Severity.CRITICAL)
     got = frames(stream(api, cursor))
     later.join()
     assert not [f for f in got if f.get("event") == "sync"]  # nothing was missed

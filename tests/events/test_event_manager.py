@@ -16,6 +16,7 @@ from events.model import (
     Mode,
     SecurityEvent,
     Severity,
+    Source,
     State,
 )
 from events.store import EventFilter, EventStore, StaleEvent, UnknownEvent
@@ -530,3 +531,19 @@ def test_a_new_manager_rebuilds_the_flood_window(store: EventStore) -> None:
     manager(store).handle(raise_("door-11", at_ms=at + 1), at + 1)
     assert len(store.children(parent.id)) == 12
     assert len(top_level_open(store)) == 1
+
+
+def test_the_hubs_own_health_events_stay_out_of_flood_control(
+    events: EventManager, store: EventStore
+) -> None:
+    """A hub event (its disk, its broker session: `Source.HUB`) is on the hub's clock, not
+    the log's, and no field alarm: it neither counts towards a flood nor is grouped."""
+    storm(events, 10)  # ten field events: one short of a flood
+    hub = raise_("hub-a", at_ms=T0 + 10 * 50_000, rule_id="hub_storage_failing", source=Source.HUB)
+    events.handle(hub, T0)
+    assert not [e for e in top_level_open(store) if e.rule_id == FLOOD_RULE]
+    events.handle(raise_("door-10", at_ms=T0 + 11 * 50_000), T0)  # the 11th field event
+    parent = one([e for e in top_level_open(store) if e.rule_id == FLOOD_RULE])
+    assert dict(parent.values)["events"] == 11
+    (health,) = [e for e in top_level_open(store) if e.rule_id == "hub_storage_failing"]
+    assert health.parent_id is None and health.state is State.ACTIVE_UNACKNOWLEDGED

@@ -130,7 +130,7 @@ def test_hub_sigkill_mid_stream_loses_nothing(
         status_file = tmp_path / "data" / "status.json"
         wait_for(
             lambda: status_file.exists() and '"connected": true' in status_file.read_text(),
-            20,
+            60,  # a process start (imports, InfluxDB, restore) on a loaded 2-core box
             "hub connected",
         )
         thread, errors = _publish_in_background(
