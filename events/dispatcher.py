@@ -42,15 +42,19 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from events.model import OutboxItem
-from events.sinks import BackoffCapped, ProbedSink, Sink, SinkRejected, SinkUnavailable
+from events.sinks import (
+    BackoffCapped,
+    ProbedSink,
+    Sink,
+    SinkRejected,
+    SinkUnavailable,
+    wait_until_ready,
+)
 
 log = logging.getLogger(__name__)
 
 _HORIZON_MS: Final = 2**62
 """`now_ms` that makes every queued item "due": fits SQLite and PostgreSQL integers."""
-
-PROBE_INTERVAL_S: Final = 0.5
-"""While a probed sink backs off, ask it whether it is ready about this often (+/-20 %)."""
 
 PROBE_TIMEOUT_S: Final = 2.0
 """A readiness probe that has not answered in this long counts as "not ready"."""
@@ -200,17 +204,7 @@ class OutboxDispatcher:
         if not probe or worker.probe is None:
             await asyncio.sleep(delay)
             return False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        while True:
-            step = random.uniform(0.8 * PROBE_INTERVAL_S, 1.2 * PROBE_INTERVAL_S)
-            remaining = deadline - loop.time()
-            if remaining <= step:  # the head is due before the next probe anyway
-                await asyncio.sleep(max(remaining, 0.0))
-                return False
-            await asyncio.sleep(step)
-            if await self._probe(worker):
-                return True
+        return await wait_until_ready(delay, lambda: self._probe(worker))
 
     async def _probe(self, worker: _Worker) -> bool:
         probe = worker.probe

@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, runtime_checkable
 
@@ -48,6 +49,27 @@ __all__ = [
     "event_json",
     "event_point",
 ]
+
+
+PROBE_INTERVAL_S: Final = 0.5
+"""While a peer is down, its readiness probe is asked every 0.8 to 1.2 times this."""
+
+
+async def wait_until_ready(seconds: float, ready: Callable[[], Awaitable[bool]]) -> bool:
+    """Wait up to `seconds`, asking `ready` every ~PROBE_INTERVAL_S: True as soon as it
+    says so (act now), False once the wait has run out. Used by the outbox for a sink's
+    probe and by the spool writer for InfluxDB's `/ping`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        step = random.uniform(0.8 * PROBE_INTERVAL_S, 1.2 * PROBE_INTERVAL_S)
+        remaining = deadline - loop.time()
+        if remaining <= step:  # the retry itself comes sooner than a probe would
+            await asyncio.sleep(max(remaining, 0.0))
+            return False
+        await asyncio.sleep(step)
+        if await ready():
+            return True
 
 
 class SinkError(Exception):

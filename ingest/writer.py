@@ -9,9 +9,9 @@ rest is stored.
 
 Retries back off exponentially (up to `retry_max_s`), but a backoff after InfluxDB was
 down (no answer, 5xx) is cut short by a readiness probe: its `/ping` is asked every
-PROBE_INTERVAL_S and the write retried as soon as it answers, so writes resume within
-about a second of its return however long the outage. 429 and configuration failures
-(401/403/404) wait the plain backoff; a Retry-After is honoured up to RETRY_AFTER_MAX_S.
+PROBE_INTERVAL_S (`events.sinks.wait_until_ready`) and the write retried as soon as it
+answers, so writes resume within about a second of its return however long the outage.
+429 and configuration failures (401/403/404) wait the plain backoff; a Retry-After is honoured up to RETRY_AFTER_MAX_S.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from events.sinks import wait_until_ready
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.influx import Failure, InfluxWriter, WriteError, answers_ping
 from ingest.spool import Spool, SpoolBatch
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_RETRY_S: Final = 1.0
 """Refused lines the dead-letter disk would not take are filed again this often."""
-
-PROBE_INTERVAL_S: Final = 0.5
-"""While backing off from an InfluxDB that is down, ask its `/ping` about this often
-(+/-20 %, jittered) and retry at once when it answers."""
 
 RETRY_AFTER_MAX_S: Final = 60.0
 """A longer Retry-After (a proxy asking for an hour) is cut to this: the spool fills
@@ -175,17 +172,7 @@ class SpoolWriter:
     async def _wait_or_ready(self, seconds: float) -> bool:
         """Wait up to `seconds`, probing InfluxDB's `/ping` every ~PROBE_INTERVAL_S;
         True as soon as it answers (retry now), False once the wait has run out."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while True:
-            step = random.uniform(0.8 * PROBE_INTERVAL_S, 1.2 * PROBE_INTERVAL_S)
-            remaining = deadline - loop.time()
-            if remaining <= step:  # the retry itself comes sooner than a probe would
-                await asyncio.sleep(max(remaining, 0.0))
-                return False
-            await asyncio.sleep(step)
-            if await answers_ping(self._sink):
-                return True
+        return await wait_until_ready(seconds, lambda: answers_ping(self._sink))
 
     async def _deliver(self, payload: bytes, refused: list[tuple[bytes, WriteError]]) -> None:
         """Write; on a data refusal bisect, collecting the refused lines in `refused`."""
