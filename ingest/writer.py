@@ -11,7 +11,8 @@ Retries back off exponentially (up to `retry_max_s`), but a backoff after Influx
 down (no answer, 5xx) is cut short by a readiness probe: its `/ping` is asked every
 PROBE_INTERVAL_S (`events.sinks.wait_until_ready`) and the write retried as soon as it
 answers, so writes resume within about a second of its return however long the outage.
-429 and configuration failures (401/403/404) wait the plain backoff; a Retry-After is honoured up to RETRY_AFTER_MAX_S.
+429 and configuration failures (401/403/404) wait the plain backoff; a Retry-After is
+honoured up to RETRY_AFTER_MAX_S.
 """
 
 from __future__ import annotations
