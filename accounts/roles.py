@@ -14,9 +14,18 @@ class Role(StrEnum):
     """Works events; reads the registry."""
     resident = "resident"
     """Files reports and reads their own."""
+    worker = "worker"
+    """A grid worker (网格员) on the phone page: sees, accepts and resolves the events
+    assigned to them. The account's username is the registry Worker id it acts as."""
     device = "device"
     """Machines publishing telemetry: no API route by default."""
 
 
-PEOPLE_AND_INTEGRATIONS: Final = (Role.admin, Role.integrator, Role.operator, Role.resident)
+PEOPLE_AND_INTEGRATIONS: Final = (
+    Role.admin,
+    Role.integrator,
+    Role.operator,
+    Role.resident,
+    Role.worker,
+)
 """Every role but `device`: devices publish over MQTT and have no API route."""

@@ -192,8 +192,10 @@ class RollingMedianMAD:
             refresh_every=_int_param(state.params, "refresh_every"),
         )
         history = np.asarray(state.arrays["history"], dtype=np.float64)
-        if state.n_features is not None and history.shape[0] and (
-            history.ndim != 2 or history.shape[1] != state.n_features
+        if (
+            state.n_features is not None
+            and history.shape[0]
+            and (history.ndim != 2 or history.shape[1] != state.n_features)
         ):
             raise FeatureMismatch("history width differs from the state's n_features")
         for row in history[-detector.window :]:
@@ -338,9 +340,7 @@ class IsolationForestDetector(_WindowedModel):
         min_samples: int = 64,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            window=window, refit_every=refit_every, min_samples=min_samples, seed=seed
-        )
+        super().__init__(window=window, refit_every=refit_every, min_samples=min_samples, seed=seed)
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self._model: FlatForest | None = None
@@ -398,9 +398,7 @@ class PCAReconstruction(_WindowedModel):
         min_samples: int = 32,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            window=window, refit_every=refit_every, min_samples=min_samples, seed=seed
-        )
+        super().__init__(window=window, refit_every=refit_every, min_samples=min_samples, seed=seed)
         if not 0.0 < variance <= 1.0:
             raise ValueError("variance must be in (0, 1]")
         self.variance = variance
@@ -466,9 +464,7 @@ class LocalOutlierFactorDetector(_WindowedModel):
         min_samples: int = 32,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            window=window, refit_every=refit_every, min_samples=min_samples, seed=seed
-        )
+        super().__init__(window=window, refit_every=refit_every, min_samples=min_samples, seed=seed)
         self.n_neighbors = n_neighbors
         self._model: Any = None
         self._center = np.zeros(0)

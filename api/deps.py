@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from accounts.users import UserStore
     from api.metrics import ApiMetrics
     from broker.dynsec import BrokerAccounts
+    from events.attachments import AttachmentStore
     from events.manager import EventManager
     from events.store import EventStore
     from registry.store import RegistryStore
@@ -63,6 +64,17 @@ class ApiConfig:
     """Failed logins on one account, from any address, before its backoff starts."""
     login_backoff_max_s: float = 900.0
     """The account backoff's ceiling (it doubles from 1 s per further failure)."""
+    max_photo_bytes: int = 8 * 1024 * 1024
+    """Largest photo on the worker's and residents' pages (413 beyond it)."""
+    max_worker_photos: int = 4
+    """Photos per note or resolution on the worker's page."""
+    max_report_photos: int = 1
+    """Photos per report on the residents' page (0: none)."""
+    public_reports: int = 10
+    """Reports one client address may post on the residents' page per window (429 beyond)."""
+    public_reports_total: int = 300
+    """Reports all clients together may post on the residents' page per window."""
+    public_report_window_s: float = 3600.0
 
 
 @dataclass
@@ -86,6 +98,9 @@ class ApiDeps:
     """The device registry (sites, cells, workers, devices), when this hub has one."""
     dynsec: BrokerAccounts | None = None
     """Broker credentials through Mosquitto's dynamic-security plugin, when enabled."""
+    attachments: AttachmentStore | None = None
+    """Photos of the field loop and the residents' report tokens (`events.attachments`);
+    without it the worker's and residents' pages take no photos and have no status links."""
 
 
 def cells_of(sites: Sequence[Site]) -> dict[str, list[CellArea]]:

@@ -21,7 +21,21 @@ from api.deps import ApiDeps
 from api.hardening import BodyLimits, RequestGuard
 from api.metrics import install_metrics
 from api.roles import LoginLimiter
-from api.routes import auth, desk, events, geo, kpi, ops, registry, reports, stream, wall
+from api.routes import (
+    auth,
+    desk,
+    events,
+    field,
+    geo,
+    kpi,
+    ops,
+    registry,
+    reports,
+    resident,
+    stream,
+    wall,
+    worker,
+)
 
 API_VERSION: Final = "1.0.0"
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -47,6 +61,7 @@ def create_app(deps: ApiDeps) -> FastAPI:
     )
     app.state.deps = deps
     app.state.templates = desk.make_templates()
+    field.install_templates(app.state.templates)
     app.state.streams = stream.LiveStreams()
     config = deps.config
     app.state.login_limiter = LoginLimiter(
@@ -55,13 +70,30 @@ def create_app(deps: ApiDeps) -> FastAPI:
         account_failures=config.login_account_failures,
         backoff_max_s=config.login_backoff_max_s,
     )
+    app.state.report_limiter = resident.ReportLimiter(
+        config.public_reports, config.public_reports_total, config.public_report_window_s
+    )
     problems.install(app)
-    limits = BodyLimits(config.max_body_bytes, {registry.IMPORT_PATH: config.max_import_bytes})
+    worker_upload = field.upload_body_limit(config.max_worker_photos, config.max_photo_bytes)
+    report_upload = field.upload_body_limit(config.max_report_photos, config.max_photo_bytes)
+    limits = BodyLimits(
+        config.max_body_bytes,
+        {
+            registry.IMPORT_PATH: config.max_import_bytes,
+            worker.RESOLVE_PATH: max(config.max_body_bytes, worker_upload),
+            worker.NOTE_PATH: max(config.max_body_bytes, worker_upload),
+            resident.REPORT_PATH: max(config.max_body_bytes, report_upload),
+        },
+    )
     app.add_middleware(RequestGuard, limits=limits)  # inside the metrics: refusals counted
     install_metrics(app, deps.metrics)
     if config.trusted_proxies:  # outermost: everything after sees the real client
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.trusted_proxies))
     for router in (
+        # The field pages first: `/desk/worker/` and `/desk/photos/` are theirs, not sites'.
+        field.router,
+        worker.router,
+        resident.router,
         auth.router,
         ops.router,
         events.router,
@@ -80,6 +112,8 @@ def create_app(deps: ApiDeps) -> FastAPI:
 
 def close_api(deps: ApiDeps, *, store_too: bool) -> None:
     deps.users.close()
+    if deps.attachments is not None:
+        deps.attachments.close()
     if deps.registry is not None:
         deps.registry.close()
     if store_too:

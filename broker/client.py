@@ -322,6 +322,10 @@ class MqttProtocol(asyncio.Protocol):
         self.counters = counters if counters is not None else ClientCounters()
         self.close_reason: str | None = None
         """Why the broker ended the connection, when it said so (DISCONNECT)."""
+        self._skip_left = 0
+        """Bytes of an oversize PUBLISH still to discard (`_skip_oversize`)."""
+        self._skipping: tuple[str, int, int, int] = ("", 0, 0, 0)
+        """(topic, qos, packet id, size) of the oversize PUBLISH being discarded."""
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -353,12 +357,20 @@ class MqttProtocol(asyncio.Protocol):
         chunk, so each payload is one slice (one copy) and no method call per message.
         """
         self.last_inbound = self._loop.time()
+        if self._skip_left:  # the rest of an oversize PUBLISH: discard, never buffer it
+            if len(data) < self._skip_left:
+                self._skip_left -= len(data)
+                return
+            data = data[self._skip_left :]
+            self._skip_left = 0
+            self._oversize_skipped()
         if self._buf:  # a packet was cut at the end of the previous chunk
             self._buf += data
             data = bytes(self._buf)
             self._buf.clear()
         on_publish = self._on_publish
         v5 = self._v5
+        max_packet = self._opts.maximum_packet_size
         pos = 0
         size = len(data)
         try:
@@ -381,7 +393,15 @@ class MqttProtocol(asyncio.Protocol):
                     if shift > 21:
                         raise ProtocolViolation("remaining length too long")
                 end = i + length
-                if length < 0 or end > size:
+                if length < 0:
+                    break
+                if length > max_packet and header >> 4 == PUBLISH:
+                    resume = self._skip_oversize(data, i, end, header)
+                    if resume is None:  # its topic and packet id are not all in yet
+                        break
+                    pos = resume
+                    continue
+                if end > size:
                     break
                 if header >> 4 == PUBLISH:
                     qos = (header >> 1) & 0x03
@@ -422,6 +442,47 @@ class MqttProtocol(asyncio.Protocol):
                 self.abort()
 
     # -- inbound ----------------------------------------------------------------------
+    def _skip_oversize(self, data: bytes, start: int, end: int, header: int) -> int | None:
+        """Discard a PUBLISH above our maximum packet size as it streams in, then ack it;
+        return where framing resumes (None: wait for its topic and packet id).
+
+        MQTT 3.1.1 has no Maximum Packet Size property, so the broker cannot know our
+        limit, and a broker that does not bound publishes itself (NATS 2.9 forwards any
+        size, whatever its `max_payload`) sends it anyway. Dropping the connection instead
+        would be a loop: the broker redelivers the unacked message on every reconnect."""
+        size = len(data)
+        if start + 2 > size:
+            return None
+        topic_end = start + 2 + ((data[start] << 8) | data[start + 1])
+        if topic_end + 2 > size:
+            return None
+        qos = (header >> 1) & 0x03
+        packet_id = (data[topic_end] << 8) | data[topic_end + 1] if qos else 0
+        topic = data[start + 2 : topic_end].decode("utf-8", "replace")
+        self._skipping = (topic, qos, packet_id, end - start)
+        if end <= size:
+            self._oversize_skipped()
+            return end
+        self._skip_left = end - size
+        return size
+
+    def _oversize_skipped(self) -> None:
+        """An oversize PUBLISH is discarded: count, log (the first few), ack it (QoS 1)."""
+        topic, qos, packet_id, size = self._skipping
+        self.counters.oversize_dropped += 1
+        seen = self.counters.oversize_dropped
+        if seen <= 3 or seen % 1000 == 0:
+            log.warning(
+                "dropped a %d-byte PUBLISH on %r above our maximum packet size of %d bytes "
+                "(%d so far): acked, so the broker does not send it again",
+                size,
+                topic[:200],
+                self._opts.maximum_packet_size,
+                seen,
+            )
+        if qos:
+            self.write(encode_pubacks([packet_id]))
+
     def _dispatch_failed(
         self, topic: str, size: int, qos: int, packet_id: int, exc: Exception
     ) -> None:
@@ -488,6 +549,9 @@ class MqttProtocol(asyncio.Protocol):
                 return
         if code != 0:
             text = _CONNACK_V311_REASONS.get(code, f"code {code}")
+            if code == 1 and self._opts.protocol == MQTT_V5:
+                # How a 3.1.1-only broker (NATS 2.9) answers a v5 CONNECT: say what to do.
+                text += " (the broker does not speak MQTT 5: connect with MQTT 3.1.1)"
             self.connack.set_exception(ConnectRefused(f"broker refused CONNECT: {text}"))
             return
         self.connack.set_result(session_present)
@@ -559,6 +623,8 @@ class ClientCounters:
     """TCP connects made to see whether an unreachable broker is back."""
     dispatch_errors: int = 0
     """PUBLISH callbacks that raised (each message acked and dropped, logged)."""
+    oversize_dropped: int = 0
+    """PUBLISH packets above `maximum_packet_size`, discarded and acked (MQTT 3.1.1)."""
 
 
 def _raise_if_cancelled(task: asyncio.Task[Any] | None) -> None:

@@ -12,6 +12,7 @@ from grafana_foundation_sdk.models import dashboard
 
 from dashboards import (
     access_control,
+    alarm_kpi,
     device_health,
     fire_safety,
     grid_map,
@@ -41,6 +42,7 @@ BOARDS: Final = (
     Board(parking_lots.UID, parking_lots.TITLE, parking_lots.build),
     Board(device_health.UID, device_health.TITLE, device_health.build),
     Board(hub_health.UID, hub_health.TITLE, hub_health.build),
+    Board(alarm_kpi.UID, alarm_kpi.TITLE, alarm_kpi.build),
 )
 
 

@@ -34,7 +34,7 @@ from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore
 from ingest.records import Record, Tick
-from ingest.spool import ConsumerLag, Cursor, Spool
+from ingest.spool import ConsumerLag, Cursor, LogReader
 from sensors.base import Reading
 
 log = logging.getLogger(__name__)
@@ -177,14 +177,14 @@ class AnomalyService:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self, spool: Spool) -> None:
+    async def run(self, spool: LogReader) -> None:
         self._running = True
         try:
             await self._follow(spool)
         finally:
             self._running = False
 
-    async def _follow(self, spool: Spool) -> None:
+    async def _follow(self, spool: LogReader) -> None:
         await asyncio.to_thread(self.restore)
         position = spool.hold(self.NAME, self.position)
         self._lag.start(spool, position)

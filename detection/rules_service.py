@@ -63,7 +63,7 @@ from events.model import Detection, Severity, Source
 from events.store import EventStore
 from ingest.decode import Rejected, RejectReason
 from ingest.records import Record, SessionLost
-from ingest.spool import ConsumerLag, Cursor, Spool
+from ingest.spool import ConsumerLag, Cursor, LogReader
 from ingest.stats import LatencyHistogram
 from rules.directory import Directory
 from rules.engine import (
@@ -528,7 +528,7 @@ class RulesService:
         """New records are in the log (the intake calls this after each fsync)."""
         self._wake.set()
 
-    async def run(self, spool: Spool) -> None:
+    async def run(self, spool: LogReader) -> None:
         """Consume the log from the committed position until `stop`, committing as
         `step` does; each (re)start resumes from the store, so a failed commit is
         retried from a consistent state."""
@@ -538,7 +538,7 @@ class RulesService:
         finally:
             self._running = False
 
-    async def _follow(self, spool: Spool) -> None:
+    async def _follow(self, spool: LogReader) -> None:
         await asyncio.to_thread(self.restore)
         await asyncio.to_thread(self.manager.reload)
         position = spool.hold(self.NAME, self.position)
@@ -574,7 +574,7 @@ class RulesService:
             else:
                 await asyncio.sleep(0)  # the intake's turn between chunks
 
-    async def _replay(self, spool: Spool, position: Cursor) -> tuple[Cursor, int]:
+    async def _replay(self, spool: LogReader, position: Cursor) -> tuple[Cursor, int]:
         """Decide again, without writing, from the state's position to the committed one
         (`restore`); returns where new decisions start and how many records it took."""
         until, self._replay_until = self._replay_until, None
@@ -593,7 +593,9 @@ class RulesService:
             log.info("rules: re-decided %d records up to the committed position", replayed)
         return position, replayed
 
-    async def _commit(self, spool: Spool, detections: list[Detection], position: Cursor) -> None:
+    async def _commit(
+        self, spool: LogReader, detections: list[Detection], position: Cursor
+    ) -> None:
         # A full log (or disk) may be full of what only a restart would re-read: save
         # the state now so the release below frees it.
         state = spool.full or spool.needs_space
@@ -669,6 +671,19 @@ class RulesService:
             self.reload_rules()
         except RuleError as exc:
             log.error("rules not reloaded, the running rules stay: %s", exc)
+
+
+def committed_watermark_ms(store: EventStore) -> int:
+    """The event time of the rules' last committed state (0: none yet, or unreadable):
+    what a hub about to start has decided up to, read without starting the rules."""
+    data = store.get_snapshot(SNAPSHOT_NAME)
+    if data is None:
+        return 0
+    try:
+        state = _from_snapshot(data)[0]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return state.clock_ms
 
 
 SNAPSHOT_FORMAT: Final = 2

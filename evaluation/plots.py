@@ -47,12 +47,20 @@ def plot_panels(panels: Sequence[Panel], path: Path) -> None:
         values = panel.values if panel.values.ndim == 1 else panel.values[:, 0]
         top.plot(rows, values, lw=0.6, color="tab:blue", label="value")
         for n, (left, right) in enumerate(panel.spans):
-            top.axvspan(left, right, color="tab:red", alpha=0.18,
-                        label=panel.span_label if n == 0 else None)
+            top.axvspan(
+                left, right, color="tab:red", alpha=0.18, label=panel.span_label if n == 0 else None
+            )
             bottom.axvspan(left, right, color="tab:red", alpha=0.18)
         hits = np.flatnonzero(panel.alarms)
-        top.scatter(hits, values[hits], color="black", marker="v", s=36, zorder=3,
-                    label=f"alarms ({hits.size})")
+        top.scatter(
+            hits,
+            values[hits],
+            color="black",
+            marker="v",
+            s=36,
+            zorder=3,
+            label=f"alarms ({hits.size})",
+        )
         if panel.marker is not None:
             top.axvline(panel.marker, color="grey", ls="--", lw=1, label=panel.marker_label)
         top.set_title(panel.title, fontsize=10)

@@ -37,10 +37,15 @@ The parent's title, message, `values` (`events`: grouped children; `apart`: exem
 of the flood shown on their own; `devices`: how many devices its children name) and
 device list are rewritten on every join, so they always agree.
 
-State kept here is only the per-site window (at most `flood_limit + 1` times each),
-rebuilt from the store on start and by `reload()`; everything else is read from the store
-when needed, so several managers (or a restart) never act on stale copies: a lost race is
-a `StaleEvent`, retried with fresh reads.
+State kept here: the per-site window (at most `flood_limit + 1` times each) and a copy
+of the open events (by condition and by id), both loaded from the store on start and by
+`reload()`, and kept current by every save made here. The copy saves the reads a raise
+would otherwise make (the condition's open event, the site's flood parent, whether the
+new id exists) and is only ever trusted where the store checks it: every write is
+version-checked, an open condition is unique and an id is a primary key, so a decision
+made on a stale copy (another process acted on the event; a closed event's id raised
+again by a replay) fails as `StaleEvent`, and the retry reads the store afresh. So several
+managers (or a restart) never write on stale copies.
 
 Units of work: `batch()` makes everything the manager (and the store) does on this thread
 in the block one store transaction, e.g. the events of a batch of detections together
@@ -122,6 +127,8 @@ class EventManager:
         self._recent: defaultdict[str, deque[int]] = defaultdict(self._window)
         self._recent_stale = False
         self._rebuild_recent()
+        self._open = _OpenEvents()
+        self._load_open()
 
     # ------------------------------------------------------------------ units of work
 
@@ -149,6 +156,7 @@ class EventManager:
         with self._lock:
             self._recent.clear()
             self._rebuild_recent()
+            self._load_open()
             self._recent_stale = False
 
     # ------------------------------------------------------------------ detections
@@ -166,12 +174,12 @@ class EventManager:
             if self._recent_stale:
                 self.reload()
             if detection.raised:
-                return _retry(lambda: self._raise(detection))
-            return _retry(lambda: self._clear(detection))
+                return self._retry(lambda: self._raise(detection))
+            return self._retry(lambda: self._clear(detection))
 
     def _raise(self, detection: Detection) -> list[SecurityEvent]:
         at = detection.at_ms
-        existing = self.store.open_event(detection.rule_id, detection.key)
+        existing = self._open_event(detection.rule_id, detection.key)
         if existing is not None:
             if at <= existing.last_ms:
                 return []  # a replay, or older than what the event already has
@@ -185,8 +193,10 @@ class EventManager:
                 changes.append(_system(repeated, Action.UNSUPPRESS, at, note=note))
             return self._save(changes)
         new_id = self._new_id(detection.rule_id, detection.key, at)
-        if self.store.get(new_id) is not None:
-            return []  # a replay of the raise that opened it (closed since)
+        if self._open.fresh and self.store.get(new_id) is not None:
+            # A replay of the raise that opened it (closed since). Not read first on
+            # the copy: the insert of a known id fails, and the retry reads this.
+            return []
         if detection.source is Source.HUB:  # not a field alarm: no flood (Source.HUB)
             event, raised = new_event(new_id, detection, at)
             return self._save([(event, raised)])
@@ -207,7 +217,7 @@ class EventManager:
 
     def _clear(self, detection: Detection) -> list[SecurityEvent]:
         at = detection.at_ms
-        existing = self.store.open_event(detection.rule_id, detection.key)
+        existing = self._open_event(detection.rule_id, detection.key)
         if existing is None or not existing.active:
             return []  # cleared before it was raised, or already returned: nothing to do
         if at < existing.last_ms:
@@ -221,7 +231,7 @@ class EventManager:
     def _flood_parent(self, site: str, at: int) -> tuple[SecurityEvent | None, list[Change]]:
         """The site's open flood parent as of `at`, and the changes that return it first
         if it went quiet by then."""
-        parent = self.store.open_event(FLOOD_RULE, site)
+        parent = self._open_event(FLOOD_RULE, site)
         if parent is None:
             return None, []
         changes = self._overdue(parent, at)
@@ -370,13 +380,15 @@ class EventManager:
         shelves, return flood parents whose site went quiet."""
         changed: list[SecurityEvent] = []
         with self._lock:
+            if self._recent_stale:
+                self.reload()
             for shelved in self.store.shelved_expired(now_ms):
-                changed += _retry(functools.partial(self._catch_up, shelved.id, now_ms))
+                changed += self._retry(functools.partial(self._catch_up, shelved.id, now_ms))
             open_parents = EventFilter(rule_id=FLOOD_RULE, states=_OPEN_STATES)
             parents = self.store.list_events(open_parents, limit=10_000)
             for parent in parents:
                 if self._quiet_due(parent, now_ms):
-                    changed += _retry(functools.partial(self._catch_up, parent.id, now_ms))
+                    changed += self._retry(functools.partial(self._catch_up, parent.id, now_ms))
         return changed
 
     def _catch_up(self, event_id: str, now_ms: int) -> list[SecurityEvent]:
@@ -404,7 +416,7 @@ class EventManager:
             return []
         if event.rule_id != FLOOD_RULE and event.mode is Mode.SUPPRESSED and event.parent_id:
             # A suppressed child waits for its parent; that one's timers come first.
-            parent = self.store.get(event.parent_id)
+            parent = self._get(event.parent_id)
             if parent is None or not self._quiet_due(parent, at):
                 return []
             return self._overdue(parent, at)  # ends with the quiet-down: unsuppresses
@@ -476,8 +488,10 @@ class EventManager:
             return acted
 
         with self._lock:
+            if self._recent_stale:
+                self.reload()
             # With an expected version the operator decided on what they saw: never retry.
-            return attempt() if expected_version is not None else _retry(attempt)
+            return attempt() if expected_version is not None else self._retry(attempt)
 
     # ------------------------------------------------------------------ helpers
 
@@ -486,7 +500,107 @@ class EventManager:
             return []
         self.store.save(changes, sinks=self.sinks)
         latest = {event.id: event for event, _ in changes}  # keeps first-seen order
+        for event in latest.values():
+            self._open.saved(event)
         return list(latest.values())
+
+    # ------------------------------------------------------------------ the open events
+
+    def _load_open(self) -> None:
+        """Copy the store's open events (the copy `_open_event` and `_get` answer from)."""
+        found: list[SecurityEvent] = []
+        where = EventFilter(states=_OPEN_STATES)
+        while page := self.store.list_events(where, limit=_PAGE, offset=len(found)):
+            found += page
+        self._open.load(found)
+
+    def _open_event(self, rule_id: str, key: str) -> SecurityEvent | None:
+        """The condition's open event: from the copy, or (in a retry) from the store."""
+        if not self._open.fresh:
+            return self._open.by_condition.get((rule_id, key))
+        event = self.store.open_event(rule_id, key)
+        self._open.read(rule_id, key, event)
+        return event
+
+    def _get(self, event_id: str) -> SecurityEvent | None:
+        """An event by id: an open one from the copy (outside a retry), else the store."""
+        if not self._open.fresh and (event := self._open.by_id.get(event_id)) is not None:
+            return event
+        event = self.store.get(event_id)
+        if event is not None and self._open.fresh:
+            self._open.saved(event)
+        return event
+
+    def _retry(self, attempt: Callable[[], T]) -> T:
+        """`_retry`, reading the store afresh (and refreshing the copy) after a lost race."""
+        try:
+            return attempt()
+        except StaleEvent:
+            pass
+        self._open.fresh = True
+        try:
+            return _retry(attempt)
+        finally:
+            self._open.fresh = False
+
+    # ------------------------------------------------------------------ escalation
+    # (issue 16, item 4) The one write `events.escalation` makes; nothing above uses it.
+
+    def record_escalation(
+        self, event_id: str, action: Action, *, at_ms: int, note: str, expected_version: int
+    ) -> SecurityEvent:
+        """Record an escalation step (NOTIFY or ESCALATE, system actor, wall-clock `at_ms`)
+        on the event as the escalator read it: `StaleEvent` if it changed since (decide
+        again on the fresh trail), `ForbiddenTransition` if it may no longer be escalated
+        (acknowledged, shelved, suppressed, out of service, closed). Goes to every sink."""
+        if action not in (Action.NOTIFY, Action.ESCALATE):
+            raise ValueError(f"{action.value} is not an escalation step")
+        with self._lock:
+            event = self.store.get(event_id)
+            if event is None:
+                raise UnknownEvent(event_id)
+            if event.version != expected_version:
+                raise StaleEvent(event_id)
+            change = _system(event, action, at_ms, note=note)
+            self._save([change])
+            return change[0]
+
+
+class _OpenEvents:
+    """The manager's copy of the open (not closed) events, by condition and by id."""
+
+    def __init__(self) -> None:
+        self.by_condition: dict[tuple[str, str], SecurityEvent] = {}
+        self.by_id: dict[str, SecurityEvent] = {}
+        self.fresh = False
+        """Inside a retry: read the store, not the copy."""
+
+    def load(self, events: Sequence[SecurityEvent]) -> None:
+        self.by_condition.clear()
+        self.by_id.clear()
+        for event in events:
+            self.saved(event)
+
+    def saved(self, event: SecurityEvent) -> None:
+        """`event` as now stored: kept while open, dropped once closed."""
+        condition = (event.rule_id, event.key)
+        if event.closed:
+            self.by_id.pop(event.id, None)
+            if (held := self.by_condition.get(condition)) is not None and held.id == event.id:
+                del self.by_condition[condition]
+            return
+        if (held := self.by_condition.get(condition)) is not None and held.id != event.id:
+            self.by_id.pop(held.id, None)  # the store holds one open event per condition
+        self.by_condition[condition] = event
+        self.by_id[event.id] = event
+
+    def read(self, rule_id: str, key: str, event: SecurityEvent | None) -> None:
+        """What a fresh read of the condition found."""
+        held = self.by_condition.pop((rule_id, key), None)
+        if held is not None:
+            self.by_id.pop(held.id, None)
+        if event is not None:
+            self.saved(event)
 
 
 def _system(

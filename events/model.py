@@ -92,6 +92,12 @@ class Action(StrEnum):
     """Resolve with a note: only once the condition is no longer active."""
     GROUP = "group"
     """Flood control made this event a child of a parent event."""
+    NOTIFY = "notify"
+    """Escalation (system): the event stayed unacknowledged, its assignee was reminded.
+    The note names who and how (`events.escalation`); the event's facts do not change."""
+    ESCALATE = "escalate"
+    """Escalation (system): still unacknowledged after the reminder, the site's
+    supervisor was called in. The note names who and how; the facts do not change."""
 
 
 class Source(StrEnum):
@@ -351,6 +357,12 @@ def transition(
             if not note.strip():
                 raise ForbiddenTransition(event, action, "closing needs a resolution note")
             changes = {"closed": True, "resolution": note.strip(), "acknowledged": True}
+        case Action.NOTIFY | Action.ESCALATE:
+            # Only what operators still have to answer: an annunciated, unacknowledged event.
+            if event.acknowledged:
+                raise ForbiddenTransition(event, action, "already acknowledged")
+            if event.mode is not Mode.NORMAL:
+                raise ForbiddenTransition(event, action, f"the event is {event.mode.value}")
         case Action.GROUP:
             if not parent_id or parent_id == event.id:
                 raise ForbiddenTransition(event, action, "grouping needs another event as parent")

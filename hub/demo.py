@@ -16,9 +16,11 @@ import signal
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
+from detection.rules_service import committed_watermark_ms
+from events.store import EventStore
 from hub.runtime import Hub
 from hub.settings import Settings
-from hub.wiring import broker_options, open_registry
+from hub.wiring import broker_options, open_registry, store_url
 from registry.site_import import import_sites
 from simulators.demo import DEMO_HISTORY_S, DEMO_SITE, demo_simulation, demo_site
 from simulators.publish import Simulation, SimulationError, now_utc_second
@@ -73,7 +75,8 @@ async def run_with_demo(settings: Settings, speed: float, login: Login | None = 
     broker = broker_options(settings)
     if login is not None:
         broker["username"], broker["password"] = login.username, login.password
-    start = demo_start(hub.events.service.watermark_ms if hub.events is not None else 0)
+    with EventStore(store_url(settings)) as store:  # Hub() has migrated it
+        start = demo_start(committed_watermark_ms(store))
     if start > now_utc_second() - timedelta(seconds=DEMO_HISTORY_S):
         log.info("demo: resuming after what the hub has seen, from %s", start.isoformat())
     simulation = demo_simulation(broker, speed, start)

@@ -42,7 +42,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Final
 
 from api.probes import IngestionView
@@ -51,22 +50,27 @@ from detection.rules_service import STORAGE_FAILING_RULE
 from events.model import Severity
 from hub.serving import embedded_api
 from hub.settings import Settings
+from hub.supervision import Supervisor
 from hub.wiring import (
+    EventsSide,
     build_anomaly,
     build_events,
     build_writer,
     credential_key,
+    detection_tasks,
     events_publisher,
+    migrate_event_store,
     registry_gate,
     tls_context,
 )
+from hub.worker import WorkerHandle
 from ingest.deadletter import DeadLetterStore
 from ingest.decode import DecodeLimits, Decoder
 from ingest.influx import InfluxV1Writer, WatchedWriter, WriteError
 from ingest.intake import Intake
 from ingest.line_protocol import encode_point
 from ingest.session import SessionMemory
-from ingest.spool import Spool
+from ingest.spool import CACHE_RECORDS, Spool
 from ingest.stats import IngestStats
 from ingest.status import write_status
 from ingest.writer import SpoolWriter
@@ -76,12 +80,6 @@ from sensors.topics import hub_presence_head, hub_presence_topic, subscription
 
 log = logging.getLogger(__name__)
 
-RESTART_MIN_S: Final = 1.0
-"""A failed supervised task restarts after this long, doubling per failure ..."""
-RESTART_MAX_S: Final = 60.0
-"""... up to this."""
-RESTART_STABLE_S: Final = 60.0
-"""A task that ran this long before failing starts its backoff from the minimum again."""
 READY_PAUSE_GRACE_S: Final = 30.0
 """`/readyz`: the intake may stop reading (back-pressure) this long before it counts."""
 READY_WRITER_GRACE_S: Final = 60.0
@@ -91,86 +89,6 @@ IDLE_AFTER_S: Final = 2.0
 TICK_LAG_MS: Final = 2_000
 """A tick is this far behind the wall clock: the transit delay a reading may have and
 still be evaluated before its time has passed."""
-
-
-@dataclass
-class TaskHealth:
-    """One supervised task as the status file and `/readyz` see it."""
-
-    state: str = "running"
-    """running, restarting (failed, waiting out its backoff) or ended (returned)."""
-    failures: int = 0
-    last_error: str | None = None
-    last_failure_at: float | None = None
-    """Wall-clock time (s) of the last failure."""
-    restart_at: float | None = None
-    """Wall-clock time (s) of the next start while restarting."""
-
-
-class Supervisor:
-    """Runs background tasks so that a failure restarts the task instead of ending the
-    hub: `await supervisor.run(name, factory)` calls `factory()` for a fresh coroutine
-    after each failure, waiting `min_s`, then twice as long each time, up to `max_s`."""
-
-    def __init__(
-        self,
-        *,
-        min_s: float = RESTART_MIN_S,
-        max_s: float = RESTART_MAX_S,
-        stable_s: float = RESTART_STABLE_S,
-    ) -> None:
-        self.min_s, self.max_s, self.stable_s = min_s, max_s, stable_s
-        self.tasks: dict[str, TaskHealth] = {}
-
-    async def run(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `factory()` until it returns or is cancelled, restarting it on failure."""
-        health = self.tasks.setdefault(name, TaskHealth())
-        delay = self.min_s
-        while True:
-            health.state, health.restart_at = "running", None
-            started = time.monotonic()
-            try:
-                await factory()
-            except Exception as exc:  # a background task must not end the hub
-                if time.monotonic() - started >= self.stable_s:
-                    delay = self.min_s
-                health.failures += 1
-                health.last_error = f"{type(exc).__name__}: {exc}"
-                health.last_failure_at = time.time()
-                health.state, health.restart_at = "restarting", time.time() + delay
-                log.exception(
-                    "task %s failed (%d failures so far); restarting in %.0f s",
-                    name,
-                    health.failures,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_s)
-            else:
-                health.state = "ended"
-                log.info("task %s ended", name)
-                return
-
-    def problems(self) -> dict[str, str]:
-        """The tasks that are not running, with why (for `/readyz`)."""
-        return {
-            name: f"failed {h.failures}x, restarting (last: {h.last_error})"
-            for name, h in self.tasks.items()
-            if h.state == "restarting"
-        }
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Per task: state, failures, last error (for the status file)."""
-        return {
-            name: {
-                "state": h.state,
-                "failures": h.failures,
-                "last_error": h.last_error,
-                "last_failure_at": h.last_failure_at,
-                "restart_at": h.restart_at,
-            }
-            for name, h in self.tasks.items()
-        }
 
 
 def subscription_filter(settings: Settings) -> str:
@@ -193,6 +111,8 @@ class Hub:
             settings.spool.directory,
             max_bytes=settings.spool.max_bytes,
             segment_bytes=settings.spool.segment_bytes,
+            # The records' copies in memory serve consumers in this process only.
+            cache_records=CACHE_RECORDS if settings.events.detection == "thread" else 0,
         )
         self.dead_letters = DeadLetterStore(
             settings.deadletters.directory,
@@ -236,14 +156,13 @@ class Hub:
             reconnect_min_s=mqtt.reconnect_min_s,
             reconnect_max_s=mqtt.reconnect_max_s,
         )
+        # Detection (rules, anomaly, event sinks) runs in a worker process by default
+        # (`hub.worker`), or here, on threads of this process ("thread").
+        in_process = settings.events.enabled and settings.events.detection == "thread"
         self.publisher = (
-            events_publisher(settings)
-            if settings.events.enabled and settings.events.publish_mqtt
-            else None
+            events_publisher(settings) if in_process and settings.events.publish_mqtt else None
         )
-        self.events = (
-            build_events(settings, self.publisher, self.sink) if settings.events.enabled else None
-        )
+        self.events = build_events(settings, self.publisher, self.sink) if in_process else None
         self.anomaly = (
             build_anomaly(settings, self.events.service.manager, self.events.dispatcher.wake)
             if self.events is not None
@@ -262,7 +181,7 @@ class Hub:
             batch_max=settings.spool.fsync_batch,
             linger_s=settings.spool.fsync_linger_ms / 1000,
             high_water=max(settings.mqtt.receive_maximum * 2, settings.spool.fsync_batch * 4),
-            records=self.events is not None,
+            records=settings.events.enabled,
             on_persisted=self._wake_consumers,
             on_storage=self._storage_changed,
             dup=lambda: self.client.dispatching_dup,
@@ -286,6 +205,13 @@ class Hub:
         )
         self._own_status_topic = hub_status_topic(settings)
         self._presence_head = hub_presence_head(settings.mqtt.topic_prefix)
+        self._worker_cpu_at_first: float | None = None
+        """The worker's CPU when the first message arrived (`first_received_cpu_s`)."""
+        self.worker: WorkerHandle | None = None
+        """The detection worker (`events.detection = "process"`), else None."""
+        if settings.events.enabled and self.events is None:
+            migrate_event_store(settings)  # before anyone reads it: the worker starts later
+            self.worker = WorkerHandle(settings, self.spool)
         self.api = embedded_api(settings, self.events, self.ingestion_view())
 
     def ingestion_view(self) -> IngestionView:
@@ -295,7 +221,7 @@ class Hub:
             reading_paused_s=self.reading_paused_s,
             spool_full=lambda: self.spool.full,
             writer_failing_s=self.watched_sink.failing_s,
-            task_problems=self.supervisor.problems,
+            task_problems=self.task_problems,
             storage_error=lambda: self.stats.storage_error,
             pause_grace_s=READY_PAUSE_GRACE_S,
             writer_grace_s=READY_WRITER_GRACE_S,
@@ -309,7 +235,7 @@ class Hub:
 
     def _storage_changed(self, error: str | None) -> None:
         """The spool's disk started refusing writes (`error`) or takes them again."""
-        if self.events is None:
+        if not self.settings.events.enabled:
             return
         hub = self.settings.mqtt.client_id
         if error is not None:
@@ -321,7 +247,13 @@ class Hub:
             )
         else:
             title, message = "Hub stores sensor data again", f"Hub {hub}: spool writes resumed"
-        self.events.service.hub_condition(
+        detection = self.worker if self.worker is not None else self.events
+        if isinstance(detection, EventsSide):
+            condition = detection.service.hub_condition
+        else:
+            assert detection is not None
+            condition = detection.hub_condition
+        condition(
             STORAGE_FAILING_RULE,
             error is not None,
             hub=hub,
@@ -334,6 +266,8 @@ class Hub:
     def _hold_log(self) -> None:
         """Before anything commits: keep the log from each consumer's restored position
         (the writer could otherwise delete segments a consumer has not read)."""
+        if self.worker is not None:
+            self.worker.hold_log()
         if self.events is not None:
             service = self.events.service
             service.position = self.spool.hold(service.NAME, service.position)
@@ -446,15 +380,12 @@ class Hub:
         }
         if (gate := self.registry_gate) is not None:
             found["registry-allowlist"] = lambda: gate.run(self.decoder.forget_routes)
-        if (events := self.events) is not None:
-            found["rules"] = lambda: events.service.run(self.spool)
+        if self.settings.events.enabled:
             found["clock"] = self._clock_loop
-            if (directory := events.directory) is not None:  # the registry's devices, fresh
-                refresh_s = self.settings.registry.refresh_s
-                found["rules-directory"] = lambda: directory.run(events.service, refresh_s)
-            found["event-sinks"] = events.dispatcher.run
-        if (anomaly := self.anomaly) is not None:
-            found["anomaly"] = lambda: anomaly.run(self.spool)
+        if (events := self.events) is not None:
+            found.update(detection_tasks(self.settings, events, self.anomaly, self.spool))
+        if (worker := self.worker) is not None:
+            found["detection"] = worker.run
         return found
 
     async def _clock_loop(self) -> None:
@@ -487,6 +418,8 @@ class Hub:
         await self.intake.drain()  # persist + ack what was received: nothing redelivered
         with contextlib.suppress(ConnectionLost):
             self.client.publish_nowait(self._own_status_topic, b"offline", qos=0, retain=True)
+        if self.worker is not None:
+            await self.worker.stop()  # the same, in the worker (it has a broker connection)
         if self.events is not None:
             # Decide on what the log holds, then hand events to the sinks while the
             # broker connection is still up (what is left stays in the outbox).
@@ -522,11 +455,12 @@ class Hub:
             await asyncio.sleep(self.settings.hub.stats_interval_s)
             self._refresh_gauges()
             fields = self.stats.fields()
-            if self.events is not None:
-                # InfluxDB has no null: a percentile not known yet is left out.
-                fields.update(
-                    (k, v) for k, v in self.events.service.status().items() if v is not None
-                )
+            # InfluxDB has no null: a percentile not known yet is left out.
+            fields.update(
+                (k, v)
+                for k, v in self.detection_status().items()
+                if v is not None and not isinstance(v, dict)  # `anomaly` has its own
+            )
             line = encode_point(HUB_STATS, hub_tags, fields, time.time_ns())
             if self.stats.storage_error is None:
                 self.intake.add_point(line)
@@ -540,9 +474,35 @@ class Hub:
 
     async def _status_loop(self) -> None:
         while True:
+            if self.worker is not None:
+                self.worker.pressure()
+                if self.stats.first_received_ns and self._worker_cpu_at_first is None:
+                    self._worker_cpu_at_first = float(self.worker.status.get("worker_cpu_s", 0))
             self._refresh_gauges()
             self._write_status(running=True)
             await asyncio.sleep(self.settings.hub.status_interval_s)
+
+    def task_problems(self) -> dict[str, str]:
+        """The supervised tasks that are not running, the detection worker's included."""
+        found = self.supervisor.problems()
+        if self.worker is not None:
+            for name, health in self.worker.tasks.items():
+                if isinstance(health, dict) and health.get("state") == "restarting":
+                    failures, error = health.get("failures"), health.get("last_error")
+                    found[f"detection/{name}"] = f"failed {failures}x, restarting (last: {error})"
+        return found
+
+    def detection_status(self) -> dict[str, Any]:
+        """The rules consumer's counters (and `anomaly`'s), from this process or the
+        worker's last report."""
+        if self.worker is not None:
+            return dict(self.worker.status)
+        found: dict[str, Any] = {}
+        if self.events is not None:
+            found.update(self.events.service.status())
+        if self.anomaly is not None:
+            found["anomaly"] = self.anomaly.status()
+        return found
 
     def _refresh_gauges(self) -> None:
         stats = self.stats
@@ -562,11 +522,14 @@ class Hub:
             subscription=subscription_filter(self.settings),
             influx=f"{self.settings.influx.api} {self.settings.influx.url}",
         )
-        if self.events is not None:
-            snapshot.update(self.events.service.status())
-        if self.anomaly is not None:
-            snapshot["anomaly"] = self.anomaly.status()
+        snapshot.update(self.detection_status())
+        if self._worker_cpu_at_first is not None:  # CPU of the hub's processes, both
+            snapshot["first_received_cpu_s"] += self._worker_cpu_at_first
         snapshot["tasks"] = self.supervisor.status()
+        if self.worker is not None:
+            snapshot["tasks"].update(
+                {f"detection/{name}": health for name, health in self.worker.tasks.items()}
+            )
         write_status(self.settings.hub.data_dir, snapshot)
 
 
@@ -579,6 +542,8 @@ async def run_hub(settings: Settings) -> None:
     hub = Hub(settings)
     if hub.events is not None:
         loop.add_signal_handler(signal.SIGHUP, hub.events.service.reload_on_signal)
+    elif hub.worker is not None:
+        loop.add_signal_handler(signal.SIGHUP, hub.worker.reload)
     # Readings are acyclic and freed by refcount; frequent gen-0 collections at tens of
     # thousands of messages a second are wasted work. Start-up objects never die: freeze them.
     gc.freeze()

@@ -18,6 +18,7 @@ from api.deps import ApiConfig, ApiDeps, cells_of
 from api.metrics import ApiMetrics
 from api.probes import IngestionView, default_probes, with_ingestion
 from api.server import EmbeddedApi, create_app
+from events.attachments import AttachmentStore
 from events.manager import EventManager
 from events.store import EventStore
 from hub.settings import Settings
@@ -49,7 +50,8 @@ def build_deps(
     check ingestion (`api.probes.with_ingestion`).
 
     Users, API keys and report links live in the event store's database (own tables,
-    own migration track); so does the registry.
+    own migration track); so do the registry and the field loop's photo rows and report
+    tokens (the photos themselves are files under `field.directory`).
     """
     url = store_url(settings)
     Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
@@ -68,6 +70,9 @@ def build_deps(
     users = UserStore(url)
     users.migrate()
     bootstrap_admin(settings, users)
+    attachments = AttachmentStore(url, attachments_dir(settings))
+    attachments.migrate()
+    field = settings.field
     probes = default_probes(users, settings.mqtt.host, settings.mqtt.port, settings.influx.url)
     return ApiDeps(
         config=ApiConfig(
@@ -80,6 +85,12 @@ def build_deps(
             trusted_proxies=tuple(settings.api.trusted_proxies),
             login_account_failures=settings.api.login_account_failures,
             login_backoff_max_s=settings.api.login_backoff_max_s,
+            max_photo_bytes=field.max_photo_bytes,
+            max_worker_photos=field.max_worker_photos,
+            max_report_photos=field.max_report_photos,
+            public_reports=field.public_reports,
+            public_reports_total=field.public_reports_total,
+            public_report_window_s=field.public_report_window_s,
         ),
         events=store,
         manager=manager,
@@ -90,7 +101,14 @@ def build_deps(
         probes=probes if ingestion is None else with_ingestion(probes, ingestion),
         registry=open_registry(settings),
         dynsec=accounts_from_settings(settings),
+        attachments=attachments,
     )
+
+
+def attachments_dir(settings: Settings) -> Path:
+    """`field.directory`, or `<hub.data_dir>/attachments`."""
+    configured = settings.field.directory
+    return configured if configured is not None else Path(settings.hub.data_dir) / "attachments"
 
 
 def bootstrap_admin(settings: Settings, users: UserStore) -> None:

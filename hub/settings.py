@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from events.escalation_notice import check_contact
 from events.model import Severity
 from sensors import topics
 
@@ -209,6 +210,11 @@ class EventsSettings(_Section):
     webhooks: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr | None = None
     snapshot_interval_s: Positive = 10.0
+    detection: Literal["process", "thread"] = "process"
+    """Where rules, anomaly scoring and the event sinks run: "process", a worker process
+    of the hub's own (`hub.worker`: the hub's second core, so alarms are decided while
+    the intake stores and acknowledges); "thread", inside the hub's process, sharing one
+    core with the intake (for embedding and tests that reach into the services)."""
     flood_exempt: list[Severity] = Field(default_factory=lambda: [Severity.CRITICAL])
     """Severities that always annunciate on their own, even during an alarm flood (never
     grouped under the storm parent nor suppressed); e.g. ["critical", "high"]."""
@@ -284,6 +290,25 @@ class RegistrySettings(_Section):
         return _refuse_placeholder(value, "registry.dynsec_password")
 
 
+class FieldSettings(_Section):
+    """The grid worker's and the residents' pages: photo uploads and the public report
+    form's abuse limits (docs/field-loop.md)."""
+
+    directory: Path | None = None
+    """Where photos are stored (named by their SHA-256); default <hub.data_dir>/attachments."""
+    max_photo_bytes: int = Field(default=8 * 1024 * 1024, ge=16 * 1024, le=32 * 1024 * 1024)
+    """Largest photo (413 beyond it); JPEG, PNG and WebP only (415 otherwise)."""
+    max_worker_photos: int = Field(default=4, ge=1, le=10)
+    """Photos a grid worker may send with one note or resolution."""
+    max_report_photos: int = Field(default=1, ge=0, le=4)
+    """Photos a resident may send with one report (0: none)."""
+    public_reports: int = Field(default=10, ge=1)
+    """Reports one client address may file (or try to) on the public page per window."""
+    public_reports_total: int = Field(default=300, ge=1)
+    """Reports all clients together may file on the public page per window."""
+    public_report_window_s: Positive = 3600.0
+
+
 class AnomalySettings(_Section):
     """Online anomaly scoring in the hub, with the model `gridwatch anomaly train` saves."""
 
@@ -303,6 +328,96 @@ class AnomalySettings(_Section):
     """Training target: flagged readings per device and day on held-out normal history."""
 
 
+class EscalationSettings(_Section):
+    """Unacknowledged events: a reminder to the assignee, then the site's supervisor
+    (docs/escalation.md). Delays are per severity in seconds of wall-clock time; 0 means
+    never. Contacts are URIs: `mailto:` reaches the e-mail sink ([email]); every step also
+    goes to the webhooks and MQTT like any transition."""
+
+    enabled: Literal["auto"] | bool = "auto"
+    """auto: on when `contacts` or `supervisors` names someone; true: on regardless (steps
+    reach webhooks and MQTT only); false: off."""
+    notify_critical_s: float = Field(default=120.0, ge=0)
+    """Unacknowledged this long: remind the assignee (0: critical events never escalate)."""
+    notify_high_s: float = Field(default=300.0, ge=0)
+    notify_medium_s: float = Field(default=900.0, ge=0)
+    notify_low_s: float = Field(default=0.0, ge=0)
+    escalate_critical_s: float = Field(default=180.0, ge=0)
+    """Still unacknowledged this long after the reminder: the site's supervisor (0: never)."""
+    escalate_high_s: float = Field(default=600.0, ge=0)
+    escalate_medium_s: float = Field(default=1800.0, ge=0)
+    escalate_low_s: float = Field(default=0.0, ge=0)
+    contacts: dict[str, list[str]] = Field(default_factory=dict)
+    """Grid worker id -> contact URI(s) for reminders; "*": everyone not listed (and the
+    desk, for events without an assignee)."""
+    supervisors: dict[str, list[str]] = Field(default_factory=dict)
+    """Site -> the supervisor's contact URI(s); "*": every site not listed."""
+    rate_limit: int = Field(default=5, ge=1)
+    """Steps one addressee (a worker, a site's supervisor) gets per rate_window_s; the
+    rest are held and sent as the window frees, most severe first."""
+    rate_window_s: Positive = 60.0
+    interval_s: Positive = 5.0
+    """How often unacknowledged events are checked."""
+
+    @field_validator("contacts", "supervisors", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        if isinstance(value, Mapping):
+            return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("contacts", "supervisors")
+    @classmethod
+    def _uris(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for uris in value.values():
+            for uri in uris:
+                check_contact(uri)
+        return value
+
+    @property
+    def active(self) -> bool:
+        if self.enabled == "auto":
+            return any(self.contacts.values()) or any(self.supervisors.values())
+        return bool(self.enabled)
+
+
+class EmailSettings(_Section):
+    """Escalation steps as e-mail through an SMTP relay (docs/escalation.md)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = "gridwatch@localhost"
+    """The From address."""
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    """starttls (port 587 usually), tls (SMTPS, port 465) or none (a relay on this host)."""
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: Positive = 10.0
+    ca_file: Path | None = None
+    """CA bundle for the relay's certificate; default: the system's."""
+    subject_prefix: str = "[GridWatch]"
+    desk_url: str | None = None
+    """The hub's public base URL (https://hub.example.org): mail links to the event."""
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        return _refuse_placeholder(value, "email.password")
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return check_contact(f"mailto:{value}")[len("mailto:") :]
+
+    @model_validator(mode="after")
+    def _login_needs_tls(self) -> Self:
+        loopback = self.host in ("localhost", "::1") or self.host.startswith("127.")
+        if self.username and self.security == "none" and not loopback:
+            raise ValueError("an SMTP login off loopback needs security 'starttls' or 'tls'")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -317,6 +432,9 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     registry: RegistrySettings = RegistrySettings()
     anomaly: AnomalySettings = AnomalySettings()
+    field: FieldSettings = FieldSettings()
+    escalation: EscalationSettings = EscalationSettings()
+    email: EmailSettings = EmailSettings()
 
     @model_validator(mode="after")
     def _one_consumer_per_site(self) -> Self:

@@ -12,9 +12,10 @@ import os
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,10 +31,13 @@ from detection.rules_service import RulesService
 from devstack.dynsec import Login, logins_path, read_logins, uses_dynsec
 from devstack.stack import HOST, LocalStack, StackError
 from events.dispatcher import OutboxDispatcher
+from events.email_sink import EmailSink, SmtpConfig
+from events.escalation import Delays, EscalationPolicy, Escalator
 from events.manager import EventManager
+from events.model import Severity
 from events.sinks import InfluxSink, MqttSink, Sink, SinkRejected, WebhookSink
 from events.store import EventStore
-from hub.settings import Settings
+from hub.settings import EmailSettings, EscalationSettings, Settings
 from ingest.influx import (
     Failure,
     InfluxV1Writer,
@@ -45,6 +49,7 @@ from ingest.influx import (
     answers_ping,
 )
 from ingest.influxql import QueryTarget
+from ingest.spool import LogReader
 from registry.allowlist import RegistryGate
 from registry.store import RegistryStore
 from rules.engine import Engine
@@ -202,6 +207,15 @@ def store_url(settings: Settings) -> str:
     return f"sqlite:///{Path(settings.hub.data_dir).resolve() / 'events.db'}"
 
 
+def migrate_event_store(settings: Settings) -> None:
+    """Create or upgrade the event store now (a bad URL or a newer schema is an error at
+    start, in the process that was asked to run)."""
+    if settings.events.store_url is None:  # the default SQLite file under data_dir
+        Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
+    with EventStore(store_url(settings)) as store:
+        store.migrate()
+
+
 def open_registry(settings: Settings) -> RegistryStore:
     """The registry in the event store's database, migrated."""
     url = store_url(settings)
@@ -244,6 +258,28 @@ class EventsSide:
     webhooks: list[WebhookSink]
     directory: DirectorySource | None = None
     """Keeps the rules' directory in step with the registry (run it as a task)."""
+    escalator: Escalator | None = None
+    """Reminds and escalates unacknowledged events (`escalation`; run it as a task)."""
+
+
+def detection_tasks(
+    settings: Settings, events: EventsSide, anomaly: AnomalyService | None, log: LogReader
+) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+    """The detection side's background tasks by name (factories: a restart needs a fresh
+    coroutine), over the log as `log` reads it: in the hub's process (`Hub`) or in the
+    detection worker's (`hub.worker`)."""
+    found: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+        "rules": lambda: events.service.run(log)
+    }
+    if (directory := events.directory) is not None:  # the registry's devices, fresh
+        refresh_s = settings.registry.refresh_s
+        found["rules-directory"] = lambda: directory.run(events.service, refresh_s)
+    found["event-sinks"] = events.dispatcher.run
+    if (escalator := events.escalator) is not None:
+        found["escalation"] = escalator.run
+    if anomaly is not None:
+        found["anomaly"] = lambda: anomaly.run(log)
+    return found
 
 
 def events_publisher(settings: Settings) -> MqttClient:
@@ -294,6 +330,8 @@ def build_events(
         for i, url in enumerate(cfg.webhooks)
     ]
     sinks += webhooks
+    if settings.email.enabled:
+        sinks.append(EmailSink(smtp_config(settings.email)))
     Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
     store = EventStore(store_url(settings))
     store.migrate()
@@ -317,7 +355,53 @@ def build_events(
         on_events=dispatcher.wake,
     )
     service.restore()
-    return EventsSide(store, service, dispatcher, webhooks, source)
+    escalator = None
+    if settings.escalation.active:
+        escalator = Escalator(
+            manager,
+            escalation_policy(settings.escalation),
+            clock_ms=_now_ms,
+            interval_s=settings.escalation.interval_s,
+            on_saved=dispatcher.wake,
+        )
+    return EventsSide(store, service, dispatcher, webhooks, source, escalator)
+
+
+def escalation_policy(cfg: EscalationSettings) -> EscalationPolicy:
+    """`[escalation]` as the escalator's policy (seconds to ms; 0 means never)."""
+
+    def ms(seconds: float) -> int | None:
+        return round(seconds * 1000) if seconds > 0 else None
+
+    delays = {
+        Severity.CRITICAL: Delays(ms(cfg.notify_critical_s), ms(cfg.escalate_critical_s)),
+        Severity.HIGH: Delays(ms(cfg.notify_high_s), ms(cfg.escalate_high_s)),
+        Severity.MEDIUM: Delays(ms(cfg.notify_medium_s), ms(cfg.escalate_medium_s)),
+        Severity.LOW: Delays(ms(cfg.notify_low_s), ms(cfg.escalate_low_s)),
+    }
+    return EscalationPolicy(
+        delays=delays,
+        contacts={k: tuple(v) for k, v in cfg.contacts.items()},
+        supervisors={k: tuple(v) for k, v in cfg.supervisors.items()},
+        rate_limit=cfg.rate_limit,
+        rate_window_ms=round(cfg.rate_window_s * 1000),
+    )
+
+
+def smtp_config(cfg: EmailSettings) -> SmtpConfig:
+    """`[email]` as the e-mail sink's SMTP settings."""
+    return SmtpConfig(
+        host=cfg.host,
+        port=cfg.port,
+        sender=cfg.sender,
+        security=cfg.security,
+        username=cfg.username,
+        password=cfg.password.get_secret_value() if cfg.password else None,
+        timeout_s=cfg.timeout_s,
+        ca_file=cfg.ca_file,
+        subject_prefix=cfg.subject_prefix,
+        desk_url=cfg.desk_url,
+    )
 
 
 def directory_source(settings: Settings, rules: Sequence[Rule] = ()) -> DirectorySource:

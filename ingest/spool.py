@@ -47,7 +47,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
 from ingest.records import Record, decode_records, encode_records, event_time_ms
 
@@ -742,16 +742,191 @@ class Spool:
         return offset, lines
 
 
+class LogReader(Protocol):
+    """What a detection consumer reads the log through: the hub's own `Spool` (a
+    consumer in the hub's process) or a `SpoolFollower` (one in a process of its own)."""
+
+    @property
+    def full(self) -> bool: ...
+    @property
+    def needs_space(self) -> bool: ...
+    @property
+    def synced_records(self) -> int: ...
+    @property
+    def latest_event_ms(self) -> int: ...
+
+    def hold(self, name: str, position: Cursor | None) -> Cursor: ...
+    def release(self, name: str, position: Cursor) -> None: ...
+    def read_records(
+        self, start: Cursor, max_records: int, *, stop: Cursor | None = None
+    ) -> RecordBatch | None: ...
+    def records_after(self, start: Cursor) -> int: ...
+
+
+class SpoolFollower:
+    """The hub's log, read from another process (the detection worker, `hub.worker`).
+
+    Read-only: it never locks, cuts, writes or deletes. It reads the frames before the
+    `synced` mark, which the hub rewrites after each fsync, so everything it reads is
+    durable and whole. Holds stay here: the worker reports its consumers' positions to
+    the hub, whose `Spool` then frees what they have passed (never earlier, so no file
+    this reader still needs is deleted; an open one survives its unlink). What only the
+    hub knows (the disk's state, the newest event time) the hub sends over (`pressure`).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.holds: dict[str, Cursor] = {}
+        self._read_fds: dict[int, int] = {}
+        self._end = Cursor(0, 0)
+        self._synced_records = 0
+        self._full = False
+        self._needs_space = False
+        self._latest_event_ms = 0
+
+    # -- what the hub tells, and the mark -------------------------------------------
+    def pressure(self, *, full: bool, needs_space: bool, latest_event_ms: int) -> None:
+        self._full, self._needs_space = full, needs_space
+        self._latest_event_ms = max(self._latest_event_ms, latest_event_ms)
+
+    def refresh(self) -> bool:
+        """Read the synced mark; True when the log grew (new frames to read)."""
+        try:
+            data = (self.directory / "synced").read_bytes()[: _MARK.size]
+        except FileNotFoundError:
+            return False
+        if len(data) < _MARK.size:
+            return False
+        seg, offset, crc = _MARK.unpack(data)
+        if zlib.crc32(struct.pack("<QQ", seg, offset)) != crc:
+            return False  # caught mid-rewrite: the next look finds it whole
+        end = Cursor(seg, offset)
+        if end <= self._end:
+            return False
+        if self._end != Cursor(0, 0):
+            self._synced_records += self.records_after(self._end, until=end)
+        self._end = end
+        return True
+
+    def close(self) -> None:
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+
+    # -- LogReader ------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        return self._full
+
+    @property
+    def needs_space(self) -> bool:
+        return self._needs_space
+
+    @property
+    def synced_records(self) -> int:
+        return self._synced_records
+
+    @property
+    def latest_event_ms(self) -> int:
+        return self._latest_event_ms
+
+    def hold(self, name: str, position: Cursor | None) -> Cursor:
+        """Start `name` at `position`, or at the oldest frame the log still has."""
+        start = self._oldest()
+        if position is None or position < start or position > self._end:
+            if position is not None:
+                log.warning(
+                    "spool %s: consumer %s resumes at %s, which the log does not hold "
+                    "(it holds %s to %s): starting at its oldest frame",
+                    self.directory,
+                    name,
+                    position,
+                    start,
+                    self._end,
+                )
+            position = start
+        self.holds[name] = position
+        return position
+
+    def release(self, name: str, position: Cursor) -> None:
+        self.holds[name] = position
+
+    def read_records(
+        self, start: Cursor, max_records: int, *, stop: Cursor | None = None
+    ) -> RecordBatch | None:
+        """Records of the synced frames from `start` (and before `stop`)."""
+        limit = self._end if stop is None or stop > self._end else stop
+        records: list[Record] = []
+        frames = 0
+        seg, offset = start.segment, start.offset
+        while len(records) < max_records and Cursor(seg, offset) < limit:
+            header = self._header(seg, offset, limit)
+            if header is None:  # the end of a finished segment: the next one's start
+                seg, offset = seg + 1, 0
+                continue
+            length, _crc, _lines, _ms, blob_length, count = header
+            if count:
+                at = offset + _HEADER.size + length
+                records += decode_records(os.pread(self._read_fd(seg), blob_length, at))
+            offset += _HEADER.size + length + blob_length
+            frames += 1
+        if not frames:
+            return None
+        return RecordBatch(records, Cursor(seg, offset), frames)
+
+    def records_after(self, start: Cursor, *, until: Cursor | None = None) -> int:
+        """Records of the synced frames from `start` to `until` (headers only)."""
+        limit = until or self._end
+        total = 0
+        seg, offset = start.segment, start.offset
+        while Cursor(seg, offset) < limit:
+            header = self._header(seg, offset, limit)
+            if header is None:
+                seg, offset = seg + 1, 0
+                continue
+            total += header[5]
+            offset += _HEADER.size + header[0] + header[4]
+        return total
+
+    # -- helpers --------------------------------------------------------------------
+    def _oldest(self) -> Cursor:
+        segments = [int(p.stem) for p in self.directory.glob(f"*{_SUFFIX}") if p.stem.isdigit()]
+        return Cursor(min(segments), 0) if segments else self._end
+
+    def _header(
+        self, seg: int, offset: int, limit: Cursor
+    ) -> tuple[int, int, int, int, int, int] | None:
+        """The frame header at (seg, offset), which is before `limit`; None at the end of
+        a finished segment (the hub may also have emptied one every consumer passed)."""
+        data = os.pread(self._read_fd(seg), _HEADER.size, offset)
+        if len(data) < _HEADER.size:
+            if seg >= limit.segment:  # the mark says a frame is here
+                raise SpoolError(f"spool {self.directory}: no frame at {Cursor(seg, offset)}")
+            return None
+        return _HEADER.unpack(data)
+
+    def _read_fd(self, seg: int) -> int:
+        fd = self._read_fds.get(seg)
+        if fd is None:
+            path = self.directory / f"{seg:016d}{_SUFFIX}"
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError as exc:
+                raise SpoolError(f"spool {path}: gone while a consumer needs it") from exc
+            self._read_fds[seg] = fd
+        return fd
+
+
 class ConsumerLag:
     """How far a consumer of the log is behind: records, and seconds of event time."""
 
     def __init__(self) -> None:
-        self._spool: Spool | None = None
+        self._spool: LogReader | None = None
         self._backlog = 0
         self._synced0 = 0
         self.consumed = 0
 
-    def start(self, spool: Spool, position: Cursor) -> None:
+    def start(self, spool: LogReader, position: Cursor) -> None:
         self._spool = spool
         self._backlog = spool.records_after(position)
         self._synced0 = spool.synced_records

@@ -31,9 +31,7 @@ def create_engine(url: str) -> Engine:
         return sa.create_engine(parsed, pool_pre_ping=True)
     if backend == "sqlite":
         return _sqlite_engine(parsed)
-    raise DatabaseUrlError(
-        f"unsupported database {parsed.drivername!r}: use sqlite or postgresql"
-    )
+    raise DatabaseUrlError(f"unsupported database {parsed.drivername!r}: use sqlite or postgresql")
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:

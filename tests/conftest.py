@@ -1,9 +1,9 @@
 """Fixtures: real services on free loopback ports, and a hub running in-process.
 
-Mosquitto is per test (cheap, and fault tests restart it); InfluxDB 1.6.7 and
-VictoriaMetrics are per session with a fresh database per test, and so is PostgreSQL
-(the event store's). Any GRIDWATCH_ variable from the caller's shell is removed so tests
-see embedded defaults only.
+Mosquitto and NATS (the second broker) are per test (cheap, and fault tests restart
+them); InfluxDB 1.6.7 and VictoriaMetrics are per session with a fresh database per
+test, and so is PostgreSQL (the event store's). Any GRIDWATCH_ variable from the
+caller's shell is removed so tests see embedded defaults only.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hub.settings import (
     Settings,
 )
 from tests.support.hub import make_settings
+from tests.support.nats_fixtures import running_nats
 from tests.support.services import (
     create_database,
     drop_database,
@@ -48,6 +49,13 @@ def _client_tools() -> None:
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[ManagedProcess]:
     with running_mosquitto(tmp_path / "mosquitto") as proc:
+        yield proc
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[ManagedProcess]:
+    """The second broker (NATS 2.9, MQTT 3.1.1 over JetStream); `port` is its MQTT port."""
+    with running_nats(tmp_path / "nats") as proc:
         yield proc
 
 

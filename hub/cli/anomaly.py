@@ -141,6 +141,20 @@ def _stream_config(
 )
 @click.option("--raw", is_flag=True, help="Threshold the detector's raw score (no likelihood).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["stream", "context"]),
+    default="stream",
+    show_default=True,
+    help="stream: the streaming configuration above. context: the context-novelty detector "
+    "(anomaly/context.py) with the fixed tuning/held-out split, beside NAB's published "
+    "detectors, with its CPU cost per reading (--nab only; docs/anomaly-nab.md).",
+)
+@click.option(
+    "--context-views",
+    default=None,
+    help="--method context: comma-separated views out of linear, compressed (default: both).",
+)
 def evaluate(
     nab_dir: Path | None,
     smoke_file: Path | None,
@@ -156,16 +170,26 @@ def evaluate(
     refresh_every: int | None,
     raw: bool,
     seed: int,
+    method: str,
+    context_views: str | None,
 ) -> None:
     """Stream ONE detector configuration over real labelled data and score it.
 
     --nab scores with NAB's method (standard, reward_low_FP_rate, reward_low_FN_rate);
     --smoke times the first alarm after the Fire Alarm label turns on; --occupancy scores
-    alarms against the occupancy label. Give exactly one of them.
+    alarms against the occupancy label. Give exactly one of them. --method context runs
+    the context-novelty detector on a NAB corpus instead (docs/anomaly-nab.md).
     """
     targets = [t for t in (nab_dir, smoke_file, occupancy_dir) if t is not None]
     if len(targets) != 1:
         raise click.UsageError("give exactly one of --nab, --smoke, --occupancy")
+    if method == "context":
+        if nab_dir is None:
+            raise click.UsageError("--method context evaluates a NAB corpus: give --nab")
+        _evaluate_context_nab(nab_dir, context_views, as_json, plot_file)
+        return
+    if context_views is not None:
+        raise click.UsageError("--context-views goes with --method context")
     config = _stream_config(
         detector, features, window, threshold, refractory, trigger, refresh_every, raw, seed
     )
@@ -209,6 +233,31 @@ def _evaluate_nab(root: Path, config: StreamConfig, as_json: bool, plot: Path | 
     _print_report(report.to_json(), format_nab(report), as_json)
     if plot is not None:
         _save_plot(nab_panels(report, config.threshold), plot)
+
+
+def _evaluate_context_nab(root: Path, views: str | None, as_json: bool, plot: Path | None) -> None:
+    from anomaly.context import VIEWS, ContextParams
+    from evaluation.nab import NabFormatError
+    from evaluation.nab_eval import context_nab_figure, evaluate_context_nab, format_context_nab
+
+    params = ContextParams()
+    if views is not None:
+        chosen = tuple(part.strip() for part in views.split(",") if part.strip())
+        if not chosen or any(part not in VIEWS for part in chosen):
+            raise click.BadParameter(
+                f"choose a comma-separated list of {', '.join(VIEWS)}",
+                param_hint="--context-views",
+            )
+        params = replace(params, views=chosen)
+    click.echo(f"scoring the context-novelty detector on {root}", err=True)
+    try:
+        report = evaluate_context_nab(root, params)
+    except NabFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_report(report.to_json(), format_context_nab(report), as_json)
+    if plot is not None:
+        context_nab_figure(report, plot)
+        click.echo(f"plot written to {plot}", err=True)
 
 
 def _evaluate_smoke(path: Path, config: StreamConfig, as_json: bool, plot: Path | None) -> None:

@@ -42,6 +42,13 @@ def bench() -> None:
     show_default=True,
     help="Also measure the per-stage costs in-process (a part; ~10 s).",
 )
+@click.option(
+    "--detection",
+    type=click.Choice(["process", "thread"]),
+    default=None,
+    help="Override events.detection, to compare (NOT the default configuration; the "
+    "output says so). Default: the hub's own default.",
+)
 def ingest(
     n_messages: int,
     devices: int,
@@ -51,6 +58,7 @@ def ingest(
     ingest_only: bool,
     probe_interval_ms: float,
     costs: bool,
+    detection: str | None,
 ) -> None:
     """Publish N realistic messages and measure the hub's default pipeline, live and
     backlog: throughput against the broker's limit, and alarm latency with probes."""
@@ -65,6 +73,7 @@ def ingest(
         ingest_only=ingest_only,
         probe_interval_ms=probe_interval_ms,
         costs=costs,
+        detection=detection,
     )
     click.echo(json.dumps(result, sort_keys=True) if as_json else format_result(result))
 

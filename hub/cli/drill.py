@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from hub.cli.options import duration, setup_logging
+from hub.cli.options import duration
+from hub.supervision import setup_logging
 
 
 @click.group("drill")

@@ -6,8 +6,6 @@ Only light modules are imported here: this runs on every `gridwatch --help`.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
@@ -47,16 +45,6 @@ def load(config_path: Path | None) -> Settings:
         return load_settings(config_path)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr at `level` (a name such as "INFO"), the HTTP libraries at WARNING or above."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # One line per HTTP request would drown the hub's own messages.
-    for noisy in ("httpx", "httpcore", "influxdb_client"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:

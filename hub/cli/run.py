@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from hub.cli.options import config_option, load, setup_logging
+from hub.cli.options import config_option, load
+from hub.supervision import setup_logging
 
 
 @click.command("run")

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import click
 
 from hub.cli.inputs import load_site, replays, scenario_names
-from hub.cli.options import REPLAY_NAMES, config_option, duration, load, setup_logging
+from hub.cli.options import REPLAY_NAMES, config_option, duration, load
 from hub.settings import MqttSettings, Settings
+from hub.supervision import setup_logging
 
 if TYPE_CHECKING:
     from simulators.engine import SimMessage

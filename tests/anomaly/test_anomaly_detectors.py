@@ -35,9 +35,7 @@ from anomaly.streaming import StreamConfig, default_config, feature_rows, run_st
 
 FACTORIES: dict[str, Callable[[int], Detector]] = {
     "median_mad": lambda seed: RollingMedianMAD(window=64, min_periods=8),
-    "median_mad/refresh": lambda seed: RollingMedianMAD(
-        window=64, min_periods=8, refresh_every=16
-    ),
+    "median_mad/refresh": lambda seed: RollingMedianMAD(window=64, min_periods=8, refresh_every=16),
     "isolation_forest": lambda seed: IsolationForestDetector(
         n_estimators=25, window=256, refit_every=64, min_samples=32, seed=seed
     ),
@@ -112,9 +110,7 @@ def test_batch_learning_equals_streaming_where_promised(name: str) -> None:
     if not streamed.batch_equals_stream:
         streamed.learn_one(rows[160])
         batched.learn_many(rows[160:161])  # a batch always refits at its end
-        assert not np.array_equal(
-            streamed.score_many(rows[161:]), batched.score_many(rows[161:])
-        )
+        assert not np.array_equal(streamed.score_many(rows[161:]), batched.score_many(rows[161:]))
 
 
 def test_state_round_trip_scores_identically_and_keeps_learning(name: str) -> None:
@@ -185,8 +181,9 @@ def test_flagged_rows_stay_out_of_training() -> None:
     assert flags.all()
     history = guarded.detector.get_state().arrays["history"]
     assert history.shape[0] == 100 and history.max() < 50.0
-    learning = Guarded(RollingMedianMAD(window=400, min_periods=8), Threshold(6.0),
-                       learn_flagged=True)
+    learning = Guarded(
+        RollingMedianMAD(window=400, min_periods=8), Threshold(6.0), learn_flagged=True
+    )
     learning.process_many(rows[:100])
     learning.process_many(spikes)
     assert learning.detector.get_state().arrays["history"].shape[0] == 130
@@ -194,8 +191,11 @@ def test_flagged_rows_stay_out_of_training() -> None:
 
 def test_per_key_falls_back_to_the_pooled_detector() -> None:
     rows = _normal_rows()
-    per_key = PerKey(lambda: RollingMedianMAD(window=64, min_periods=8),
-                     RollingMedianMAD(window=64, min_periods=8), min_history=50)
+    per_key = PerKey(
+        lambda: RollingMedianMAD(window=64, min_periods=8),
+        RollingMedianMAD(window=64, min_periods=8),
+        min_history=50,
+    )
     for row in rows[:40]:
         per_key.learn_one("door-1", row)
     assert not per_key.uses_own("door-1")
@@ -220,8 +220,12 @@ def test_stream_is_deterministic_and_batched_scoring_matches_row_by_row() -> Non
     rng = np.random.default_rng(2)
     values = np.concatenate([rng.normal(0, 1, 900), rng.normal(9, 1, 30), rng.normal(0, 1, 300)])
     config = StreamConfig(
-        detector="pca", features=("value", "lags"), window=256, threshold=0.5,
-        learning_period=100, seed=4,
+        detector="pca",
+        features=("value", "lags"),
+        window=256,
+        threshold=0.5,
+        learning_period=100,
+        seed=4,
     )
     first, second = run_stream(values, config), run_stream(values, config)
     assert np.array_equal(first.score, second.score)
@@ -232,8 +236,9 @@ def test_stream_is_deterministic_and_batched_scoring_matches_row_by_row() -> Non
     likes = [AnomalyLikelihood(learning_period=100) for _ in rows]
     reference = []
     for i in range(values.size):
-        final = max(like.update(det.score_one(r[i])) for det, like, r in zip(dets, likes, rows,
-                                                                          strict=True))
+        final = max(
+            like.update(det.score_one(r[i])) for det, like, r in zip(dets, likes, rows, strict=True)
+        )
         reference.append(final)
         if final < config.threshold:
             for det, r in zip(dets, rows, strict=True):
@@ -259,5 +264,6 @@ def test_flat_forest_equals_sklearn_bit_for_bit(width: int, max_features: float)
         n_estimators=40, max_samples=256, max_features=max_features, random_state=2
     ).fit(train)
     probe = np.vstack([rng.normal(size=(200, width)) * 4, train[:20]])
-    assert np.array_equal(FlatForest.from_sklearn(model).score_samples(probe),
-                          model.score_samples(probe))
+    assert np.array_equal(
+        FlatForest.from_sklearn(model).score_samples(probe), model.score_samples(probe)
+    )

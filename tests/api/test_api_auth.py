@@ -65,9 +65,7 @@ def test_passwords_are_stored_as_argon2id_hashes(api: ApiHarness) -> None:
     from accounts.users import api_users
 
     api.user(Role.resident)
-    engine = sa.create_engine(
-        api.url.replace("postgresql://", "postgresql+psycopg://")
-    )
+    engine = sa.create_engine(api.url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as conn:
         stored = conn.execute(sa.select(api_users.c.password_hash)).scalars().all()
     engine.dispose()

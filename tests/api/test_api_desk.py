@@ -121,7 +121,15 @@ def test_a_refused_desk_action_comes_back_as_a_message(api: ApiHarness) -> None:
     assert 'role="alert"' in refused.text and "still active" in refused.text
     done = api.client.post(
         f"/desk/events/{event.id}/assign",
+        data={"csrf": csrf.group(1), "assignee": "w-yy-g05", "back": "/desk/yingyang"},
+        headers=h,
+    )
+    assert done.url.path == "/desk/yingyang" and "w-yy-g05" in done.text
+    assert 'role="alert"' not in done.text
+    # Only the site's grid workers (tests/api/test_api_desk_live.py has the rest).
+    refused = api.client.post(
+        f"/desk/events/{event.id}/assign",
         data={"csrf": csrf.group(1), "assignee": "w-night", "back": "/desk/yingyang"},
         headers=h,
     )
-    assert done.url.path == "/desk/yingyang" and "w-night" in done.text
+    assert "not a grid worker of yingyang" in refused.text

@@ -170,6 +170,46 @@ EXPECTED: Final[dict[tuple[str, str, str], Expect]] = {
     ("gridwatch-hub-health", "Connected / uptime", "A"): Expect(
         ("time", "connected", "uptime"), ("hub",)
     ),
+    # Alarm KPIs: the scenario is calm (no flood, no chattering, nobody acknowledges);
+    # tests/dashboards/test_dashboards_alarm_kpi.py checks every figure on a history made
+    # for it, against the hub's own (events.kpi).
+    ("gridwatch-alarm-kpi", "Alarms per 10 minutes", "A"): Expect(("time", "alarms"), ("site",)),
+    ("gridwatch-alarm-kpi", "Alarms per hour", "A"): Expect(("time", "alarms"), ("site",)),
+    ("gridwatch-alarm-kpi", "Alarms per day", "A"): Expect(("time", "alarms"), ("site",)),
+    ("gridwatch-alarm-kpi", "Average per 10 minutes", "A"): Expect(("time", "per 10 minutes")),
+    ("gridwatch-alarm-kpi", "Average per hour", "A"): Expect(("time", "per hour")),
+    ("gridwatch-alarm-kpi", "Average per day", "A"): Expect(("time", "per day")),
+    ("gridwatch-alarm-kpi", "Peak 10 minutes", "A"): Expect(("time", "peak")),
+    ("gridwatch-alarm-kpi", "Time in flood", "A"): Expect(("time", "in flood")),
+    ("gridwatch-alarm-kpi", "Top-10 share", "A"): Expect(("time", "top share")),
+    ("gridwatch-alarm-kpi", "Standing, shelved, suppressed, out of service", "A"): Expect(
+        ("time", "standing")
+    ),
+    ("gridwatch-alarm-kpi", "Standing, shelved, suppressed, out of service", "B"): Expect(
+        ("time", "shelved"), data=False
+    ),
+    ("gridwatch-alarm-kpi", "Standing, shelved, suppressed, out of service", "C"): Expect(
+        ("time", "suppressed"), data=False
+    ),
+    ("gridwatch-alarm-kpi", "Standing, shelved, suppressed, out of service", "D"): Expect(
+        ("time", "out of service"), data=False
+    ),
+    ("gridwatch-alarm-kpi", "Waiting for acknowledgement", "A"): Expect(("time", "unacknowledged")),
+    ("gridwatch-alarm-kpi", "Alarms, acknowledgements and resolutions per hour", "A"): Expect(
+        ("time", "alarms")
+    ),
+    ("gridwatch-alarm-kpi", "Alarms, acknowledgements and resolutions per hour", "B"): Expect(
+        ("time", "acknowledged"), data=False
+    ),
+    ("gridwatch-alarm-kpi", "Alarms, acknowledgements and resolutions per hour", "C"): Expect(
+        ("time", "resolved"), data=False
+    ),
+    ("gridwatch-alarm-kpi", "Top 10 alarm points", "A"): Expect(
+        ("time", "alarms", "rule", "device")
+    ),
+    ("gridwatch-alarm-kpi", "Chattering alarm points", "A"): Expect(
+        ("time", "most in 1 min"), ("device", "rule"), data=False
+    ),
 }
 
 

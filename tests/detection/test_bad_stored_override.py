@@ -71,7 +71,8 @@ async def test_a_stored_bad_override_is_skipped_and_the_hub_runs_on(
         mosquitto.port,
         influxdb.port,
         database,
-        events=EventsSettings(snapshot_interval_s=0.5, sites=[], rules=[rules]),
+        # In this process, so the test can look into the engine.
+        events=EventsSettings(snapshot_interval_s=0.5, sites=[], rules=[rules], detection="thread"),
         registry=RegistrySettings(refresh_s=0.2),
     )
     site = load_site_ref("yingyang")

@@ -133,7 +133,10 @@ async def test_running_hub_knows_a_device_registered_while_it_runs(
         mosquitto.port,
         influxdb.port,
         database,
-        events=EventsSettings(snapshot_interval_s=0.5, sites=["melbourne_bays"]),
+        # In this process, so the test can look into the engine's directory.
+        events=EventsSettings(
+            snapshot_interval_s=0.5, sites=["melbourne_bays"], detection="thread"
+        ),
         registry=RegistrySettings(refresh_s=0.2),
     )
     site = load_site_ref("yingyang")

@@ -209,9 +209,11 @@ def test_a_slow_rules_consumer_never_blocks_the_intake_and_loses_nothing(
                 await publish(intake, 1, 300)
                 # The writer commits its cursor just after the write returns.
                 await wait_for(
-                    lambda: len(rig.acks.acked) == 300
-                    and sink.lines == 300
-                    and rig.spool.pending_bytes == 0
+                    lambda: (
+                        len(rig.acks.acked) == 300
+                        and sink.lines == 300
+                        and rig.spool.pending_bytes == 0
+                    )
                 )
                 await wait_for(slow.waiting.is_set)
                 assert service.committed is None  # the rules hang in their first commit

@@ -171,6 +171,7 @@ def test_cli_takes_ingest_only_and_the_probe_interval(monkeypatch: pytest.Monkey
         "ingest_only": True,
         "probe_interval_ms": 50.0,
         "costs": False,
+        "detection": None,  # the hub's own default unless --detection overrides it
     }
     assert json.loads(out.output)["pipeline"] == "ingest_only"
     assert CliRunner().invoke(main, ["bench", "ingest", "--rules"]).exit_code == 2

@@ -134,6 +134,11 @@ ALLOWED: list[tuple[State, Action, dict[str, Any], State]] = [
     (OOS, Action.COMMENT, NOTE, OOS),
     (OOS, Action.RETURN_TO_SERVICE, {}, AU),
     (OOS, Action.GROUP, GROUP, OOS),
+    # Escalation steps: only on what operators still have to answer; no fact changes.
+    (AU, Action.NOTIFY, NOTE, AU),
+    (AU, Action.ESCALATE, NOTE, AU),
+    (RU, Action.NOTIFY, NOTE, RU),
+    (RU, Action.ESCALATE, NOTE, RU),
 ]
 
 FORBIDDEN: list[tuple[State, Action, dict[str, Any]]] = [
@@ -169,6 +174,11 @@ FORBIDDEN: list[tuple[State, Action, dict[str, Any]]] = [
     (OOS, Action.ACKNOWLEDGE, {}),
     (OOS, Action.SHELVE, SHELVE),
     (OOS, Action.SUPPRESS, {}),
+    (AA, Action.NOTIFY, NOTE),  # acknowledged: nothing to escalate
+    (CL, Action.ESCALATE, NOTE),
+    (SH, Action.NOTIFY, NOTE),  # set aside: not annunciated
+    (SU, Action.ESCALATE, NOTE),
+    (OOS, Action.NOTIFY, NOTE),
 ]
 
 
@@ -298,5 +308,7 @@ def test_operators_cannot_do_what_the_system_does() -> None:
         Action.SUPPRESS,
         Action.UNSUPPRESS,
         Action.GROUP,
+        Action.NOTIFY,
+        Action.ESCALATE,
     }
     assert set(Action) - system_only == OPERATOR_ACTIONS

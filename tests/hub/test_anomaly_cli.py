@@ -67,10 +67,14 @@ def test_nab_overall_is_the_normalised_sum_and_meets_the_target(
     assert isinstance(overall, dict)
     report = evaluate_nab(nab_dir, default_config())
     assert report.overall == pytest.approx(overall)
-    by_hand = normalised([
-        score_detections(run.result.alarms, run.series.windows, nab_default_profiles()["standard"])
-        for run in report.runs
-    ])
+    by_hand = normalised(
+        [
+            score_detections(
+                run.result.alarms, run.series.windows, nab_default_profiles()["standard"]
+            )
+            for run in report.runs
+        ]
+    )
     assert overall["standard"] == pytest.approx(by_hand)
     # Regression guard for the figure in docs/anomaly.md (two series only: see there).
     assert overall["standard"] >= 70.0
@@ -112,8 +116,15 @@ def test_occupancy_run_scores_against_the_label(tmp_path: Path) -> None:
     plot = tmp_path / "occupancy.png"
     result = CliRunner().invoke(
         main,
-        ["anomaly", "evaluate", "--occupancy", str(DATA / "occupancy"), "--json", "--plot",
-         str(plot)],
+        [
+            "anomaly",
+            "evaluate",
+            "--occupancy",
+            str(DATA / "occupancy"),
+            "--json",
+            "--plot",
+            str(plot),
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

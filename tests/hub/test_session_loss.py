@@ -14,9 +14,10 @@ import pytest
 from detection.rules_service import SESSION_LOST_RULE
 from devstack.stack import ManagedProcess, restart
 from evaluation.drill import read_log
-from events.store import EventFilter
+from events.store import EventFilter, EventStore
 from hub.runtime import Hub
 from hub.settings import EventsSettings
+from hub.wiring import store_url
 from ingest.records import SessionLost
 from tests.support.hub import make_settings, running_hub
 from tests.support.publishers import until
@@ -38,8 +39,8 @@ async def _reconnected(hub: Hub, before: int) -> None:
 
 
 def _health_events(hub: Hub) -> int:
-    assert hub.events is not None
-    return len(hub.events.store.list_events(EventFilter(rule_id=SESSION_LOST_RULE)))
+    with EventStore(store_url(hub.settings)) as store:  # written by the detection worker
+        return len(store.list_events(EventFilter(rule_id=SESSION_LOST_RULE)))
 
 
 async def test_a_lost_session_is_a_warning_a_log_record_and_an_event(
@@ -53,7 +54,7 @@ async def test_a_lost_session_is_a_warning_a_log_record_and_an_event(
         mosquitto.port,
         influxdb.port,
         "sessionloss",
-        events=EventsSettings(snapshot_interval_s=0.5),
+        events=EventsSettings(snapshot_interval_s=0.5, detection="process"),
     )
     caplog.set_level(logging.WARNING, logger="hub.runtime")
     async with running_hub(settings) as hub:

@@ -4,8 +4,10 @@ the hub. `/readyz` follows ingestion: the broker gone → 503 with a reason, bac
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -15,8 +17,8 @@ from api.probes import IngestionView, NotReady, with_ingestion
 from detection.directory_source import DirectorySource
 from detection.rules_service import RulesService
 from devstack.stack import ManagedProcess, free_port, restart
-from hub.runtime import Supervisor
 from hub.settings import ApiSettings, EventsSettings, RegistrySettings
+from hub.supervision import Supervisor, storage_full
 from ingest.status import read_status
 from tests.support.hub import make_settings, running_hub
 from tests.support.publishers import Publisher, until
@@ -36,6 +38,34 @@ async def test_supervisor_restarts_with_capped_backoff_and_counts() -> None:
     assert len(runs) == 4 and health.failures == 3 and health.state == "ended"
     assert health.last_error == "RuntimeError: boom 3"
     assert supervisor.problems() == {}
+
+
+async def test_a_task_failing_on_a_full_disk_retries_at_the_storage_pace() -> None:
+    # Backoff would have grown to max_s (30 s) by the third failure; a full disk is
+    # retried every storage_s instead, so commits resume as soon as space is back.
+    supervisor = Supervisor(min_s=10, max_s=30, stable_s=60, storage_s=0.01)
+    runs: list[int] = []
+
+    async def committing() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if len(runs) <= 4:
+            try:
+                raise sqlite3.OperationalError("database or disk is full")
+            except sqlite3.OperationalError as exc:
+                raise RuntimeError("commit failed") from exc
+
+    await asyncio.wait_for(supervisor.run("rules", committing), 5)
+    assert len(runs) == 5 and supervisor.tasks["rules"].failures == 4
+
+
+def test_only_a_full_disk_counts_as_storage_full() -> None:
+    assert storage_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not storage_full(OSError(errno.EACCES, "Permission denied"))
+    assert not storage_full(RuntimeError("boom"))
+    disk_full = type("DiskFull", (Exception,), {"sqlstate": "53100"})
+    assert storage_full(disk_full("could not extend file"))
 
 
 async def test_supervisor_reports_a_task_waiting_to_restart() -> None:
@@ -83,7 +113,10 @@ async def test_a_failing_background_task_is_restarted_and_the_hub_keeps_ingestin
         mosquitto.port,
         influxdb.port,
         database,
-        events=EventsSettings(snapshot_interval_s=0.5, sites=["yingyang"], rules=[rules]),
+        # In this process: the failing refresh is patched in here.
+        events=EventsSettings(
+            snapshot_interval_s=0.5, sites=["yingyang"], rules=[rules], detection="thread"
+        ),
         registry=RegistrySettings(refresh_s=0.1),
     )
     publisher = Publisher(mosquitto.port, "supervision-publisher")

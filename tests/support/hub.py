@@ -53,6 +53,13 @@ def make_settings(
         "api": ApiSettings(enabled=False),
     }
     values.update(sections)
+    events = values["events"]
+    if isinstance(events, EventsSettings) and "detection" not in events.model_fields_set:
+        # Detection on the hub's threads unless a test asks for the worker process
+        # (`events.detection = "process"`, the product's default): a worker's start
+        # costs every in-process hub a second Python. The worker's own tests, the
+        # end-to-end ones and the drill's (hub processes, default settings) run it.
+        values["events"] = events.model_copy(update={"detection": "thread"})
     return Settings.model_validate(values)
 
 
