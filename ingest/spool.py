@@ -508,21 +508,9 @@ class Spool:
         """Keep the log from `position` for consumer `name` (None: from its start); a
         position the log no longer has (or never had) starts at the oldest frame it
         has, logged. Returns where the consumer starts."""
-        start = self.start_of_log()
-        end = self.end_of_log()
-        if position is None:
-            position = start
-        elif position < start or position > end:
-            log.warning(
-                "spool %s: consumer %s resumes at %s, which the log does not hold "
-                "(it holds %s to %s): starting at its oldest frame",
-                self.directory,
-                name,
-                position,
-                start,
-                end,
-            )
-            position = start
+        position = _resume_at(
+            self.directory, name, position, self.start_of_log(), self.end_of_log()
+        )
         with self._lock:
             self._holds[name] = position
         return position
@@ -832,19 +820,7 @@ class SpoolFollower:
 
     def hold(self, name: str, position: Cursor | None) -> Cursor:
         """Start `name` at `position`, or at the oldest frame the log still has."""
-        start = self._oldest()
-        if position is None or position < start or position > self._end:
-            if position is not None:
-                log.warning(
-                    "spool %s: consumer %s resumes at %s, which the log does not hold "
-                    "(it holds %s to %s): starting at its oldest frame",
-                    self.directory,
-                    name,
-                    position,
-                    start,
-                    self._end,
-                )
-            position = start
+        position = _resume_at(self.directory, name, position, self._oldest(), self._end)
         self.holds[name] = position
         return position
 
@@ -941,6 +917,27 @@ class ConsumerLag:
     def seconds(self, watermark_ms: int) -> float:
         head = self._spool.latest_event_ms if self._spool is not None else 0
         return max(0.0, (head - watermark_ms) / 1000) if head and watermark_ms else 0.0
+
+
+def _resume_at(
+    directory: Path, name: str, position: Cursor | None, start: Cursor, end: Cursor
+) -> Cursor:
+    """Where consumer `name` starts: `position`, or the oldest frame when it has none or
+    the log (`start` to `end`) does not hold it (logged)."""
+    if position is None:
+        return start
+    if position < start or position > end:
+        log.warning(
+            "spool %s: consumer %s resumes at %s, which the log does not hold "
+            "(it holds %s to %s): starting at its oldest frame",
+            directory,
+            name,
+            position,
+            start,
+            end,
+        )
+        return start
+    return position
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -12,17 +12,7 @@ from accounts.roles import Role
 from api.routes.desk import desk_order
 from events.model import Action, Severity
 from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness, serving
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
 
 @pytest.fixture

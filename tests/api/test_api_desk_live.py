@@ -29,19 +29,10 @@ from registry.schema import CellPatch
 from registry.site_import import import_sites
 from sites.model import load_site_ref
 from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness, serving
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.hub import make_settings, running_hub
 from tests.support.publishers import Publisher, until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 T0 = 1_764_400_200_000  # 2025-11-29T07:10:00Z
 MIN = 60_000
 CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')

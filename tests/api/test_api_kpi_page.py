@@ -30,17 +30,8 @@ from events.model import Action, SecurityEvent, Severity
 from registry.site_import import import_sites
 from sites.model import load_site_ref
 from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness, serving
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 MIN = 60_000
 
 

@@ -28,8 +28,6 @@ from sites.geometry import point_in_polygon
 from sites.model import load_site_ref
 from storage.engine import create_engine
 from tests.api.test_api_worker import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     PHONE,
     csrf_of,
     desk_session,
@@ -39,6 +37,7 @@ from tests.api.test_api_worker import (
     noise_png,
 )
 from tests.support.api_fixtures import PASSWORD, ApiHarness, serving
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
 LIMITS: dict[str, Any] = {
     "max_photo_bytes": 64 * 1024,

@@ -22,18 +22,9 @@ from events.model import Action, Severity
 from registry.site_import import import_sites
 from sites.model import load_site_ref
 from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness, serving
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
+WALL_ARGS = [*CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"]
 STREAM = "/desk/yingyang/stream"
 FRAME = re.compile(r"((?:[^\n]+\n)+)\n")
 
@@ -235,7 +226,7 @@ def test_the_wall_shows_a_new_critical_event_live(api: ApiHarness, tmp_path: Pat
                     severity=Severity.LOW, at_ms=t0 - 1_200_000)  # fmt: skip
     api.user(Role.operator)
     with serving(api.app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=WALL_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
             errors: list[str] = []
@@ -319,7 +310,7 @@ def test_the_wall_catches_up_after_a_hub_restart(api: ApiHarness) -> None:
     live_streams(api.app).timing = StreamTiming(poll_s=0.25, retry_ms=500)
     api.user(Role.operator)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=WALL_ARGS)
         try:
             page = browser.new_page()
             with hub_api(api.app) as port:

@@ -25,17 +25,8 @@ from events.model import Action, Detection, SecurityEvent, Severity, State
 from registry.site_import import import_sites
 from sites.model import load_site_ref
 from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness, serving
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PHONE: dict[str, Any] = {
     "viewport": {"width": 390, "height": 844},
     "device_scale_factor": 2,

@@ -19,14 +19,12 @@ from hub.wiring import open_registry, store_url
 from registry.site_import import import_sites
 from sites.model import load_site_ref
 from tests.support.api_fixtures import PASSWORD
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM
 from tests.support.hub import make_settings, running_hub
 from tests.support.publishers import Publisher, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-HAVE_CHROMIUM = CHROMIUM.exists()
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 DOOR = "ac-gate-south"  # in cell yy-g07 of the yingyang site
 TOPIC = f"gw/v1/yingyang/access/{DOOR}/event"
 
