@@ -37,7 +37,7 @@ from tests.api.test_api_worker import (
     noise_png,
 )
 from tests.support.api_fixtures import PASSWORD, ApiHarness, serving
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until_loaded
 
 LIMITS: dict[str, Any] = {
     "max_photo_bytes": 64 * 1024,
@@ -402,7 +402,7 @@ def test_a_resident_reports_with_a_photo_and_it_arrives_on_the_wall(
             image = op.locator("#photos img")
             expect(image).to_have_count(1)
             assert image.get_attribute("data-sha256") == hashlib.sha256(jpeg).hexdigest()
-            op.wait_for_function("document.querySelector('#photos img').naturalWidth > 0")
+            wait_until_loaded(image)
             assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [400, 300]
             desk.close()
             phone.close()

@@ -25,7 +25,7 @@ from events.model import Action, Detection, SecurityEvent, Severity, State
 from registry.site_import import import_sites
 from sites.model import load_site_ref
 from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness, serving
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, wait_until_loaded
 
 PHONE: dict[str, Any] = {
     "viewport": {"width": 390, "height": 844},
@@ -503,7 +503,7 @@ def test_a_worker_accepts_and_resolves_with_a_photo_on_a_phone(
             image = op.locator("#photos img")
             expect(image).to_have_count(1)
             assert image.get_attribute("data-sha256") == sha256(png)
-            op.wait_for_function("document.querySelector('#photos img').naturalWidth > 0")
+            wait_until_loaded(image)
             assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [320, 240]
             served = op.request.get(f"{base}{image.locator('..').get_attribute('href')}")
             assert served.status == 200 and served.headers["content-type"] == "image/png"
