@@ -87,6 +87,10 @@ _NEIGHBOURS: tuple[int, ...] = (
 )
 
 
+CELL_ROW = _ROW
+"""A (level, change) cell (i, j) is the integer ``i * CELL_ROW + j`` (for other detectors)."""
+
+
 def _cell_parts(key: int) -> tuple[int, int]:
     """Split a cell key into its (level, change) indices."""
     i = (key + _ROW // 2) // _ROW
@@ -100,6 +104,30 @@ def _span(low: float, high: float) -> range:
     if last > first and float(last) == high:
         last -= 1
     return range(first, max(first, last) + 1)
+
+
+def widen_cells(
+    cells: set[int], g: int, old_lo: float, old_hi: float, lo: float, hi: float
+) -> None:
+    """Move a grid's visited (level, change) cells from the range [old_lo, old_hi] to the
+    wider [lo, hi], in place: every new cell an old one overlaps counts as visited."""
+    old_width, width = old_hi - old_lo, hi - lo
+    ratio = old_width / width
+    moved: set[int] = set()
+    for key in cells:
+        i, j = _cell_parts(key)
+        if old_width > 0.0:
+            start = ((old_lo - lo) + old_width * i / g) / width * g
+            levels = _span(start, start + ratio)
+        else:
+            first = math.floor((old_lo - lo) / width * g)
+            levels = range(first, first + 1)
+        changes = _span((j - 0.5) * ratio + 0.5, (j + 0.5) * ratio + 0.5)
+        for a in levels:
+            for b in changes:
+                moved.add(a * _ROW + b)
+    cells.clear()
+    cells.update(moved)
 
 
 @dataclass(frozen=True)
@@ -359,25 +387,8 @@ class _View:
     # --- range ------------------------------------------------------------------------
     def _widen(self, lo: float, hi: float) -> None:
         """Grow the range to [lo, hi]; carry every visited cell over to the wider grids."""
-        old_lo, old_width = self.lo, self.hi - self.lo
-        width = hi - lo
-        ratio = old_width / width
         for g, cells in self.pairs:
-            moved: set[int] = set()
-            for key in cells:
-                i, j = _cell_parts(key)
-                if old_width > 0.0:
-                    start = ((old_lo - lo) + old_width * i / g) / width * g
-                    levels = _span(start, start + ratio)
-                else:
-                    first = math.floor((old_lo - lo) / width * g)
-                    levels = range(first, first + 1)
-                changes = _span((j - 0.5) * ratio + 0.5, (j + 0.5) * ratio + 0.5)
-                for a in levels:
-                    for b in changes:
-                        moved.add(a * _ROW + b)
-            cells.clear()
-            cells.update(moved)
+            widen_cells(cells, g, self.lo, self.hi, lo, hi)
         self.lo, self.hi = lo, hi
         self._replay_runs()
 

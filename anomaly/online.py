@@ -11,7 +11,7 @@ Pure CPU, no I/O: the hub runs `score_batch` on a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -65,6 +65,8 @@ class AnomalyScorer:
         self._open: dict[tuple[str, str], _Open] = {}
         self.scored = 0
         self.flagged = 0
+        self.keep = True
+        """Moot here: the scored vectors are what the model scores."""
 
     def score_batch(self, readings: Sequence[Reading]) -> tuple[list[Detection], list[Scored]]:
         """Score readings (time-ordered); return the detections and every scored vector."""
@@ -109,6 +111,13 @@ class AnomalyScorer:
             del self._open[key]
             return self._detection(vector, score, raised=False)
         return None
+
+    def state_changes(self) -> dict[str, bytes]:
+        """Nothing: the model is fixed while it scores (the hub commits no rows for it)."""
+        return {}
+
+    def load_state(self, rows: Mapping[str, bytes]) -> None:
+        """Nothing to load (see `state_changes`)."""
 
     def tick(self, now_ms: int) -> list[Detection]:
         """Clear conditions of devices that have gone quiet (no reading to clear them)."""

@@ -107,6 +107,9 @@ an immediate probe. One that keeps dropping sooner (another client taking over o
 client id, a broker that disconnects us) backs off as a refusal does."""
 
 OnPublish = Callable[[str, bytes, int, bool, int], None]
+OnOversize = Callable[[str, int, int, int], None]
+"""(topic, size in bytes, qos, packet id) of a PUBLISH discarded as too large; the
+callback owns its PUBACK (the hub acks it once the rejection is logged)."""
 """(topic, payload, qos, retain, packet_id or 0) — called synchronously on receipt.
 
 It owns the message: it acks a QoS 1 message (`MqttClient.ack`) when it is done with it.
@@ -301,11 +304,16 @@ class MqttProtocol(asyncio.Protocol):
     """One network connection: framing, CONNACK/SUBACK/PUBACK bookkeeping, inbound PUBLISH."""
 
     def __init__(
-        self, opts: ConnectOptions, on_publish: OnPublish, counters: ClientCounters | None = None
+        self,
+        opts: ConnectOptions,
+        on_publish: OnPublish,
+        counters: ClientCounters | None = None,
+        on_oversize: OnOversize | None = None,
     ) -> None:
         self._opts = opts
         self._v5 = opts.protocol == MQTT_V5
         self._on_publish = on_publish
+        self._on_oversize = on_oversize
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
@@ -467,7 +475,8 @@ class MqttProtocol(asyncio.Protocol):
         return size
 
     def _oversize_skipped(self) -> None:
-        """An oversize PUBLISH is discarded: count, log (the first few), ack it (QoS 1)."""
+        """An oversize PUBLISH is discarded: count, log (the first few), and hand it to
+        `on_oversize` (which acks it), or ack it here (QoS 1)."""
         topic, qos, packet_id, size = self._skipping
         self.counters.oversize_dropped += 1
         seen = self.counters.oversize_dropped
@@ -480,6 +489,12 @@ class MqttProtocol(asyncio.Protocol):
                 self._opts.maximum_packet_size,
                 seen,
             )
+        if self._on_oversize is not None:
+            try:
+                self._on_oversize(topic, size, qos, packet_id)
+                return  # it acks once it has recorded the message
+            except Exception as exc:  # noqa: BLE001 (the message boundary)
+                log.error("oversize PUBLISH callback raised %r; acking it here", exc)
         if qos:
             self.write(encode_pubacks([packet_id]))
 
@@ -667,6 +682,7 @@ class MqttClient:
         on_publish: OnPublish,
         tls: ssl.SSLContext | None = None,
         on_connected: Callable[[MqttClient, bool], None] | None = None,
+        on_oversize: OnOversize | None = None,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         connect_timeout_s: float = 10.0,
@@ -682,6 +698,7 @@ class MqttClient:
         self.opts = opts
         self.subscriptions = list(subscriptions)
         self._on_publish = on_publish
+        self._on_oversize = on_oversize
         self._tls = tls
         self._on_connected = on_connected
         self._backoff = _Backoff(reconnect_min_s, reconnect_max_s)
@@ -860,7 +877,9 @@ class MqttClient:
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: MqttProtocol(self.opts, self._on_publish, self.counters),
+                    lambda: MqttProtocol(
+                        self.opts, self._on_publish, self.counters, self._on_oversize
+                    ),
                     self.host,
                     self.port,
                     ssl=self._tls,

@@ -9,8 +9,15 @@ events twice; a slow scorer makes the log keep more (the intake stops acking onl
 the log is full), it never drops readings. "Now" for the scorer's quiet-device clears
 is the watermark: the newest event time the log has shown.
 
-The detectors' learned state is not part of the commit yet: after a restart the scorer
-starts from its saved model and re-learns each device's recent window from the log.
+The scorer's learned state is part of the commit: `Scorer.state_changes()` gives the
+rows that changed since the last commit (the online baselines of `anomaly.baselines`:
+one row per device seen in the batch, plus its visited cells when they changed), and
+they are written in the same transaction as the events and the position
+(`EventStore.put_consumer_state`). A restart (or a SIGKILL) loads the rows back with the
+position they were committed with, so the baselines resume exactly where the committed
+log position left them and a run with restarts raises the same events as one without.
+A scorer with a trained model (`anomaly.online.AnomalyScorer`) has no rows to commit:
+its model is fixed, and it re-learns each device's recent window from the log.
 
 `step` is one turn done synchronously (the offline harnesses drive the service with it).
 Detections go through the same event manager as rule events (source `anomaly`), which
@@ -25,11 +32,11 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
-from anomaly.online import AnomalyScorer, Scored
+from anomaly.online import Scored
 from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore
@@ -40,8 +47,38 @@ from sensors.base import Reading
 log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME: Final = "anomaly-consumer"
+STATE_NAME: Final = "anomaly"
+"""The consumer's rows in the event store's `consumer_state`."""
 CHUNK: Final = 20_000
 """Records scored per turn at most."""
+
+
+class Scorer(Protocol):
+    """What the service needs of a scorer (`AnomalyScorer`, `OnlineScorer`)."""
+
+    scored: int
+    """Readings scored so far."""
+    flagged: int
+    """Of those, flagged as unusual."""
+    keep: bool
+    """Whether `score_batch` returns what it scored (the service sets it: only a caller
+    that looks at them, `on_scored`, needs them)."""
+
+    def score_batch(self, readings: Sequence[Reading]) -> tuple[list[Detection], list[Scored]]:
+        """Score readings in log order: the detections, and (`keep`) what was scored."""
+        ...
+
+    def tick(self, now_ms: int) -> list[Detection]:
+        """Clear the conditions of devices quiet by event time `now_ms`."""
+        ...
+
+    def state_changes(self) -> dict[str, bytes]:
+        """The learned-state rows changed since the last call (committed with the position)."""
+        ...
+
+    def load_state(self, rows: Mapping[str, bytes]) -> None:
+        """Replace the learned state with committed rows (a restart)."""
+        ...
 
 
 @dataclass
@@ -54,6 +91,8 @@ class AnomalyCounters:
     readings: int = 0
     errors: int = 0
     """Readings whose scoring raised (skipped, logged)."""
+    state_rows: int = 0
+    """Learned-state rows committed (devices changed per batch, and their cells)."""
 
 
 class AnomalyService:
@@ -63,7 +102,7 @@ class AnomalyService:
 
     def __init__(
         self,
-        scorer: AnomalyScorer,
+        scorer: Scorer,
         manager: EventManager,
         *,
         batch_interval_s: float = 0.5,
@@ -71,6 +110,7 @@ class AnomalyService:
         on_scored: Callable[[list[Scored]], None] | None = None,
     ) -> None:
         self.scorer = scorer
+        scorer.keep = on_scored is not None
         self.manager = manager
         self.store: EventStore = manager.store
         self.batch_interval_s = batch_interval_s
@@ -97,8 +137,19 @@ class AnomalyService:
         }
 
     def restore(self) -> None:
+        """Load the committed position, watermark and learned state (the scorer's rows
+        were committed with that position: they go together)."""
         data = self.store.get_snapshot(SNAPSHOT_NAME)
         self.position = None
+        rows = self.store.get_consumer_state(STATE_NAME)
+        try:
+            self.scorer.load_state(rows)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("anomaly: ignoring the learned state (%s); learning afresh", exc)
+            self.scorer.load_state({})
+        else:
+            if rows:
+                log.info("anomaly: resumed learned state (%d rows)", len(rows))
         if data is None:
             return
         try:
@@ -122,8 +173,10 @@ class AnomalyService:
             elif isinstance(record, Tick):
                 self.watermark_ms = max(self.watermark_ms, record.at_ms)
             # rejections and session losses: nothing to score
+        scorer = self.scorer
+        scored_before, flagged_before = scorer.scored, scorer.flagged
         try:
-            detections, scored = self.scorer.score_batch(readings)
+            detections, scored = scorer.score_batch(readings)
         except Exception as exc:  # noqa: BLE001 (the batch boundary)
             # Scoring is deterministic: retried after a restart, the batch would fail
             # again and hold the log until it fills. Score it reading by reading instead,
@@ -131,19 +184,22 @@ class AnomalyService:
             detections, scored = self._score_one_by_one(readings, exc)
         if self._on_scored is not None:
             self._on_scored(scored)
-        detections += self.scorer.tick(self.watermark_ms)
+        detections += scorer.tick(self.watermark_ms)
         body = {
             "position": None if position is None else [position.segment, position.offset],
             "watermark_ms": self.watermark_ms,
         }
+        rows = scorer.state_changes()
         with self.manager.batch():
             for detection in detections:
                 self.manager.handle(detection, self.watermark_ms)
+            self.store.put_consumer_state(STATE_NAME, rows, self.watermark_ms)
             self.store.put_snapshot(SNAPSHOT_NAME, json.dumps(body).encode(), self.watermark_ms)
         counters = self.counters
         counters.readings += len(readings)
-        counters.scored += len(scored)
-        counters.flagged += sum(1 for s in scored if s.flagged)
+        counters.scored += scorer.scored - scored_before
+        counters.flagged += scorer.flagged - flagged_before
+        counters.state_rows += len(rows)
         counters.detections += len(detections)
         counters.batches += 1
         counters.busy_s += time.perf_counter() - started

@@ -266,6 +266,8 @@ class RulesService:
         self._stopping = False
         self._running = False
         self._stopped = asyncio.Event()
+        self._restored = False
+        """`restore` ran and nothing was evaluated since: the next run starts from it."""
 
     # ------------------------------------------------------------------ state
 
@@ -303,6 +305,7 @@ class RulesService:
             self.committed = committed
             self._replay_until = committed if committed != position else None
             self._owed, self._dirty = [], False
+            self._restored = True
 
     def _snapshot(self, position: Cursor | None) -> bytes:
         with self._lock:
@@ -322,6 +325,7 @@ class RulesService:
         """Evaluate records in log order on event time; pure CPU, no I/O. Returns the
         detections (with what a reload owed), to be `commit`ted."""
         with self._lock:
+            self._restored = False  # the state moves on from what the store holds
             out, self._owed = [*self._owed, *self._health], []
             engine, state = self.engine, self.state
             for record in records:
@@ -539,7 +543,11 @@ class RulesService:
             self._running = False
 
     async def _follow(self, spool: LogReader) -> None:
-        await asyncio.to_thread(self.restore)
+        # Built and restored just now (`hub.wiring.build_events`): the store holds
+        # nothing newer. Any later run (a restart after a failure) reads it again.
+        if not self._restored:
+            await asyncio.to_thread(self.restore)
+        self._restored = False
         await asyncio.to_thread(self.manager.reload)
         position = spool.hold(self.NAME, self.position)
         self.position = position

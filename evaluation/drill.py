@@ -12,7 +12,8 @@ One simulated stream (a site's background traffic with incident scenarios, the s
   directory, and InfluxDB is stopped for `influx_outage_s`;
 - **harness**: `evaluation.rules_eval.run_rules` on the same messages, in stream order,
   without ticks between messages (`tick_ms=None`: its model of a hub fed faster than
-  real time, which is how the drill feeds the hubs).
+  real time, which is how the drill feeds the hubs), then the default anomaly scoring
+  (`decide_anomaly`) on the same stream: the hubs run with default settings, so both.
 
 Then the events are compared (id, rule, key, raise time, the audit trail's actions and
 times, count), up to the last message's simulated time: after the stream ends a live hub
@@ -24,9 +25,9 @@ compared too (nothing lost, nothing extra).
 Diagnosis. After each live run the drill reads the hub's own log (the spool: the drill's
 hubs keep it in one segment, so nothing is deleted), counts it against the stream
 (readings lost, logged twice, foreign, late; ticks) and replays it through a fresh
-`RulesService`: if the replay decides exactly what the hub stored, the hub's events
-are a function of its log, and any difference between runs is a difference between
-their logs, which the report shows.
+`RulesService` and anomaly scoring: if the replay decides exactly what the hub stored,
+the hub's events are a function of its log, and any difference between runs is a
+difference between their logs, which the report shows.
 
 Simulated time. The stream is placed in the FUTURE by default (the next Monday 00:00
 UTC at least an hour away; `hub.max_future_s` is raised in the drill's hub config): the
@@ -90,7 +91,9 @@ from typing import Any, Final, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from anomaly.baselines import OnlineParams, OnlineScorer
 from broker.client import ConnectionLost, ConnectOptions, MqttClient
+from detection.anomaly_service import AnomalyService
 from detection.rules_service import CHUNK, HUB_HEALTH_RULES, RulesService
 from devstack.postgres import create_database, running_postgres
 from devstack.stack import (
@@ -665,7 +668,7 @@ def hub_config(
     """The default settings but for ports, paths, a fast status file, the harness's
     credential-hash key (rule keys name card and plate hashes) and time limits wide
     enough for the simulated span (its readings are hours ahead of, or behind, the wall
-    clock). The API and anomaly scoring are off: they decide no rule event."""
+    clock). The API is off: it decides nothing."""
     now_s = time.time()
     end_s = stream.start.timestamp() + stream.duration_s
     max_future_s = max(300.0, end_s - now_s + 86_400.0)
@@ -686,7 +689,7 @@ def hub_config(
         f"max_future_s = {max_future_s:.0f}\nmax_age_s = {max_age_s:.0f}\n"
         "[events]\n"
         + (f'store_url = "{store_url}"\n' if store_url else "")
-        + "[api]\nenabled = false\n[anomaly]\nenabled = false\n"
+        + "[api]\nenabled = false\n"
     )
     path.write_text(text)
     return path
@@ -885,7 +888,10 @@ class _Run:
         decisions = read_decisions(self.store_url, self.stream.cutoff_ms)
         analysis = analyse_log(self.stream, records, whole)
         if whole:
-            self.say(f"replaying the hub's log ({len(records):,} records) through RulesService")
+            self.say(
+                f"replaying the hub's log ({len(records):,} records) through RulesService "
+                "and the anomaly scoring"
+            )
             url = self._store(f"{self.name}_replay")
             decide(self.stream.site, records, load_rules(()), url)
             everything = 1 << 62
@@ -1212,6 +1218,7 @@ def harness_decisions(
     _events, count, rejected = run_rules(
         [stream.site], stream.messages, load_rules(()), store_url=store_url, tick_ms=tick_ms
     )
+    decide_anomaly(stream.site, stream_records(stream), store_url)
     return read_decisions(store_url, stream.cutoff_ms), count, rejected
 
 
@@ -1242,7 +1249,8 @@ def stream_records(stream: Stream) -> list[Record]:
 
 
 def decide(site: Site, records: Sequence[Record], rules: Sequence[Rule], store_url: str) -> None:
-    """`RulesService` over records, committing every `CHUNK` (as the hub's loop would)."""
+    """The hub's two detection consumers over records, committing every `CHUNK` (as
+    the hub's loops would): `RulesService`, then the default anomaly scoring."""
     directory = directory_from_sites([site])
     with EventStore(store_url) as store:
         store.migrate()
@@ -1251,6 +1259,21 @@ def decide(site: Site, records: Sequence[Record], rules: Sequence[Rule], store_u
         for at in range(0, len(records), CHUNK):
             service.step(records[at : at + CHUNK], force=True)
         service.step([], force=True)
+    decide_anomaly(site, records, store_url)
+
+
+def decide_anomaly(site: Site, records: Sequence[Record], store_url: str) -> None:
+    """The hub's default anomaly consumer (baselines learned online, `OnlineParams()`:
+    the defaults of `[anomaly]`) over records, committing every `CHUNK`. Independent of
+    the rules consumer: anomaly events are outside flood control (`events.manager`), so
+    the order the two commit in changes nothing."""
+    with EventStore(store_url) as store:
+        store.migrate()
+        manager = EventManager(store, workers=directory_from_sites([site]).workers())
+        service = AnomalyService(OnlineScorer(OnlineParams()), manager)
+        service.restore()
+        for at in range(0, len(records), CHUNK):
+            service.step(records[at : at + CHUNK])
 
 
 ReadingKey = tuple[str, str, int, int | None]

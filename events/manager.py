@@ -26,6 +26,9 @@ so the parent's `last_ms` is the site's last new event. Once the site has been q
 `flood_window_ms` the parent returns and unsuppresses the children it suppressed (they
 stay grouped under it). Children otherwise keep their own lifecycle.
 
+The hub's own health events and anomaly events (`NO_FLOOD`) are outside flood control:
+neither counted nor grouped.
+
 Flood control groups the noise, never the emergencies: an event whose severity is in
 `flood_exempt` (default: critical) is never grouped or suppressed. It stays a top-level,
 annunciated event; a new one raised during a flood repeats the parent (the site is not
@@ -84,6 +87,13 @@ FLOOD_RULE: Final = "flood_control"
 FLOOD_INCIDENT: Final = "incident_storm"
 FLOOD_EXEMPT: Final = frozenset({Severity.CRITICAL})
 """Severities flood control never groups or suppresses, by default."""
+NO_FLOOD: Final = frozenset({Source.HUB, Source.ANOMALY})
+"""Sources whose events flood control neither counts nor groups. The hub's own health
+events are no field alarms. Anomaly events come from a consumer of their own (the rules
+and anomaly consumers read the log independently): if they counted, which rule events a
+flood groups would depend on how the two consumers' commits interleave, and a restart or
+the offline harness could decide differently from a live run. They are low-severity
+advisories, rate-limited per device (docs/anomaly-hub.md)."""
 RETRIES: Final = 5
 """Attempts at one system transition that keeps losing optimistic-lock races."""
 
@@ -197,7 +207,7 @@ class EventManager:
             # A replay of the raise that opened it (closed since). Not read first on
             # the copy: the insert of a known id fails, and the retry reads this.
             return []
-        if detection.source is Source.HUB:  # not a field alarm: no flood (Source.HUB)
+        if detection.source in NO_FLOOD:  # counted in no flood, grouped in none
             event, raised = new_event(new_id, detection, at)
             return self._save([(event, raised)])
         parent, changes = self._flood_parent(detection.site, at)
@@ -348,7 +358,9 @@ class EventManager:
             found += page
             if len(page) < _PAGE:
                 return [
-                    e for e in reversed(found) if e.rule_id != FLOOD_RULE and e.source != Source.HUB
+                    e
+                    for e in reversed(found)
+                    if e.rule_id != FLOOD_RULE and e.source not in NO_FLOOD
                 ]
 
     def _window(self) -> deque[int]:
@@ -358,7 +370,7 @@ class EventManager:
 
     def _rebuild_recent(self) -> None:
         """Refill the flood windows from the store, relative to the newest event."""
-        newest = [e for e in self.store.list_events(limit=_PAGE) if e.source != Source.HUB]
+        newest = [e for e in self.store.list_events(limit=_PAGE) if e.source not in NO_FLOOD]
         if not newest:
             return
         since = newest[0].raised_ms - self.flood_window_ms + 1
@@ -368,7 +380,7 @@ class EventManager:
         while page := self.store.list_events(recent, limit=_PAGE, offset=offset):
             offset += len(page)
             for event in page:
-                if event.rule_id != FLOOD_RULE and event.source != Source.HUB:
+                if event.rule_id != FLOOD_RULE and event.source not in NO_FLOOD:
                     times[event.site].append(event.raised_ms)
         for site, raised in times.items():
             self._recent[site].extend(sorted(raised))

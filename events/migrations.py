@@ -111,11 +111,27 @@ snapshots = sa.Table(
 )
 
 
+consumer_state = sa.Table(
+    "consumer_state",
+    metadata,
+    sa.Column("consumer", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+"""A log consumer's learned state in rows it names (e.g. the anomaly baselines, one row
+per device): written with the consumer's position, only the rows that changed."""
+
+
 def _v1_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, audit, outbox, snapshots])
 
 
-MIGRATIONS: Final[Sequence[Step]] = (_v1_tables,)
+def _v2_consumer_state(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[consumer_state])
+
+
+MIGRATIONS: Final[Sequence[Step]] = (_v1_tables, _v2_consumer_state)
 
 
 class StoreError(Exception):

@@ -200,9 +200,11 @@ class MqttSink:
     `gw/events/v1/<site>` for the prefix `gw/v1`: outside the device topics, so no hub
     receives the events it publishes.
 
-    `publish(topic, payload)` must return once the broker has the message (QoS 1 PUBACK);
-    it is awaited one item at a time so consumers see transitions in order. `connected`,
-    when given, says whether the connection `publish` uses is up (the readiness probe).
+    `publish(topic, payload)` must return once the broker has the message (QoS 1 PUBACK).
+    A batch's publishes are started together, in order, and their PUBACKs awaited in
+    order: consumers see transitions in order, and a batch costs one round trip, not one
+    each. `connected`, when given, says whether the connection `publish` uses is up (the
+    readiness probe).
     """
 
     def __init__(
@@ -230,38 +232,58 @@ class MqttSink:
         return events_topic(self._prefix, site)
 
     async def deliver(self, items: Sequence[OutboxItem]) -> None:
-        done: list[int] = []
+        # Rendered first: a transition that cannot be sent ends the batch before it.
+        sends: list[tuple[int, str, bytes]] = []
+        refused: SinkRejected | None = None
         for item in items:
             try:
-                topic = self.topic(item.event.site)
+                sends.append((item.id, self.topic(item.event.site), _json_bytes(item)))
             except TopicError:
-                raise SinkRejected(
-                    f"site {item.event.site!r} cannot be an MQTT topic level",
-                    item_id=item.id,
-                    delivered=done,
-                ) from None
-            try:
-                payload = _json_bytes(item)
+                refused = SinkRejected(
+                    f"site {item.event.site!r} cannot be an MQTT topic level", item_id=item.id
+                )
+                break
             except ValueError as exc:
-                raise SinkRejected(
-                    f"cannot render: {exc}", item_id=item.id, delivered=done
-                ) from exc
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    await self._publish(topic, payload)
-            except SinkRejected as exc:
-                raise SinkRejected(exc.reason, item_id=item.id, delivered=done) from exc
-            except SinkUnavailable as exc:
-                raise SinkUnavailable(
-                    exc.reason, delivered=done, retry_after_s=exc.retry_after_s
-                ) from exc
-            except TimeoutError as exc:
-                raise SinkUnavailable(
-                    f"no PUBACK within {self._timeout_s} s", delivered=done
-                ) from exc
-            except Exception as exc:
-                raise _unavailable(exc, done) from exc
-            done.append(item.id)
+                refused = SinkRejected(f"cannot render: {exc}", item_id=item.id)
+                break
+        done = await self._send_in_order(sends)
+        if refused is not None:
+            raise SinkRejected(refused.reason, item_id=refused.item_id, delivered=done)
+
+    async def _send_in_order(self, sends: Sequence[tuple[int, str, bytes]]) -> list[int]:
+        """Publish all at once (pipelined: one round trip for the batch, not one per
+        transition) and collect PUBACKs in order. The publishes start in list order, so
+        the broker receives, and forwards, them in order. Delivered is the acknowledged
+        prefix: what follows a failure is sent again (consumers dedupe on id + version)."""
+        done: list[int] = []
+        pending = [
+            asyncio.ensure_future(self._publish(topic, payload)) for _, topic, payload in sends
+        ]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                for (item_id, _, _), publish in zip(sends, pending, strict=True):
+                    try:
+                        await publish
+                    except SinkRejected as exc:
+                        raise SinkRejected(exc.reason, item_id=item_id, delivered=done) from exc
+                    except SinkUnavailable as exc:
+                        raise SinkUnavailable(
+                            exc.reason, delivered=done, retry_after_s=exc.retry_after_s
+                        ) from exc
+                    except SinkError:
+                        raise
+                    except Exception as exc:
+                        raise _unavailable(exc, done) from exc
+                    done.append(item_id)
+        except TimeoutError as exc:
+            raise SinkUnavailable(f"no PUBACK within {self._timeout_s} s", delivered=done) from exc
+        finally:
+            for publish in pending:
+                if not publish.done():
+                    publish.cancel()
+                elif not publish.cancelled():
+                    publish.exception()  # retrieved: a failure after the first is not logged
+        return done
 
 
 SIGNATURE_HEADER: Final = "X-GridWatch-Signature"

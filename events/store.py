@@ -10,6 +10,7 @@ and transaction (a unit of work), and each write is a savepoint in it.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -27,6 +28,7 @@ from events.migrations import (
     SchemaTooNew,
     StoreError,
     audit,
+    consumer_state,
     events,
     migrate,
     outbox,
@@ -43,6 +45,7 @@ from events.model import (
     Source,
     State,
 )
+from storage.driver_sql import DriverStatement, execute_driver_sql
 from storage.engine import DatabaseUrlError, create_engine
 from storage.migrations import read_transaction, write_transaction
 
@@ -120,6 +123,10 @@ class UnknownEvent(StoreError):
         self.event_id = event_id
 
 
+_PARSED_KEPT: Final = 600
+"""Outbox transitions kept parsed: a few dispatcher batches of every sink."""
+
+
 class _Batch(threading.local):
     """The connection of the batch open on this thread, if any."""
 
@@ -128,10 +135,14 @@ class _Batch(threading.local):
 
 # Statements built once: building one per call (`.values(row)`, a fresh `where`) costs
 # SQLAlchemy a new cache key per execution, most of a detection's time in the store.
-_INSERT_EVENT: Final = events.insert()
-_INSERT_AUDIT: Final = audit.insert()
-_UPDATE_EVENT: Final = events.update().where(
-    events.c.id == sa.bindparam("b_id"), events.c.version == sa.bindparam("b_version")
+# The writes every event makes run on the driver's cursor (`storage.driver_sql`).
+_INSERT_EVENT: Final = DriverStatement(events.insert())
+_INSERT_AUDIT: Final = DriverStatement(audit.insert())
+_INSERT_OUTBOX: Final = DriverStatement(outbox.insert())
+_UPDATE_EVENT: Final = DriverStatement(
+    events.update().where(
+        events.c.id == sa.bindparam("b_id"), events.c.version == sa.bindparam("b_version")
+    )
 )
 _OPEN_EVENT: Final = (
     events.select()
@@ -154,6 +165,10 @@ class EventStore:
         except DatabaseUrlError as exc:
             raise StoreError(str(exc)) from exc
         self._batch = _Batch()
+        # Transitions parsed from the outbox, by (event id, audit seq): immutable, and
+        # each is read once per sink. Shared by the dispatcher's threads.
+        self._parsed: dict[tuple[str, int], tuple[SecurityEvent, AuditRecord]] = {}
+        self._parsed_lock = threading.Lock()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -252,11 +267,11 @@ class EventStore:
                 self._write_event(conn, event, since[event_id])
             if audit_rows:
                 try:
-                    conn.execute(_INSERT_AUDIT, audit_rows)
+                    _INSERT_AUDIT.executemany(conn, audit_rows)
                 except IntegrityError as err:
                     raise StaleEvent(changes[0][0].id) from err
             if outbox_rows:
-                conn.execute(outbox.insert(), outbox_rows)  # in change order: delivery order
+                _INSERT_OUTBOX.executemany(conn, outbox_rows)  # in change order: delivery order
 
     def _write_event(self, conn: Connection, event: SecurityEvent, since: int) -> None:
         """Write `event` (its latest version) over the stored version `since - 1`
@@ -264,16 +279,16 @@ class EventStore:
         row = _event_row(event)
         if since == 1:
             try:
-                conn.execute(_INSERT_EVENT, row)
+                _INSERT_EVENT.execute(conn, row)
             except IntegrityError as err:
                 # Saved already, or another writer opened the same condition first.
                 raise StaleEvent(event.id) from err
             return
         try:
-            updated = conn.execute(_UPDATE_EVENT, {**row, "b_id": event.id, "b_version": since - 1})
+            updated = _UPDATE_EVENT.execute(conn, {**row, "b_id": event.id, "b_version": since - 1})
         except IntegrityError as err:  # e.g. grouped under a parent that does not exist
             raise StoreError(f"event {event.id} refused: {err.orig}") from err
-        if updated.rowcount != 1:
+        if updated != 1:
             raise StaleEvent(event.id)
 
     def get(self, event_id: str) -> SecurityEvent | None:
@@ -391,7 +406,31 @@ class EventStore:
 
     def _outbox(self, query: sa.Select[Any]) -> list[OutboxItem]:
         with self._read() as conn:
-            return [_outbox_from_row(r) for r in conn.execute(query).mappings()]
+            rows = conn.execute(query).mappings().all()
+        return [self._outbox_item(r) for r in rows]
+
+    def _outbox_item(self, row: RowMapping) -> OutboxItem:
+        """The row as an item; its transition parsed once for all sinks (each sink has a
+        row of its own with the same payload, read soon after the first)."""
+        key = (str(row["event_id"]), int(row["audit_seq"]))
+        with self._parsed_lock:
+            parsed = self._parsed.get(key)
+        if parsed is None:
+            payload = json.loads(row["payload"])
+            parsed = _event_from_doc(payload["event"]), _audit_from_row(payload["audit"])
+            with self._parsed_lock:
+                self._parsed[key] = parsed
+                while len(self._parsed) > _PARSED_KEPT:
+                    del self._parsed[next(iter(self._parsed))]  # the oldest
+        return OutboxItem(
+            id=int(row["id"]),
+            sink=str(row["sink"]),
+            event=parsed[0],
+            audit=parsed[1],
+            attempts=int(row["attempts"]),
+            next_attempt_ms=int(row["next_attempt_ms"]),
+            last_error=str(row["last_error"]),
+        )
 
     # ------------------------------------------------------------------ snapshots
 
@@ -433,6 +472,43 @@ class EventStore:
         conn = self._batch.conn
         return write_transaction(self._engine) if conn is None else _savepoint(conn)
 
+    # ------------------------------------------------------------------ consumer state
+
+    def put_consumer_state(self, consumer: str, rows: Mapping[str, bytes], at_ms: int) -> None:
+        """Store (or replace) rows of a consumer's state; rows not named stay as they are.
+        Inside `batch()` this commits with the rest of the batch (the consumer's position)."""
+        if not rows:
+            return
+        insert = (
+            pg_dialect.insert(consumer_state)
+            if self._engine.dialect.name == "postgresql"
+            else sqlite_dialect.insert(consumer_state)
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=[consumer_state.c.consumer, consumer_state.c.key],
+            set_={"data": insert.excluded.data, "updated_ms": insert.excluded.updated_ms},
+        )
+        params = [
+            {"consumer": consumer, "key": key, "data": data, "updated_ms": at_ms}
+            for key, data in rows.items()
+        ]
+        with self._write() as conn:
+            conn.execute(statement, params)
+
+    def get_consumer_state(self, consumer: str) -> dict[str, bytes]:
+        """Every row of a consumer's state, by key."""
+        query = sa.select(consumer_state.c.key, consumer_state.c.data).where(
+            consumer_state.c.consumer == consumer
+        )
+        with self._read() as conn:
+            return {key: bytes(data) for key, data in conn.execute(query)}
+
+    def delete_consumer_state(self, consumer: str) -> int:
+        """Forget a consumer's state (it starts learning afresh); returns the rows removed."""
+        statement = sa.delete(consumer_state).where(consumer_state.c.consumer == consumer)
+        with self._write() as conn:
+            return conn.execute(statement).rowcount
+
 
 @contextmanager
 def _savepoint(conn: Connection) -> Iterator[Connection]:
@@ -441,19 +517,19 @@ def _savepoint(conn: Connection) -> Iterator[Connection]:
     SQLite: the engine issues BEGIN itself (pysqlite left out of transaction handling),
     which is what makes SAVEPOINT work there (SQLAlchemy's documented recipe).
 
-    Plain SQL rather than `begin_nested`: one of these wraps every write of a batch,
-    and SQLAlchemy's nested-transaction bookkeeping cost more than the writes (a third
-    of a raise's CPU). Savepoints nest by name, so one inside another (or inside a
+    Plain SQL on the driver's cursor rather than `begin_nested`: one of these wraps every
+    write of a batch, and SQLAlchemy's nested-transaction bookkeeping cost more than the
+    writes (a third of a raise's CPU). Savepoints nest by name, so one inside another (or inside a
     `begin_nested`) still unwinds to its own.
     """
-    conn.exec_driver_sql(_SAVEPOINT)
+    execute_driver_sql(conn, _SAVEPOINT)
     try:
         yield conn
     except BaseException:
-        conn.exec_driver_sql(_ROLLBACK_TO)
-        conn.exec_driver_sql(_RELEASE)
+        execute_driver_sql(conn, _ROLLBACK_TO)
+        execute_driver_sql(conn, _RELEASE)
         raise
-    conn.exec_driver_sql(_RELEASE)
+    execute_driver_sql(conn, _RELEASE)
 
 
 _SAVEPOINT: Final = "SAVEPOINT gw_write"
@@ -557,7 +633,9 @@ def _event_from_doc(doc: Mapping[str, Any]) -> SecurityEvent:
         assignee=_opt_str(doc["assignee"]),
         parent_id=_opt_str(doc["parent_id"]),
         values=dict(doc["values"]),
-        devices=tuple(str(d) for d in doc["devices"]),
+        # Interned: a flood parent names every device of its storm, and an outbox batch
+        # holds many versions of it; one copy of each name, not one per version.
+        devices=tuple(map(sys.intern, doc["devices"])),
         location=None if loc is None else Location(float(loc["lon"]), float(loc["lat"])),
         returned_ms=_opt_int(doc["returned_ms"]),
     )
@@ -606,19 +684,6 @@ def _audit_from_row(doc: Mapping[Any, Any]) -> AuditRecord:
         from_state=None if doc["from_state"] is None else State(doc["from_state"]),
         to_state=State(doc["to_state"]),
         note=str(doc["note"]),
-    )
-
-
-def _outbox_from_row(row: RowMapping) -> OutboxItem:
-    payload = json.loads(row["payload"])
-    return OutboxItem(
-        id=int(row["id"]),
-        sink=str(row["sink"]),
-        event=_event_from_doc(payload["event"]),
-        audit=_audit_from_row(payload["audit"]),
-        attempts=int(row["attempts"]),
-        next_attempt_ms=int(row["next_attempt_ms"]),
-        last_error=str(row["last_error"]),
     )
 
 

@@ -153,6 +153,7 @@ class Hub:
             on_publish=self._on_publish,
             tls=tls_context(settings),
             on_connected=self._on_connected,
+            on_oversize=self._on_oversize,
             reconnect_min_s=mqtt.reconnect_min_s,
             reconnect_max_s=mqtt.reconnect_max_s,
         )
@@ -305,6 +306,11 @@ class Hub:
             self.intake.skip_retained(qos, packet_id)
             return
         self.intake.on_publish(topic, payload, qos, retain, packet_id)
+
+    def _on_oversize(self, topic: str, size: int, qos: int, packet_id: int) -> None:
+        # Beyond what even the decoder's oversize check reads (a broker that does not
+        # enforce our maximum packet size sent it): dead-lettered without its payload.
+        self.intake.on_oversize(topic, size, self.client.opts.maximum_packet_size, qos, packet_id)
 
     def _on_connected(self, client: MqttClient, session_present: bool) -> None:
         now = time.time()

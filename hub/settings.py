@@ -310,16 +310,26 @@ class FieldSettings(_Section):
 
 
 class AnomalySettings(_Section):
-    """Online anomaly scoring in the hub, with the model `gridwatch anomaly train` saves."""
+    """Anomaly scoring in the hub: per-device baselines learned online (the default), or
+    the model `gridwatch anomaly train` saves when one exists (docs/anomaly-hub.md)."""
 
     enabled: bool = True
-    """Score readings when a model exists in model_dir (none: scoring stays off, logged)."""
+    """Score readings: with the model in model_dir when there is one, else (`online`)
+    with baselines each device teaches from its first reading."""
+    online: bool = True
+    """Without a trained model, learn per-device baselines online (false: scoring stays
+    off until `gridwatch anomaly train` saves a model)."""
+    warmup_s: float = Field(default=86_400.0, ge=0)
+    """Online baselines: a device raises nothing for this long of event time after its
+    first reading (it learns; a day takes in the daily cycle)."""
     model_dir: Path | None = None
     """Where models are saved and loaded; default <hub.data_dir>/anomaly."""
     batch_interval_s: Positive = 0.5
     """How often queued readings are scored (as one batch, on a worker thread)."""
     repeat_after_s: Positive = 600.0
-    """While a device stays anomalous, its open event is bumped at most this often."""
+    """The per-device rate limit: while a device stays anomalous, at most one anomaly
+    detection per this many seconds (it bumps the open event; the flags held in between
+    are counted in its `held` value)."""
     clear_after_s: Positive = 900.0
     """A device's anomaly clears after this long without a flagged reading."""
     detector: Literal["median_mad", "isolation_forest", "pca", "lof"] = "median_mad"

@@ -20,12 +20,13 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
+from anomaly.baselines import OnlineParams, OnlineScorer
 from anomaly.model_store import ARRAYS_NAME, META_NAME, ModelMismatch, load_model
 from anomaly.online import AnomalyScorer, ScoringPolicy
 from broker.client import MQTT_V5, MQTT_V311, ConnectOptions, MqttClient
 from broker.dynsec import AdminLogin, BrokerAccounts, DynsecClient
 from broker.tls import client_tls
-from detection.anomaly_service import AnomalyService
+from detection.anomaly_service import AnomalyService, Scorer
 from detection.directory_source import DirectorySource
 from detection.rules_service import RulesService
 from devstack.dynsec import Login, logins_path, read_logins, uses_dynsec
@@ -424,36 +425,59 @@ def model_dir(settings: Settings) -> Path:
 def build_anomaly(
     settings: Settings, manager: EventManager, on_events: Callable[[], None]
 ) -> AnomalyService | None:
-    """The service, or None (logged) when scoring is off or no usable model exists.
+    """The service, or None (logged) when scoring is off.
 
+    With a trained model in `model_dir`, the service scores with it; without one, with
+    per-device baselines learned online (`anomaly.online`, the default) or not at all.
     A model that exists but does not fit this code (schema, versions, digest) is an
     error: the hub must not run believing it detects anomalies when it cannot."""
     cfg = settings.anomaly
     if not cfg.enabled:
         return None
     directory = model_dir(settings)
+    scorer: Scorer
     if not (directory / META_NAME).exists() or not (directory / ARRAYS_NAME).exists():
-        log.warning(
-            "anomaly: no model in %s; scoring is off until `gridwatch anomaly train` saves one",
-            directory,
+        if not cfg.online:
+            log.warning(
+                "anomaly: no model in %s and anomaly.online is off; scoring is off until "
+                "`gridwatch anomaly train` saves one",
+                directory,
+            )
+            return None
+        params = OnlineParams(
+            warmup_ms=round(cfg.warmup_s * 1000),
+            repeat_after_ms=round(cfg.repeat_after_s * 1000),
+            clear_after_ms=round(cfg.clear_after_s * 1000),
         )
-        return None
-    try:
-        model = load_model(directory)
-    except ModelMismatch as exc:
-        raise ModelMismatch(f"anomaly model in {directory}: {exc}") from exc
-    policy = ScoringPolicy(
-        repeat_after_ms=round(cfg.repeat_after_s * 1000),
-        clear_after_ms=round(cfg.clear_after_s * 1000),
-    )
-    log.info(
-        "anomaly: scoring %s with the model in %s (thresholds %s)",
-        ", ".join(sorted(model.kinds)),
-        directory,
-        ", ".join(f"{k} {m.threshold.value:.3g}" for k, m in sorted(model.kinds.items())),
-    )
+        scorer = OnlineScorer(params)
+        log.info(
+            "anomaly: no model in %s; learning per-device baselines online (%s; each device "
+            "quiet for its first %s s)",
+            directory,
+            "; ".join(
+                f"{kind}: {', '.join(f.name for f in fields)}"
+                for kind, fields in sorted(scorer.fields.items())
+            ),
+            f"{cfg.warmup_s:g}",
+        )
+    else:
+        try:
+            model = load_model(directory)
+        except ModelMismatch as exc:
+            raise ModelMismatch(f"anomaly model in {directory}: {exc}") from exc
+        policy = ScoringPolicy(
+            repeat_after_ms=round(cfg.repeat_after_s * 1000),
+            clear_after_ms=round(cfg.clear_after_s * 1000),
+        )
+        log.info(
+            "anomaly: scoring %s with the model in %s (thresholds %s)",
+            ", ".join(sorted(model.kinds)),
+            directory,
+            ", ".join(f"{k} {m.threshold.value:.3g}" for k, m in sorted(model.kinds.items())),
+        )
+        scorer = AnomalyScorer(model, policy)
     return AnomalyService(
-        AnomalyScorer(model, policy),
+        scorer,
         manager,
         batch_interval_s=cfg.batch_interval_s,
         on_events=on_events,

@@ -187,6 +187,25 @@ class Decoder:
             route,
         )
 
+    def oversize(self, topic: str, size: int, limit: int, received_ns: int) -> Rejected:
+        """The rejection of a PUBLISH the MQTT client discarded unread as larger than our
+        maximum packet size `limit` (a broker that does not enforce it sent it anyway):
+        no payload to keep, only where it came from and how large it was."""
+        return Rejected(
+            RejectReason.OVERSIZE,
+            f"{size}-byte packet > the hub's maximum packet size {limit} (discarded unread)",
+            topic,
+            b"",
+            received_ns,
+            self._route_named(topic),
+        )
+
+    def _route_named(self, topic: str) -> Route | None:
+        """What the topic names (the cached route's, or parsed), without any check."""
+        cached = self._routes.get(topic)
+        parsed = cached.route if cached is not None else parse(self._prefix, topic)
+        return parsed if isinstance(parsed, Route) else None
+
     def decode(self, topic: str, payload: bytes, received_ns: int) -> Reading | Rejected:
         """Validate one message; the received time stands in for a missing device time.
 
@@ -196,15 +215,13 @@ class Decoder:
         a route is built, so a cached route has passed them all.
         """
         if len(payload) > self._max_payload:
-            cached = self._routes.get(topic)
-            parsed = cached.route if cached is not None else parse(self._prefix, topic)
             return Rejected(
                 RejectReason.OVERSIZE,
                 f"{len(payload)} bytes > limit {self._max_payload}",
                 topic,
                 payload,
                 received_ns,
-                parsed if isinstance(parsed, Route) else None,
+                self._route_named(topic),
             )
         route = self._routes.get(topic)
         if route is None:

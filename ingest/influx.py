@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import aiohttp
 import httpx
 
 if TYPE_CHECKING:
@@ -170,6 +169,14 @@ def _api_exception() -> type[ApiException]:
     return ApiException
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What the 2.x client raises when the server cannot be reached (aiohttp is its
+    transport: imported here, not by every hub process, about 9 MB and 0.1 s)."""
+    import aiohttp
+
+    return (aiohttp.ClientError, TimeoutError, OSError)
+
+
 class InfluxV2Writer:
     """InfluxDB 2.x/3.x `/api/v2/write` through the official `influxdb-client` (async)."""
 
@@ -212,7 +219,7 @@ class InfluxV2Writer:
                 _error_text(str(exc.body or exc.reason)),
                 _retry_after(headers),
             ) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except _transport_errors() as exc:
             raise WriteError(Failure.RETRY, None, f"{type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> None:
@@ -222,7 +229,7 @@ class InfluxV2Writer:
             status = int(exc.status or 0)
             failure = classify(status) if status else Failure.RETRY
             raise WriteError(failure, status or None, _error_text(str(exc.reason))) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except _transport_errors() as exc:
             raise WriteError(Failure.RETRY, None, f"{type(exc).__name__}: {exc}") from exc
         if not ok:
             raise WriteError(Failure.RETRY, None, "ping failed")

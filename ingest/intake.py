@@ -204,6 +204,16 @@ class Intake:
             return
         self.reject(result, qos, packet_id)
 
+    def on_oversize(self, topic: str, size: int, limit: int, qos: int, packet_id: int) -> None:
+        """A PUBLISH the MQTT client discarded as above our maximum packet size `limit`: an
+        `oversize` rejection (dead-lettered with its topic and size, counted) acked after
+        the fsync like any other, so the acknowledgement still means "recorded"."""
+        try:
+            rejected = self._decoder.oversize(topic, size, limit, time.time_ns())
+        except Exception as exc:  # noqa: BLE001 (the message boundary)
+            rejected = self._internal_error(topic, b"", time.time_ns(), exc, "oversize")
+        self.reject(rejected, qos, packet_id)
+
     def skip_retained(self, qos: int, packet_id: int) -> None:
         """A retained message the broker re-sent on resubscription: counted and acked
         with the batch (PUBACKs go in the order messages came), not stored again."""

@@ -25,7 +25,7 @@ from pydantic import (
 from registry.model import AttributeValue
 from sensors.base import Identifier
 from sites.geometry import polygon_problem
-from sites.model import MAX_ZONE_NAME, known_zone
+from sites.model import MAX_ZONE_NAME, SiteId, known_zone
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Text = Annotated[str, StringConstraints(max_length=2000)]
@@ -66,7 +66,7 @@ class ScheduleRuleSpec(_Spec):
 
 
 class SiteSpec(_Spec):
-    id: Identifier
+    id: SiteId
     name: Name
     timezone: str = Field(max_length=MAX_ZONE_NAME, examples=["Asia/Shanghai"])
     description: Text | None = None

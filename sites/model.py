@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -317,10 +318,29 @@ class SiteProblems(ValueError):
         super().__init__("; ".join(f"{format_loc(loc)}: {message}" for loc, message in problems))
 
 
+RESERVED_SITE_IDS: Final = frozenset({"events", "login", "logout", "photos", "status", "worker"})
+"""Names the desk's and the residents' own pages take where a site id goes in a URL
+(`/desk/worker/`, `/desk/photos/<id>`, `/resident/status/<token>`, ...): a site with one
+of them would have pages that never show (checked by a test against the API's routes)."""
+
+
+def _not_reserved(value: str) -> str:
+    if value in RESERVED_SITE_IDS:
+        raise ValueError(
+            f"site id {value!r} is reserved for the desk's own pages "
+            f"({', '.join(sorted(RESERVED_SITE_IDS))}); choose another"
+        )
+    return value
+
+
+SiteId = Annotated[Identifier, AfterValidator(_not_reserved)]
+"""A site's id: an `Identifier` that is none of `RESERVED_SITE_IDS`."""
+
+
 class Site(_Strict):
     """One community: where its cells are, which devices it has, when doors open."""
 
-    site: Identifier
+    site: SiteId
     """MQTT topic segment and `site` tag."""
     name: Name
     timezone: str

@@ -12,17 +12,17 @@
 
 (() => {
   const live = document.getElementById("live");
-  if (!live || !window.EventSource || !window.fetch || !window.DOMParser) return;
+  if (!live || !window.EventSource || !window.fetch || !window.DOMParser || !window.followSiteStream) {
+    return;
+  }
 
   const body = document.body;
   const page = live.dataset.page; // "site" or "event"
   const eventId = live.dataset.event || null;
   const streamUrl = live.dataset.streamUrl;
 
-  let source = null;
-  let lastId = null;
+  let stream = null;
   let timer = null;
-  let reopenTimer = null;
   let running = false;
   let again = false;
   let deferred = false;
@@ -132,7 +132,7 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       apply(new DOMParser().parseFromString(await response.text(), "text/html"));
       body.dataset.liveUpdates = String(Number(body.dataset.liveUpdates || 0) + 1);
-      if (source && source.readyState === EventSource.OPEN) setLink("live", "live");
+      if (stream && stream.isOpen()) setLink("live", "live");
     } catch (err) {
       setLink("offline", "not updated: reload the page");
     } finally {
@@ -149,45 +149,12 @@
     if (timer === null) timer = setTimeout(refresh, delay);
   }
 
-  // ------------------------------------------------------------------ the stream
-
-  function connect() {
-    if (source) source.close();
-    const url = lastId ? `${streamUrl}?last_id=${encodeURIComponent(lastId)}` : streamUrl;
-    source = new EventSource(url);
-    source.onopen = () => setLink("live", "live");
-    source.addEventListener("sync", (e) => {
-      // The first one too: whatever changed between the page's render and the stream.
-      lastId = e.lastEventId || lastId;
-      schedule(0);
-    });
-    source.addEventListener("change", (e) => {
-      lastId = e.lastEventId || lastId;
-      let message = null;
-      try {
-        message = JSON.parse(e.data);
-      } catch (err) {
-        message = null;
-      }
-      if (concerns(message)) schedule();
-    });
-    source.onerror = () => {
-      if (source.readyState === EventSource.CONNECTING) {
-        setLink("reconnecting", "reconnecting…"); // the browser retries with Last-Event-ID
-        return;
-      }
-      // Refused for good (a login page, an error): try again ourselves, with ?last_id=.
-      setLink("offline", "offline");
-      source.close();
-      clearTimeout(reopenTimer);
-      reopenTimer = setTimeout(connect, 3000);
-    };
-  }
-
   document.addEventListener("focusout", () => {
     if (deferred) schedule(300); // a row left alone while it was worked in
   });
-  window.addEventListener("pagehide", () => source && source.close());
-  setLink("connecting", "connecting…");
-  connect();
+  stream = window.followSiteStream(streamUrl, {
+    onSync: () => schedule(0),
+    onChange: (message) => concerns(message) && schedule(),
+    setLink,
+  });
 })();

@@ -19,10 +19,7 @@
   let known = null; // ids of the events seen so far (null before the first state)
   const flashUntil = new Map();
   let selectedCell = null;
-  let source = null;
-  let lastId = null;
   let refreshTimer = null;
-  let reopenTimer = null;
   let audio = null;
   let muted = false;
 
@@ -321,32 +318,6 @@
     }
   }
 
-  function connect() {
-    if (source) source.close();
-    const url = lastId ? `${streamUrl}?last_id=${encodeURIComponent(lastId)}` : streamUrl;
-    source = new EventSource(url);
-    source.onopen = () => setLink("live", "live");
-    source.addEventListener("sync", (e) => {
-      lastId = e.lastEventId || lastId;
-      scheduleRefresh(0);
-    });
-    source.addEventListener("change", (e) => {
-      lastId = e.lastEventId || lastId;
-      scheduleRefresh();
-    });
-    source.onerror = () => {
-      if (source.readyState === EventSource.CONNECTING) {
-        setLink("reconnecting", "reconnecting…"); // the browser retries with Last-Event-ID
-        return;
-      }
-      // Refused for good (a login page, an error): try again ourselves, with ?last_id=.
-      setLink("offline", "offline");
-      source.close();
-      clearTimeout(reopenTimer);
-      reopenTimer = setTimeout(() => refresh().then(connect, () => source.onerror()), 3000);
-    };
-  }
-
   function tick() {
     $("clock").textContent = timeFormat().format(new Date());
   }
@@ -368,5 +339,11 @@
   setInterval(() => scheduleRefresh(0), 60_000); // belt and braces: the stream is the live path
   tick();
   showSound();
-  connect(); // its first message is a sync: the state is read after the stream is open
+  // Its first message is a sync: the state is read after the stream is open.
+  window.followSiteStream(streamUrl, {
+    onSync: () => scheduleRefresh(0),
+    onChange: () => scheduleRefresh(),
+    setLink,
+    beforeReopen: refresh,
+  });
 })();

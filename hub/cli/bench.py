@@ -1,4 +1,5 @@
-"""`gridwatch bench ingest|anomaly|broker`: benchmarks (separate commands, not timed tests)."""
+"""`gridwatch bench ingest|detection|anomaly|broker`: benchmarks (separate commands, not
+timed tests)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,24 @@ def ingest(
         detection=detection,
     )
     click.echo(json.dumps(result, sort_keys=True) if as_json else format_result(result))
+
+
+@bench.command("detection")
+@click.option("--messages", "n_messages", default=100_000, show_default=True)
+@click.option("--devices", default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def detection(n_messages: int, devices: int, as_json: bool) -> None:
+    """A PART: the detection worker's CPU per log record, by stage (rules, event store,
+    outbox, sinks), replaying the ingest benchmark's stream from a prepared log."""
+    from evaluation.detection_bench import detection_bench_json, format_detection_bench
+    from hub.detection_bench import run_detection_bench
+
+    def progress(text: str) -> None:
+        if not as_json:
+            click.echo(text, err=True)
+
+    result = run_detection_bench(n_messages, devices, progress=progress)
+    click.echo(detection_bench_json(result) if as_json else format_detection_bench(result))
 
 
 @bench.command("anomaly")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from anomaly.baselines import OnlineScorer
 from anomaly.model_store import ARRAYS_NAME, META_NAME, ModelMismatch, load_model, save_model
 from anomaly.online import AnomalyScorer, ScoringPolicy
 from anomaly.training import AnomalyModel, TrainConfig, TrainingError, train
@@ -214,14 +215,17 @@ def test_a_failed_anomaly_commit_writes_nothing(
         assert len(store.list_events()) == 1
 
 
-def test_hub_without_a_model_scores_nothing(tmp_path: Path) -> None:
+def test_hub_without_a_model_learns_online_unless_told_not_to(tmp_path: Path) -> None:
     settings = Settings(hub=HubSettings(data_dir=tmp_path), anomaly=AnomalySettings())
     with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
         store.migrate()
         manager = EventManager(store, workers={})
-        assert build_anomaly(settings, manager, lambda: None) is None
-        off = Settings(hub=HubSettings(data_dir=tmp_path), anomaly=AnomalySettings(enabled=False))
-        assert build_anomaly(off, manager, lambda: None) is None
+        service = build_anomaly(settings, manager, lambda: None)
+        assert service is not None and isinstance(service.scorer, OnlineScorer)
+        assert service.scorer.params.warmup_ms == 86_400_000  # anomaly.warmup_s, a day
+        for cfg in (AnomalySettings(online=False), AnomalySettings(enabled=False)):
+            off = Settings(hub=HubSettings(data_dir=tmp_path), anomaly=cfg)
+            assert build_anomaly(off, manager, lambda: None) is None
 
 
 def test_hub_refuses_a_mismatched_model(model: AnomalyModel, tmp_path: Path) -> None:

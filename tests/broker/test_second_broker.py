@@ -318,7 +318,9 @@ async def test_broker_back_after_an_outage_is_reconnected_within_a_second(
     assert reconnect_s <= 1.5
     assert client.counters.reconnects == 1
     assert client.session_present
-    assert client.counters.connect_failures <= 2
+    # Backoff, not a tight loop, while it is down: attempts after 0.5, 1 and 2 s (with
+    # jitter) fit a 3 s outage plus the broker's start, so at most three fail.
+    assert client.counters.connect_failures <= 3
 
 
 async def test_an_oversize_publish_is_dropped_and_acked_not_a_reconnect_loop(

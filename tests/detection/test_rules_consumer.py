@@ -314,29 +314,69 @@ def test_a_replayed_chunk_writes_nothing_new(
         assert dump(store).decided == reference.decided
 
 
-def test_run_resumes_where_a_graceful_stop_committed(
+def stopped_halfway(
     tmp_path: Path, spool_dir: Path, records: list[Record], directory: Directory
-) -> None:
-    """The hub's own loop (`run`, `stop`): half the log, a stop, the other half written
-    meanwhile, a new consumer on the same store: the events of one uninterrupted run."""
+) -> tuple[Dump, Spool, str]:
+    """The reference run; then a log of half the records consumed by the hub's loop up
+    to a graceful stop, and the other half written after it. Returns the reference, that
+    log (open: the caller closes it) and the store's URL."""
     spool = open_spool(spool_dir)
     try:
         reference, _ = uninterrupted(tmp_path, spool, directory)
     finally:
         spool.close()
-    half = tmp_path / "half"
-    spool = open_spool(half)
+    spool = open_spool(tmp_path / "half")
     url = f"sqlite:///{tmp_path / 'events.db'}"
+    log_records(spool, records[: len(records) // 2], per_frame=50)
+    with EventStore(url) as store:
+        store.migrate()
+        asyncio.run(run_to_end(new_service(store, directory), spool))
+    log_records(spool, records[len(records) // 2 :], per_frame=50)
+    return reference, spool, url
+
+
+def test_run_resumes_where_a_graceful_stop_committed(
+    tmp_path: Path, spool_dir: Path, records: list[Record], directory: Directory
+) -> None:
+    """The hub's own loop (`run`, `stop`): half the log, a stop, the other half written
+    meanwhile, a new consumer on the same store: the events of one uninterrupted run."""
+    reference, spool, url = stopped_halfway(tmp_path, spool_dir, records, directory)
     try:
-        log_records(spool, records[: len(records) // 2], per_frame=50)
-        with EventStore(url) as store:
-            store.migrate()
-            asyncio.run(run_to_end(new_service(store, directory), spool))
-        log_records(spool, records[len(records) // 2 :], per_frame=50)
         with EventStore(url) as store:
             service = new_service(store, directory)
             asyncio.run(run_to_end(service, spool))
             assert service.committed == spool.end_of_log()
+            assert dump(store).decided == reference.decided
+    finally:
+        spool.close()
+
+
+def test_a_restored_consumer_reads_the_store_once_and_a_restart_reads_it_again(
+    tmp_path: Path, spool_dir: Path, records: list[Record], directory: Directory
+) -> None:
+    """The hub builds the consumer and restores it before its first run (the log is held
+    from that position): the run starts from that state, not from a second read of a
+    snapshot that can be megabytes. A run after a failure restores from the store."""
+    reference, spool, url = stopped_halfway(tmp_path, spool_dir, records, directory)
+    try:
+        with EventStore(url) as store:
+            service = new_service(store, directory)
+            service.restore()  # as `hub.wiring.build_events` does
+            reads: list[int] = []
+            restore = service.restore
+
+            def counted() -> None:
+                reads.append(1)
+                restore()
+
+            service.restore = counted  # type: ignore[method-assign]
+            asyncio.run(run_to_end(service, spool))
+            assert reads == []
+            assert dump(store).decided == reference.decided
+            # A failed run's successor starts from the store, not from memory.
+            service.consume(records[:10])  # state the store does not have
+            asyncio.run(run_to_end(service, spool))
+            assert reads == [1]
             assert dump(store).decided == reference.decided
     finally:
         spool.close()

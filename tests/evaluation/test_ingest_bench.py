@@ -188,7 +188,7 @@ def test_default_pipeline_end_to_end_with_probes(tmp_path: Path) -> None:
     figures = result["default"]
     assert figures["consumers"]["rules"] is True
     assert figures["consumers"]["event_sinks"] is True
-    assert figures["consumers"]["anomaly"] is False  # no model trained: the default is off
+    assert figures["consumers"]["anomaly"] is True  # no model trained: online baselines
     assert result["limit_msgs_per_s"] > 0
     for mode, phases in (("live", {"live"}), ("backlog", {"queued", "drain"})):
         got = figures[mode]

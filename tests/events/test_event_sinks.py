@@ -25,7 +25,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.client import ConnectOptions, MqttClient
+from broker.client import ConnectionLost, ConnectOptions, MqttClient
 from devstack.stack import ManagedProcess, free_port
 from events.dispatcher import OutboxDispatcher, OutboxStore
 from events.model import (
@@ -794,6 +794,47 @@ async def test_mqtt_sink_refuses_a_site_that_is_not_a_topic_level() -> None:
         (good.id,),
         ["gw/events/v1/s1"],
     )
+
+
+async def test_mqtt_sink_pipelines_a_batch_in_order() -> None:
+    """Every publish of a batch is sent before the first PUBACK comes back (one round
+    trip a batch, not one a transition), in the batch's order."""
+    store = FakeStore()
+    items = [store.add("mqtt", *raised(f"ev-{i}", site=f"s{i}")) for i in range(5)]
+    sent: list[str] = []
+    pubacks: list[asyncio.Future[None]] = []
+
+    async def publish(topic: str, payload: bytes) -> None:
+        sent.append(topic)
+        puback = asyncio.get_running_loop().create_future()
+        pubacks.append(puback)
+        await puback
+
+    delivery = asyncio.create_task(MqttSink(publish).deliver(items))
+    await eventually(lambda: len(sent) == 5, 5)
+    assert not delivery.done()  # waiting for PUBACKs, all five on the wire
+    assert sent == [f"gw/events/v1/s{i}" for i in range(5)]
+    for puback in reversed(pubacks):  # the order PUBACKs arrive in does not matter
+        puback.set_result(None)
+    await delivery
+
+
+async def test_mqtt_sink_reports_only_the_acknowledged_prefix() -> None:
+    """A publish that fails mid-batch: what came before it is delivered; it and what
+    follows are not, even a later one the broker did acknowledge (sent again, in order)."""
+    store = FakeStore()
+    items = [store.add("mqtt", *raised(f"ev-{i}")) for i in range(4)]
+    calls = 0
+
+    async def publish(topic: str, payload: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise ConnectionLost("dropped")
+
+    with pytest.raises(SinkUnavailable) as info:
+        await MqttSink(publish).deliver(items)
+    assert info.value.delivered == (items[0].id, items[1].id)
 
 
 # ---------------------------------------------------------------- webhooks

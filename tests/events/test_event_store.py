@@ -88,19 +88,24 @@ def engine_of(url: str) -> sa.Engine:
 
 def test_migrate_from_empty_creates_the_schema_once(event_db_url: str) -> None:
     with EventStore(event_db_url) as store:
-        assert store.migrate() == len(migrations.MIGRATIONS) == 1
-        assert store.migrate() == 1  # idempotent
+        assert store.migrate() == len(migrations.MIGRATIONS) == 2
+        assert store.migrate() == 2  # idempotent
     engine = engine_of(event_db_url)
     try:
         inspector = sa.inspect(engine)
-        assert {"schema_version", "events", "audit", "outbox", "snapshots"} <= set(
-            inspector.get_table_names()
-        )
+        assert {
+            "schema_version",
+            "events",
+            "audit",
+            "outbox",
+            "snapshots",
+            "consumer_state",
+        } <= set(inspector.get_table_names())
         indexes = {ix["name"] for ix in inspector.get_indexes("events")}
         assert {"ix_events_site_closed", "ux_events_open_condition", "ix_events_raised"} <= indexes
         with engine.connect() as conn:
             rows = conn.execute(sa.select(migrations.schema_version.c.version)).all()
-        assert [r.version for r in rows] == [1]
+        assert [r.version for r in rows] == [1, 2]
     finally:
         engine.dispose()
 
@@ -121,9 +126,9 @@ def test_later_steps_apply_in_order_one_transaction_each(event_db_url: str) -> N
     ]
     engine = engine_of(event_db_url)
     try:
-        assert migrations.migrate(engine, migrations.MIGRATIONS) == 1
-        assert migrations.migrate(engine, steps) == 3
-        assert migrations.migrate(engine, steps) == 3
+        assert migrations.migrate(engine, migrations.MIGRATIONS) == 2
+        assert migrations.migrate(engine, steps) == 4
+        assert migrations.migrate(engine, steps) == 4
         assert applied == [3]
         columns = {c["name"] for c in sa.inspect(engine).get_columns("extra")}
         assert columns == {"id", "note"}
@@ -143,7 +148,7 @@ def test_a_failing_step_leaves_the_previous_version(event_db_url: str) -> None:
         # Transactional DDL on both databases: the half-made table went with the step.
         assert not sa.inspect(engine).has_table("half_done")
         with engine.connect() as conn:
-            assert migrations.current_version(conn) == 1
+            assert migrations.current_version(conn) == 2
     finally:
         engine.dispose()
 
@@ -159,7 +164,7 @@ def test_a_newer_schema_is_refused(event_db_url: str) -> None:
         engine.dispose()
     with EventStore(event_db_url) as store, pytest.raises(SchemaTooNew) as caught:
         store.migrate()
-    assert (caught.value.found, caught.value.known) == (7, 1)
+    assert (caught.value.found, caught.value.known) == (7, 2)
     assert "upgrade GridWatch" in str(caught.value)
     assert isinstance(caught.value, StoreError)
 
@@ -182,7 +187,7 @@ def test_plain_postgresql_urls_use_psycopg(postgres_url: str) -> None:
     url = create_database(postgres_url, name).replace("postgresql+psycopg://", "postgresql://")
     try:
         with EventStore(url) as store:
-            assert store.migrate() == 1
+            assert store.migrate() == 2
             store.save([raised("e1")])
             assert store.get("e1") is not None
     finally:

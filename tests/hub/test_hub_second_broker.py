@@ -150,8 +150,9 @@ async def test_an_oversize_publish_costs_one_warning_not_the_connection(
     nats_settings: Settings, influxdb: ManagedProcess, database: str
 ) -> None:
     """NATS 2.9 forwards publishes of any size and MQTT 3.1.1 cannot tell it the hub's
-    limit (4 x `hub.max_payload_bytes` + 1 KiB): the hub's client drops and acks the
-    message, instead of a disconnect the broker would answer by sending it again."""
+    limit (4 x `hub.max_payload_bytes` + 1 KiB): the hub's client drops the message unread,
+    instead of a disconnect the broker would answer by sending it again, and the hub files
+    it as an `oversize` rejection (a dead letter with its topic and size) before the ack."""
     sent = _traffic("smoke", 20, "big")
     async with running_hub(nats_settings) as hub:
         pub = Publisher(int(nats_settings.mqtt.port), "pub-big")
@@ -163,6 +164,16 @@ async def test_an_oversize_publish_costs_one_warning_not_the_connection(
         await until(lambda: count_points(tgt, "smoke") == 20, 20, "20 points")
         assert hub.client.counters.oversize_dropped == 1
         assert hub.client.counters.reconnects == 0
+        await until(lambda: hub.stats.rejected.get("oversize") == 1, 10, "the rejection")
+    letters = [
+        json.loads(line)
+        for line in (nats_settings.deadletters.directory / "deadletters.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [(d["reason"], d["topic"]) for d in letters] == [("oversize", sent[0][0])]
+    assert "200002-byte packet" not in letters[0]["detail"]  # the packet, not the payload
+    assert "> the hub's maximum packet size" in letters[0]["detail"]
 
 
 async def test_hub_left_at_mqtt5_is_refused_with_a_clear_error(

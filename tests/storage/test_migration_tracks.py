@@ -49,13 +49,13 @@ def test_each_store_migrates_only_its_own_track(event_db_url: str) -> None:
     finally:
         registry.close()
     with EventStore(event_db_url) as store:
-        assert store.migrate() == 1
+        assert store.migrate() == 2
     users = UserStore(event_db_url)
     try:
         assert users.migrate() == 1
     finally:
         users.close()
-    assert _versions(event_db_url) == {"events": 1, "registry": 1, "users": 1}
+    assert _versions(event_db_url) == {"events": 2, "registry": 1, "users": 1}
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,6 @@ def test_a_newer_track_is_refused_with_its_own_error(
                 assert other_track.migrate(engine) == len(other_track.steps)
         with engine.connect() as conn:
             rows = conn.execute(sa.select(track.table.c.version).order_by("version")).all()
-        assert [r.version for r in rows] == [1, 9]
+        assert [r.version for r in rows] == [*range(1, len(track.steps) + 1), 9]
     finally:
         engine.dispose()
