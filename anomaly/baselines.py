@@ -57,9 +57,9 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final
 
-from anomaly.context import CELL_ROW, widen_cells
+from anomaly.cells import CELL_ROW, widen_cells
+from anomaly.conditions import INCIDENT, Scored, rule_id
 from anomaly.extractor import FeatureVector
-from anomaly.online import INCIDENT, Scored, rule_id
 from events.model import Detection, Severity, Source
 from sensors.base import FieldValue, Reading, SensorKind
 from sensors.registry import KINDS
@@ -357,7 +357,7 @@ class FieldNovelty:
         self.cells_changed = True
 
     def cells(self, k: int) -> set[int]:
-        """Grid `k`'s visited cells as (level, step) keys (`anomaly.context.CELL_ROW`)."""
+        """Grid `k`'s visited cells as (level, step) keys (`anomaly.cells.CELL_ROW`)."""
         layout = self.layouts[k]
         return {layout.key(index) for index in _bits(self.masks[k])}
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from anomaly.cells import CELL_ROW, widen_cells
 from anomaly.protocol import (
     DetectorState,
     FeatureMismatch,
@@ -74,7 +75,7 @@ MAD_TO_SIGMA = 1.4826
 DEFAULT_THRESHOLD = 8.5 / (2 * len(DEFAULT_RESOLUTIONS))
 DEFAULT_REFRACTORY = 20
 
-_ROW = 1024  # a cell (i, j) is the integer i * _ROW + j; |j| < _ROW // 2 always
+_ROW = CELL_ROW  # a cell (i, j) is the integer i * _ROW + j (`anomaly.cells`)
 _NEIGHBOURS: tuple[int, ...] = (
     -_ROW - 1,
     -_ROW,
@@ -85,49 +86,6 @@ _NEIGHBOURS: tuple[int, ...] = (
     _ROW,
     _ROW + 1,
 )
-
-
-CELL_ROW = _ROW
-"""A (level, change) cell (i, j) is the integer ``i * CELL_ROW + j`` (for other detectors)."""
-
-
-def _cell_parts(key: int) -> tuple[int, int]:
-    """Split a cell key into its (level, change) indices."""
-    i = (key + _ROW // 2) // _ROW
-    return i, key - i * _ROW
-
-
-def _span(low: float, high: float) -> range:
-    """The integer cells ``floor(v)`` that the half-open interval [low, high) touches."""
-    first = math.floor(low)
-    last = math.floor(high)
-    if last > first and float(last) == high:
-        last -= 1
-    return range(first, max(first, last) + 1)
-
-
-def widen_cells(
-    cells: set[int], g: int, old_lo: float, old_hi: float, lo: float, hi: float
-) -> None:
-    """Move a grid's visited (level, change) cells from the range [old_lo, old_hi] to the
-    wider [lo, hi], in place: every new cell an old one overlaps counts as visited."""
-    old_width, width = old_hi - old_lo, hi - lo
-    ratio = old_width / width
-    moved: set[int] = set()
-    for key in cells:
-        i, j = _cell_parts(key)
-        if old_width > 0.0:
-            start = ((old_lo - lo) + old_width * i / g) / width * g
-            levels = _span(start, start + ratio)
-        else:
-            first = math.floor((old_lo - lo) / width * g)
-            levels = range(first, first + 1)
-        changes = _span((j - 0.5) * ratio + 0.5, (j + 0.5) * ratio + 0.5)
-        for a in levels:
-            for b in changes:
-                moved.add(a * _ROW + b)
-    cells.clear()
-    cells.update(moved)
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,12 @@ import numpy as np
 
 from anomaly.detectors import detector_from_state
 from anomaly.extractor import SCHEMAS, Profiles
+from anomaly.model_files import ARRAYS_NAME, META_NAME
 from anomaly.protocol import DetectorState, FloatArray, JsonValue, StateMismatch, Threshold
 from anomaly.training import AnomalyModel, KindModel, Scaler
 
 FORMAT: Final = "gridwatch-anomaly-model"
 FORMAT_VERSION: Final = 1
-META_NAME: Final = "anomaly-model.json"
-ARRAYS_NAME: Final = "anomaly-model.npz"
 MAX_META_BYTES: Final = 256 << 20
 POOLED: Final = "*"
 

@@ -13,22 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
 
 import numpy as np
 
+from anomaly.conditions import INCIDENT, Scored, rule_id
 from anomaly.extractor import FeatureExtractor, FeatureVector
 from anomaly.training import AnomalyModel
 from events.model import Detection, Severity, Source
 from sensors.base import FieldValue, Reading
-
-RULE_PREFIX: Final = "anomaly."
-INCIDENT: Final = "anomaly"
-
-
-def rule_id(kind: str) -> str:
-    """The condition id of a kind's detector (what dedup and the event desk group by)."""
-    return f"{RULE_PREFIX}{kind}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +36,6 @@ class _Open:
     last_sent_ms: int
     site: str
     cell: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """One scored reading (kept for evaluation and the benchmark)."""
-
-    vector: FeatureVector
-    score: float
-    flagged: bool
 
 
 class AnomalyScorer:

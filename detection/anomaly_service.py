@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from anomaly.online import Scored
+from anomaly.conditions import Scored
 from events.manager import EventManager
 from events.model import Detection
 from events.store import EventStore

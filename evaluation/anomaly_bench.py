@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from anomaly.baselines import OnlineScorer
-from anomaly.online import AnomalyScorer, Scored
+from anomaly.conditions import Scored
+from anomaly.online import AnomalyScorer
 from anomaly.training import TrainConfig
 from detection.anomaly_service import AnomalyService
 from evaluation.anomaly_scenarios import (

@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
 
-from anomaly.online import AnomalyScorer, Scored
+from anomaly.conditions import Scored
+from anomaly.online import AnomalyScorer
 from anomaly.training import AnomalyModel, TrainConfig, train
 from detection.anomaly_service import AnomalyService
 from evaluation.matching import Hit, match_labels

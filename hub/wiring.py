@@ -21,8 +21,7 @@ from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
 from anomaly.baselines import OnlineParams, OnlineScorer
-from anomaly.model_store import ARRAYS_NAME, META_NAME, ModelMismatch, load_model
-from anomaly.online import AnomalyScorer, ScoringPolicy
+from anomaly.model_files import has_model
 from broker.client import MQTT_V5, MQTT_V311, ConnectOptions, MqttClient
 from broker.dynsec import AdminLogin, BrokerAccounts, DynsecClient
 from broker.tls import client_tls
@@ -436,7 +435,7 @@ def build_anomaly(
         return None
     directory = model_dir(settings)
     scorer: Scorer
-    if not (directory / META_NAME).exists() or not (directory / ARRAYS_NAME).exists():
+    if not has_model(directory):
         if not cfg.online:
             log.warning(
                 "anomaly: no model in %s and anomaly.online is off; scoring is off until "
@@ -461,6 +460,11 @@ def build_anomaly(
             f"{cfg.warmup_s:g}",
         )
     else:
+        # Imported here: numpy and the detectors, about 11 MB in each process that
+        # imports them, only for a trained model (the online baselines are pure Python).
+        from anomaly.model_store import ModelMismatch, load_model
+        from anomaly.online import AnomalyScorer, ScoringPolicy
+
         try:
             model = load_model(directory)
         except ModelMismatch as exc:

@@ -143,12 +143,22 @@ def _stream_config(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--method",
-    type=click.Choice(["stream", "context"]),
+    type=click.Choice(["stream", "context", "online"]),
     default="stream",
     show_default=True,
     help="stream: the streaming configuration above. context: the context-novelty detector "
     "(anomaly/context.py) with the fixed tuning/held-out split, beside NAB's published "
-    "detectors, with its CPU cost per reading (--nab only; docs/anomaly-nab.md).",
+    "detectors, with its CPU cost per reading (--nab only; docs/anomaly-nab.md). online: "
+    "the hub's default without a trained model, per-device baselines learned online "
+    "(--smoke or --occupancy; docs/anomaly-hub.md).",
+)
+@click.option(
+    "--warmup",
+    "warmup_s",
+    default=None,
+    callback=duration,
+    help="--method online: the device warm-up (90s, 30m, 1d; default: the hub's, a day). "
+    "A run shorter than the warm-up flags nothing.",
 )
 @click.option(
     "--context-views",
@@ -172,17 +182,31 @@ def evaluate(
     seed: int,
     method: str,
     context_views: str | None,
+    warmup_s: float | None,
 ) -> None:
     """Stream ONE detector configuration over real labelled data and score it.
 
     --nab scores with NAB's method (standard, reward_low_FP_rate, reward_low_FN_rate);
     --smoke times the first alarm after the Fire Alarm label turns on; --occupancy scores
     alarms against the occupancy label. Give exactly one of them. --method context runs
-    the context-novelty detector on a NAB corpus instead (docs/anomaly-nab.md).
+    the context-novelty detector on a NAB corpus instead (docs/anomaly-nab.md); --method
+    online runs the hub's online baselines on --smoke or --occupancy.
     """
     targets = [t for t in (nab_dir, smoke_file, occupancy_dir) if t is not None]
     if len(targets) != 1:
         raise click.UsageError("give exactly one of --nab, --smoke, --occupancy")
+    if warmup_s is not None and method != "online":
+        raise click.UsageError("--warmup goes with --method online")
+    if method == "online":
+        stream_options = (detector, features, window, threshold, refractory, trigger)
+        if any(o is not None for o in stream_options) or refresh_every is not None or raw:
+            raise click.UsageError("--method online takes no streaming options but --warmup")
+        if plot_file is not None:
+            raise click.UsageError("--plot goes with --method stream or context")
+        if nab_dir is not None:
+            raise click.UsageError("--method online evaluates --smoke or --occupancy")
+        _evaluate_online(smoke_file, occupancy_dir, warmup_s, as_json)
+        return
     if method == "context":
         if nab_dir is None:
             raise click.UsageError("--method context evaluates a NAB corpus: give --nab")
@@ -300,6 +324,33 @@ def _evaluate_occupancy(
     _print_report(report.to_json(), format_occupancy(report), as_json)
     if plot is not None:
         _save_plot([occupancy_panel(report, config.threshold)], plot)
+
+
+def _evaluate_online(
+    smoke_file: Path | None, occupancy_dir: Path | None, warmup_s: float | None, as_json: bool
+) -> None:
+    from anomaly.baselines import OnlineParams
+    from evaluation.occupancy_eval import (
+        OccupancyFormatError,
+        evaluate_occupancy_online,
+        format_occupancy_online,
+    )
+    from evaluation.smoke_eval import (
+        SmokeFormatError,
+        evaluate_smoke_online,
+        format_smoke_online,
+    )
+
+    params = OnlineParams() if warmup_s is None else OnlineParams(warmup_ms=round(warmup_s * 1000))
+    try:
+        if smoke_file is not None:
+            smoke = evaluate_smoke_online(smoke_file, params)
+            _print_report(smoke.to_json(), format_smoke_online(smoke), as_json)
+        elif occupancy_dir is not None:
+            office = evaluate_occupancy_online(occupancy_dir, params)
+            _print_report(office.to_json(), format_occupancy_online(office), as_json)
+    except (SmokeFormatError, OccupancyFormatError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 # -- train -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hub.cli.options import DETECTOR_NAMES
+from hub.cli.options import BENCH_DETECTOR_NAMES
 
 
 @click.group("bench")
@@ -98,18 +98,51 @@ def detection(n_messages: int, devices: int, as_json: bool) -> None:
 
 
 @bench.command("anomaly")
-@click.option("--train-days", default=2.0, show_default=True)
+@click.option(
+    "--train-days",
+    default=2.0,
+    show_default=True,
+    help="Days of background: a trained detector's history, or `online`'s warm-up days.",
+)
 @click.option("--hours", default=6.0, show_default=True, help="Simulated hours to score.")
 @click.option(
-    "--detector", type=click.Choice(DETECTOR_NAMES), default="median_mad", show_default=True
+    "--detector",
+    type=click.Choice(BENCH_DETECTOR_NAMES),
+    default="median_mad",
+    show_default=True,
+    help="A trained model's detector, or online: the hub's default without a trained model "
+    "(per-device baselines learned online).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="online: readings per worker turn (default: the harnesses' 512).",
 )
 @click.option("--json", "as_json", is_flag=True)
-def anomaly(train_days: float, hours: float, detector: str, as_json: bool) -> None:
+def anomaly(
+    train_days: float, hours: float, detector: str, batch: int | None, as_json: bool
+) -> None:
     """Cost per reading of online anomaly scoring (intake hook, scoring, events)."""
-    from evaluation.anomaly_bench import format_bench, run_anomaly_bench
+    from evaluation.anomaly_bench import (
+        format_bench,
+        format_online_bench,
+        run_anomaly_bench,
+        run_online_bench,
+    )
 
-    result = run_anomaly_bench(train_days=train_days, hours=hours, detector=detector)
-    click.echo(json.dumps(result, sort_keys=True) if as_json else format_bench(result))
+    if detector == "online":
+        if batch is None:
+            result = run_online_bench(warm_days=train_days, hours=hours)
+        else:
+            result = run_online_bench(warm_days=train_days, hours=hours, batch=batch)
+        text = format_online_bench(result)
+    else:
+        if batch is not None:
+            raise click.UsageError("--batch goes with --detector online")
+        result = run_anomaly_bench(train_days=train_days, hours=hours, detector=detector)
+        text = format_bench(result)
+    click.echo(json.dumps(result, sort_keys=True) if as_json else text)
 
 
 @bench.command("broker")

@@ -21,6 +21,9 @@ CONFIG_HELP: Final = "TOML settings file (environment GRIDWATCH_<SECTION>__<KEY>
 # The same names as anomaly.streaming.DETECTOR_NAMES, which is not imported here: it
 # brings numpy and scikit-learn into `gridwatch --help`.
 DETECTOR_NAMES: Final = ("median_mad", "isolation_forest", "pca", "lof")
+BENCH_DETECTOR_NAMES: Final = (*DETECTOR_NAMES, "online")
+"""`bench anomaly`: a trained model's detector, or `online` (the hub's default without a
+trained model: per-device baselines learned online, `anomaly.baselines`)."""
 REPLAY_NAMES: Final = ("smoke", "parking", "doors")
 """Real datasets `simulate` and `rules evaluate` can replay onto a site (see cli.inputs)."""
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from anomaly.baselines import OnlineScorer
-from anomaly.model_store import ARRAYS_NAME, META_NAME, ModelMismatch, load_model, save_model
+from anomaly.model_files import ARRAYS_NAME, META_NAME
+from anomaly.model_store import ModelMismatch, load_model, save_model
 from anomaly.online import AnomalyScorer, ScoringPolicy
 from anomaly.training import AnomalyModel, TrainConfig, TrainingError, train
 from detection.anomaly_service import AnomalyService
