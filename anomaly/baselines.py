@@ -58,7 +58,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from anomaly.cells import CELL_ROW, widen_cells
-from anomaly.conditions import INCIDENT, Scored, rule_id
+from anomaly.conditions import INCIDENT, Scored, quiet_clear, rule_id
 from anomaly.extractor import FeatureVector
 from events.model import Detection, Severity, Source
 from sensors.base import FieldValue, Reading, SensorKind
@@ -247,31 +247,38 @@ class FieldNovelty:
         self.broke = False
         """The last value scored broke the range (else its score was the context's)."""
 
+    def usual(self, x: float) -> bool:
+        """Learn ``x`` if it is the usual case, the one most values take, and say so:
+        inside the range, and the finest grid has visited the point's cell (see `step`),
+        so it scores 0 and teaches the grids nothing. Else change nothing."""
+        if not (self.ready and self.lo <= x <= self.hi):
+            return False
+        scale = self.scale
+        du = (x - self.prev) * scale
+        clip = self.clip
+        if du > clip:
+            du = clip
+        elif du < -clip:
+            du = -clip
+        fine = self.fine
+        g = fine.g
+        index = (
+            (math.floor((x - self.glo) * scale * g) + 1) * fine.width
+            + math.floor(du * g + 0.5)
+            + fine.shift
+        )
+        if (self.masks[-1] >> index) & 1:
+            self.prev = x
+            self.seen += 1
+            return True
+        return False
+
     def step(self, x: float, p: OnlineParams, learning: bool = False) -> float:
         """Score ``x`` as the next value, then learn it; the score is in [0, 1]. While
         `learning` (the device's warm-up) the range takes in every value. (`broke` and
         `before` tell about the last value that scored above 0.)"""
-        if self.ready and self.lo <= x <= self.hi:
-            # The usual case, first and short: inside the range, and the finest grid
-            # has visited the point's cell (see below).
-            scale = self.scale
-            du = (x - self.prev) * scale
-            clip = self.clip
-            if du > clip:
-                du = clip
-            elif du < -clip:
-                du = -clip
-            fine = self.fine
-            g = fine.g
-            index = (
-                (math.floor((x - self.glo) * scale * g) + 1) * fine.width
-                + math.floor(du * g + 0.5)
-                + fine.shift
-            )
-            if (self.masks[-1] >> index) & 1:
-                self.prev = x
-                self.seen += 1
-                return 0.0
+        if self.usual(x):
+            return 0.0
         self.broke = False
         if self.seen < p.warmup_readings:
             self.seen += 1
@@ -594,7 +601,6 @@ class OnlineScorer:
         best_score = 0.0
         learned = False
         measured: list[float] = []
-        floor = math.floor
         for name, is_measured, spec in self._plans[reading.kind]:
             raw = values.get(name)
             if raw is None:
@@ -607,28 +613,9 @@ class OnlineScorer:
             field = fields.get(name)
             if field is None:
                 field = fields[name] = FieldNovelty(self.params)
-            elif field.ready and field.lo <= x <= field.hi:
-                # `FieldNovelty.step`'s usual case, inline (most of the CPU per reading):
-                # inside the range, and the finest grid has visited the point's cell.
-                scale = field.scale
-                du = (x - field.prev) * scale
-                clip = field.clip
-                if du > clip:
-                    du = clip
-                elif du < -clip:
-                    du = -clip
-                fine = field.fine
-                g = fine.g
-                index = (
-                    (floor((x - field.glo) * scale * g) + 1) * fine.width
-                    + floor(du * g + 0.5)
-                    + fine.shift
-                )
-                if (field.masks[-1] >> index) & 1:
-                    field.prev = x
-                    field.seen += 1
-                    learned = True
-                    continue
+            elif field.usual(x):
+                learned = True
+                continue
             learned = True
             score = field.step(x, p, learning)
             if score > best_score:
@@ -714,16 +701,12 @@ class OnlineScorer:
         self._open.discard(key)
         at = device.last_flag_ms + self.params.clear_after_ms
         kind, name = key.split("/", 1)
-        return Detection(
-            rule_id=rule_id(kind),
-            key=name,
-            raised=False,
+        return quiet_clear(
+            kind,
+            name,
             at_ms=at,
             site=device.site,
             cell=device.cell,
-            device=name,
-            source=Source.ANOMALY,
-            incident=INCIDENT,
             message=(
                 f"back to usual: no unusual reading for "
                 f"{_duration(self.params.clear_after_ms)} (unusual since "

@@ -1,6 +1,7 @@
 """What every anomaly scorer reports, whatever detects: the condition ids its events
-carry and the scored readings it can keep. Pure Python, so the hub imports it (and the
-online baselines) without numpy, which only trained models need."""
+carry, the clear it sends when a device has gone quiet, and the scored readings it can
+keep. Pure Python, so the hub imports it (and the online baselines) without numpy, which
+only trained models need."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from anomaly.extractor import FeatureVector
+from events.model import Detection, Source
 
 RULE_PREFIX: Final = "anomaly."
 INCIDENT: Final = "anomaly"
@@ -16,6 +18,25 @@ INCIDENT: Final = "anomaly"
 def rule_id(kind: str) -> str:
     """The condition id of a kind's detector (what dedup and the event desk group by)."""
     return f"{RULE_PREFIX}{kind}"
+
+
+def quiet_clear(
+    kind: str, device: str, *, at_ms: int, site: str, cell: str | None, message: str
+) -> Detection:
+    """Clear a device's anomaly condition: it has gone without a flagged reading long
+    enough (the same clear whichever scorer kept the condition open)."""
+    return Detection(
+        rule_id=rule_id(kind),
+        key=device,
+        raised=False,
+        at_ms=at_ms,
+        site=site,
+        cell=cell,
+        device=device,
+        source=Source.ANOMALY,
+        incident=INCIDENT,
+        message=message,
+    )
 
 
 @dataclass(frozen=True, slots=True)

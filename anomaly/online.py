@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anomaly.conditions import INCIDENT, Scored, rule_id
+from anomaly.conditions import INCIDENT, Scored, quiet_clear, rule_id
 from anomaly.extractor import FeatureExtractor, FeatureVector
 from anomaly.training import AnomalyModel
 from events.model import Detection, Severity, Source
@@ -109,16 +109,12 @@ class AnomalyScorer:
             if now_ms - state.last_flag_ms >= self.policy.clear_after_ms:
                 del self._open[(kind, device)]
                 out.append(
-                    Detection(
-                        rule_id=rule_id(kind),
-                        key=device,
-                        raised=False,
+                    quiet_clear(
+                        kind,
+                        device,
                         at_ms=now_ms,
                         site=state.site,
                         cell=state.cell,
-                        device=device,
-                        source=Source.ANOMALY,
-                        incident=INCIDENT,
                         message="no unusual reading for a while",
                     )
                 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -100,10 +100,18 @@ class DirectorySource:
     """Builds the merged directory; `run` keeps a rules service on the newest one."""
 
     def __init__(
-        self, store: RegistryStore | None, files: Directory, rules: Sequence[Rule] = ()
+        self,
+        store: RegistryStore | None,
+        files: Directory,
+        rules: Sequence[Rule] = (),
+        *,
+        only_sites: Collection[str] | None = None,
     ) -> None:
+        """`only_sites`: a partition's hub (docs/scaling.md) knows its own sites only, so
+        it never times out the devices of sites another hub reads."""
         self.store = store
-        self.files = files
+        self.only_sites = None if only_sites is None else frozenset(only_sites)
+        self.files = self._restricted(files)
         self._rules = tuple(rules)
         self.registry_sites = 0
         """Sites the registry holds (the rest come from the site files)."""
@@ -114,9 +122,16 @@ class DirectorySource:
         """Read the registry now (raises SQLAlchemyError when it cannot be read)."""
         if self.store is None:
             return self.files
-        registry = directory_from_registry(self.store)
+        registry = self._restricted(directory_from_registry(self.store))
         self.registry_sites = len(registry.sites)
         return merge(registry, self.files)
+
+    def _restricted(self, directory: Directory) -> Directory:
+        if self.only_sites is None:
+            return directory
+        sites = {k: v for k, v in directory.sites.items() if k in self.only_sites}
+        devices = {k: v for k, v in directory.devices.items() if v.site in sites}
+        return Directory(sites, devices)
 
     def _build_or_files(self) -> Directory:
         try:

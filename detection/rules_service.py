@@ -54,7 +54,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -263,6 +263,8 @@ class RulesService:
         self.clockless = True
         """No reading with a device timestamp seen yet: until one is, readings stamped
         on arrival carry event time (a deployment whose devices have no clocks)."""
+        self.clocks = SiteClocks()
+        """Event time per site, which dates what carries none (see `SiteClocks`)."""
         self._stopping = False
         self._running = False
         self._stopped = asyncio.Event()
@@ -282,10 +284,10 @@ class RulesService:
         so it reaches the state it had, and the events it decides are already stored."""
         data = self.store.get_snapshot(SNAPSHOT_NAME)
         state, unknown, position, clockless = EngineState(), UnknownSources(), None, True
-        session_lost_ms = 0
+        session_lost_ms, clocks = 0, SiteClocks()
         if data is not None:
             try:
-                state, unknown, position, clockless, session_lost_ms = _from_snapshot(data)
+                state, unknown, position, clockless, session_lost_ms, clocks = _from_snapshot(data)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring rules snapshot: %s", exc)
             else:
@@ -300,7 +302,7 @@ class RulesService:
             committed = position
         with self._lock:
             self.state, self.unknown, self.clockless = state, unknown, clockless
-            self.session_lost_ms = session_lost_ms
+            self.session_lost_ms, self.clocks = session_lost_ms, clocks
             self.position = self.state_position = position
             self.committed = committed
             self._replay_until = committed if committed != position else None
@@ -311,7 +313,12 @@ class RulesService:
         with self._lock:
             self._dirty = False
             return _to_snapshot(
-                self.state, self.unknown, position, self.clockless, self.session_lost_ms
+                self.state,
+                self.unknown,
+                position,
+                self.clockless,
+                self.session_lost_ms,
+                self.clocks,
             )
 
     @property
@@ -327,7 +334,7 @@ class RulesService:
         with self._lock:
             self._restored = False  # the state moves on from what the store holds
             out, self._owed = [*self._owed, *self._health], []
-            engine, state = self.engine, self.state
+            engine, state, clocks = self.engine, self.state, self.clocks
             for record in records:
                 # A record the rules cannot evaluate is skipped and counted, never
                 # retried: evaluation is deterministic, so after a restart the same
@@ -337,11 +344,12 @@ class RulesService:
                         stamped = record
                         if record.ts_from_device:
                             self.clockless = False
+                            clocks.saw(record.site, record.ts_ns // 1_000_000)
                         elif not self.clockless and state.clock_ms:
                             # Stamped on arrival, which says when it was read from the broker,
                             # not when it happened (a backlog's would all be "now"): it
-                            # happened where it is in the log, at event time.
-                            stamped = _at(record, state.clock_ms)
+                            # happened where it is in the log, at its site's event time.
+                            stamped = _at(record, clocks.date(record.site, state.clock_ms))
                         ts_ms = stamped.ts_ns // 1_000_000
                         now = ts_ms if ts_ms > state.clock_ms else state.clock_ms
                         found = engine.evaluate(stamped, state, now)
@@ -350,13 +358,16 @@ class RulesService:
                         out += found
                     elif isinstance(record, Rejected):
                         # At event time, not arrival: the same wherever the log is replayed.
-                        at_ns = state.clock_ms * 1_000_000 if state.clock_ms else record.received_ns
+                        site = record.route.site if record.route is not None else None
+                        at_ms = clocks.date(site, state.clock_ms)
+                        at_ns = at_ms * 1_000_000 if at_ms else record.received_ns
                         reading = self.unknown.reading(record, engine.directory, at_ns)
                         if reading is not None:
                             out += engine.evaluate(reading, state, state.clock_ms)
                     elif isinstance(record, SessionLost):
                         out += self._session_lost(record)
                     else:
+                        clocks.ticked(record.at_ms)
                         out += engine.tick(state, record.at_ms)
                 except Exception as exc:  # noqa: BLE001 (the record boundary)
                     self._record_failed(record, exc)
@@ -721,11 +732,13 @@ def _to_snapshot(
     position: Cursor | None,
     clockless: bool,
     session_lost_ms: int,
+    clocks: SiteClocks,
 ) -> bytes:
     body = {
         "format": SNAPSHOT_FORMAT,
         "clockless": clockless,
         "session_lost_ms": session_lost_ms,
+        "site_clocks": {"sites": clocks.sites, "tick_ms": clocks.tick_ms},
         "position": None if position is None else [position.segment, position.offset],
         "engine": json.loads(state.to_json()),
         "unknown": {
@@ -737,10 +750,10 @@ def _to_snapshot(
 
 def _from_snapshot(
     data: bytes,
-) -> tuple[EngineState, UnknownSources, Cursor | None, bool, int]:
+) -> tuple[EngineState, UnknownSources, Cursor | None, bool, int, SiteClocks]:
     body = json.loads(data)
     if body.get("format") != SNAPSHOT_FORMAT:  # an engine state of before the log
-        return EngineState.from_json(data), UnknownSources(), None, True, 0
+        return EngineState.from_json(data), UnknownSources(), None, True, 0, SiteClocks()
     state = EngineState.from_json(json.dumps(body["engine"]).encode())
     unknown = UnknownSources()
     for scope, (counts, others, total, last_ns) in body["unknown"].items():
@@ -748,7 +761,12 @@ def _from_snapshot(
     raw = body["position"]
     position = None if raw is None else Cursor(int(raw[0]), int(raw[1]))
     clockless = bool(body.get("clockless", True))
-    return state, unknown, position, clockless, int(body.get("session_lost_ms", 0))
+    raw_clocks = body.get("site_clocks") or {}
+    clocks = SiteClocks(
+        {str(k): int(v) for k, v in (raw_clocks.get("sites") or {}).items()},
+        int(raw_clocks.get("tick_ms", 0)),
+    )
+    return state, unknown, position, clockless, int(body.get("session_lost_ms", 0)), clocks
 
 
 def _describe(record: Record) -> str:
@@ -759,6 +777,34 @@ def _describe(record: Record) -> str:
     if isinstance(record, SessionLost):
         return f"session loss of {record.hub} at {record.at_ms}"
     return f"tick at {record.at_ms}"
+
+
+@dataclass(slots=True)
+class SiteClocks:
+    """Event time per site: what dates a record that carries none.
+
+    A rejection, or a status without a device time, happened where it is in the log. It
+    is dated by its own site's newest reading (or a newer tick: ticks move every site),
+    not by the newest reading of any site: then the date does not depend on how sites
+    are interleaved in the log, and a hub that reads only some sites (a cluster
+    partition, docs/scaling.md) dates it as a hub reading them all does. Before its site
+    has shown a reading, the watermark dates it."""
+
+    sites: dict[str, int] = field(default_factory=dict)
+    tick_ms: int = 0
+
+    def saw(self, site: str, ts_ms: int) -> None:
+        if ts_ms > self.sites.get(site, 0):
+            self.sites[site] = ts_ms
+
+    def ticked(self, at_ms: int) -> None:
+        self.tick_ms = max(self.tick_ms, at_ms)
+
+    def date(self, site: str | None, watermark_ms: int) -> int:
+        own = self.sites.get(site, 0) if site is not None else 0
+        if not own:
+            return watermark_ms
+        return max(own, self.tick_ms)
 
 
 def _at(reading: Reading, at_ms: int) -> Reading:

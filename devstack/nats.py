@@ -36,10 +36,10 @@ from broker.client import MQTT_V311, ConnectOptions, encode_connect
 from devstack.stack import (
     HOST,
     ManagedProcess,
-    _launch,
     _log_since,
     ensure_installed,
     free_port,
+    launch,
 )
 
 NATS_BIN: Final = "/usr/sbin/nats-server"
@@ -133,7 +133,7 @@ def start_nats(
         nats_conf(workdir, mqtt_port, client_port or free_port(), ack_wait_s=ack_wait_s)
     )
     cmd = [NATS_BIN, "-c", str(conf)]
-    return _launch("nats", cmd, workdir, workdir / "nats.log", mqtt_port, ready=_nats_ready)
+    return launch("nats", cmd, workdir, workdir / "nats.log", mqtt_port, ready=_nats_ready)
 
 
 def stop_nats(proc: ManagedProcess, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -157,7 +157,7 @@ def restart_nats(proc: ManagedProcess, *, kill: bool = False, down_s: float = 0.
     else:
         stop_nats(proc)
     time.sleep(down_s)
-    new = _launch(
+    new = launch(
         proc.name, list(proc.cmdline), proc.workdir, proc.log, proc.port, ready=_nats_ready
     )
     proc.pid, proc.popen = new.pid, new.popen

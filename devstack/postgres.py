@@ -1,4 +1,6 @@
-"""A private PostgreSQL on a free loopback port, for the tests and the fault drill."""
+"""PostgreSQL on loopback: a private throwaway one for the tests and the drills
+(`running_postgres`), and the local stack's long-lived one (`start_postgres`, `gridwatch
+stack up --postgres`) that a cluster of hubs on one box shares (docs/scaling.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from devstack.stack import free_port
+from devstack.stack import ManagedProcess, StackError, ensure_installed, free_port, launch
 
 POSTGRES_READY_TIMEOUT = 30.0
 
@@ -133,3 +135,64 @@ def drop_database(admin_url: str, name: str) -> None:
 def _libpq(url: str) -> str:
     """SQLAlchemy's `postgresql+psycopg://` URL as a libpq one."""
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+STACK_DATABASE = "gridwatch"
+"""The database the local stack's PostgreSQL holds for the hubs."""
+
+
+def start_postgres(workdir: Path, port: int) -> ManagedProcess:
+    """The local stack's PostgreSQL: durable (fsync on), loopback only, trust auth for
+    the `postgres` user, a `gridwatch` database; data kept in `workdir/data` across
+    restarts. As root it runs as the `postgres` user (it refuses root); the pid kept is
+    the server's own, so `stack down` finds it again from another process."""
+    try:
+        bindir = postgres_bindir()
+    except RuntimeError:
+        # Debian's server packages bring postgresql-common (pg_ctlcluster) with them.
+        ensure_installed({"/usr/bin/pg_ctlcluster": "postgresql"})
+        try:
+            bindir = postgres_bindir()
+        except RuntimeError as exc:
+            raise StackError(str(exc)) from exc
+    workdir.mkdir(parents=True, exist_ok=True)
+    as_owner: list[str] = []
+    user = None
+    if os.geteuid() == 0:
+        user = "postgres"
+        as_owner = ["runuser", "-u", user, "--"]
+        shutil.chown(workdir, user, user)
+    workdir.chmod(0o700)
+    data = workdir / "data"
+    if not (data / "PG_VERSION").exists():
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+        done = subprocess.run(
+            [*as_owner, *initdb, "-E", "UTF8", "--no-locale"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise StackError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
+    argv += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={workdir}"]
+    log = workdir / "postgres.log"
+    proc = launch("postgres", argv, workdir, log, port, ready=_answers, user=user)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (STACK_DATABASE,)
+        ).fetchone()
+        if found is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(STACK_DATABASE)))
+    return proc
+
+
+def _answers(proc: ManagedProcess, _offset: int) -> bool:
+    try:
+        with psycopg.connect(
+            host="127.0.0.1", port=proc.port, user="postgres", dbname="postgres", connect_timeout=1
+        ):
+            return True
+    except psycopg.OperationalError:
+        return False

@@ -189,6 +189,8 @@ class ManagedProcess:
     @property
     def url(self) -> str:
         """Where clients connect."""
+        if self.name == "postgres":
+            return f"postgresql://postgres@{HOST}:{self.port}/gridwatch"
         scheme = "mqtt" if self.name == "mosquitto" else "http"
         return f"{scheme}://{HOST}:{self.port}"
 
@@ -329,10 +331,18 @@ def _as_float(value: object) -> float:
 ReadyCheck = Callable[[ManagedProcess, int], bool]
 
 
-def _launch(
-    name: str, cmdline: list[str], workdir: Path, log_path: Path, port: int, *, ready: ReadyCheck
+def launch(
+    name: str,
+    cmdline: list[str],
+    workdir: Path,
+    log_path: Path,
+    port: int,
+    *,
+    ready: ReadyCheck,
+    user: str | None = None,
 ) -> ManagedProcess:
-    """Spawn a service in its own session, log to a file, and wait until it serves."""
+    """Spawn a service in its own session, log to a file, and wait until it serves;
+    `user`: as that user (and group), for a server that refuses to run as root."""
     ensure_port_free(port)
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as out:
@@ -343,6 +353,8 @@ def _launch(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            user=user,
+            group=user,
         )
     try:
         create_time = float(psutil.Process(popen.pid).create_time())
@@ -497,7 +509,7 @@ def start_mosquitto(
     )
     cmd = [MOSQUITTO_BIN, "-c", str(conf)]
     log_path = workdir / "mosquitto.log"  # mosquitto's log_dest and its stdout/stderr
-    return _launch("mosquitto", cmd, workdir, log_path, port, ready=_mosquitto_ready)
+    return launch("mosquitto", cmd, workdir, log_path, port, ready=_mosquitto_ready)
 
 
 # --------------------------------------------------------------------------- influxdb
@@ -566,7 +578,7 @@ def start_influxdb(workdir: Path, http_port: int) -> ManagedProcess:
     conf.write_text(influxdb_conf(workdir, http_port, free_port()))
     cmd = [INFLUXD_BIN, "run", "-config", str(conf)]
     log_path = workdir / "influxd.log"
-    return _launch("influxdb", cmd, workdir, log_path, http_port, ready=_influx_ready)
+    return launch("influxdb", cmd, workdir, log_path, http_port, ready=_influx_ready)
 
 
 # --------------------------------------------------------------------------- victoria-metrics
@@ -592,7 +604,7 @@ def start_victoria_metrics(workdir: Path, http_port: int) -> ManagedProcess:
         "-search.latencyOffset=0s",
     ]
     log_path = workdir / "victoria-metrics.log"
-    return _launch("victoria-metrics", cmd, workdir, log_path, http_port, ready=_vm_ready)
+    return launch("victoria-metrics", cmd, workdir, log_path, http_port, ready=_vm_ready)
 
 
 # --------------------------------------------------------------------------- restart
@@ -610,7 +622,7 @@ def restart(proc: ManagedProcess) -> ManagedProcess:
     Updates and returns the same object, so a fixture holding it stops the new process.
     """
     proc.stop()
-    new = _launch(
+    new = launch(
         proc.name, list(proc.cmdline), proc.workdir, proc.log, proc.port, ready=_READY[proc.name]
     )
     proc.pid, proc.popen = new.pid, new.popen
@@ -621,8 +633,13 @@ def restart(proc: ManagedProcess) -> ManagedProcess:
 # --------------------------------------------------------------------------- local stack
 
 
+STACK_POSTGRES_PORT: Final = 15432
+"""The local stack's PostgreSQL (`stack up --postgres`): the store a cluster shares."""
+
+
 class LocalStack:
-    """A long-lived Mosquitto + InfluxDB under one root, tracked in root/stack.json."""
+    """A long-lived Mosquitto + InfluxDB (and, asked for, PostgreSQL) under one root,
+    tracked in root/stack.json."""
 
     def __init__(
         self,
@@ -631,11 +648,14 @@ class LocalStack:
         influx_port: int = 18086,
         *,
         max_payload_bytes: int = HUB_MAX_PAYLOAD_BYTES,
+        postgres_port: int | None = None,
     ) -> None:
         self.root = root.resolve()
         self.max_packet_size = broker_max_packet(max_payload_bytes)
         """The broker's `max_packet_size`, from the hub's payload limit."""
         self.ports = {"mosquitto": mqtt_port, "influxdb": influx_port}
+        if postgres_port is not None:
+            self.ports["postgres"] = postgres_port
         self.state_file = self.root / "stack.json"
         self._children: dict[str, ManagedProcess] = {}
         self.mosquitto_extra_conf = ""
@@ -701,6 +721,10 @@ class LocalStack:
     def _start(self, name: str) -> ManagedProcess:
         """Start one service in its own subdirectory of root."""
         workdir = self.root / name
+        if name == "postgres":
+            from devstack.postgres import start_postgres  # it builds on this module
+
+            return start_postgres(workdir, self.ports[name])
         if name == "mosquitto":
             return start_mosquitto(
                 workdir,

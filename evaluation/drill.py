@@ -366,11 +366,16 @@ def _order(left: dict[str, Decision], right: dict[str, Decision], event_id: str)
 # --------------------------------------------------------------------------- InfluxDB
 
 
-def point_counts(target: QueryTarget) -> dict[str, dict[str, int]]:
+def point_counts(
+    target: QueryTarget, events_until_ms: int | None = None
+) -> dict[str, dict[str, int]]:
     """Per measurement (hub_stats left out), the count of each field over all time; the
-    hub's health events (`read_health`) are left out of security_event."""
+    hub's health events (`read_health`) are left out of security_event, and so are its
+    transitions after `events_until_ms` when given."""
     out: dict[str, dict[str, int]] = {}
     not_health = "".join(f" AND \"rule\" != '{rule}'" for rule in sorted(HUB_HEALTH_RULES))
+    if events_until_ms is not None:
+        not_health += f" AND time <= {int(events_until_ms) * 1_000_000}"
     for series in query(target, "SHOW MEASUREMENTS"):
         for (name,) in series.values:
             if name == HUB_STATS:
@@ -482,7 +487,8 @@ class _Publisher:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._hold, self._go = asyncio.Event(), asyncio.Event()
-        devices = [d.id for d in self._stream.site.devices]
+        # The stream's devices, of however many sites it holds, in order of appearance.
+        devices = list(dict.fromkeys(m.device_id for m in self._stream.messages))
         if self._gateways:
             names = [f"drill-pub-{i}" for i in range(self._gateways)]
             link_index = {d: gateway_of(d, self._gateways) for d in devices}
@@ -664,6 +670,8 @@ def hub_config(
     run_dir: Path,
     store_url: str | None,
     stream: Stream,
+    sites: Sequence[str] = (),
+    extra: str = "",
 ) -> Path:
     """The default settings but for ports, paths, a fast status file, the harness's
     credential-hash key (rule keys name card and plate hashes) and time limits wide
@@ -689,7 +697,9 @@ def hub_config(
         f"max_future_s = {max_future_s:.0f}\nmax_age_s = {max_age_s:.0f}\n"
         "[events]\n"
         + (f'store_url = "{store_url}"\n' if store_url else "")
+        + (f"sites = {json.dumps(list(sites))}\n" if sites else "")
         + "[api]\nenabled = false\n"
+        + extra
     )
     path.write_text(text)
     return path

@@ -132,9 +132,19 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 # -- publisher (separate process) ----------------------------------------------------------
-def _templates(n: int, devices: int, seed: int) -> list[tuple[str, int, bytes, bytes]]:
-    """(topic, device index, payload before ts, payload after ts): ts is filled at send time."""
-    fleet = make_fleet(devices, site=BENCH_SITE, seed=seed)
+def _templates(
+    n: int, devices: int, seed: int, sites: tuple[str, ...] = (BENCH_SITE,)
+) -> list[tuple[str, int, bytes, bytes]]:
+    """(topic, device index, payload before ts, payload after ts): ts is filled at send
+    time. The devices are split evenly over `sites`."""
+    share = math.ceil(devices / len(sites))
+    fleet = []
+    for site in sites:
+        for device in make_fleet(share, site=site, seed=seed):
+            if len(sites) > 1:  # device ids are unique across sites
+                device.device = f"{site}-{device.device}"
+            fleet.append(device)
+    fleet = fleet[:devices]
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -183,9 +193,15 @@ async def _publish(
 
 
 def _publisher_main(
-    port: int, n: int, devices: int, seed: int, rate: float | None, out: Any
+    port: int,
+    n: int,
+    devices: int,
+    seed: int,
+    rate: float | None,
+    out: Any,
+    sites: tuple[str, ...] = (BENCH_SITE,),
 ) -> None:
-    templates = _templates(n, devices, seed)
+    templates = _templates(n, devices, seed, sites)
     out.send("ready")
     out.recv()  # go
     out.send(asyncio.run(_publish(port, templates, 2000, rate)))
@@ -195,12 +211,20 @@ class _PublisherProcess:
     """Payloads are generated before `go()`, so generation cost is not in the timing."""
 
     def __init__(
-        self, port: int, n: int, devices: int, seed: int, rate: float | None = None
+        self,
+        port: int,
+        n: int,
+        devices: int,
+        seed: int,
+        rate: float | None = None,
+        sites: tuple[str, ...] = (BENCH_SITE,),
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_publisher_main, args=(port, n, devices, seed, rate, child), daemon=True
+            target=_publisher_main,
+            args=(port, n, devices, seed, rate, child, sites),
+            daemon=True,
         )
         self._proc.start()
         if not self._conn.poll(120) or self._conn.recv() != "ready":

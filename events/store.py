@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
@@ -156,14 +156,34 @@ _OPEN_EVENT: Final = (
 )
 
 
-class EventStore:
-    """Events, their audit trail and outbox in one database; call `migrate()` first."""
+Fence = Callable[[Connection], None]
+"""Run first in every write transaction; raises to refuse it (a hub that lost its lease)."""
 
-    def __init__(self, url: str) -> None:
+
+@dataclass(frozen=True, slots=True)
+class StoreScope:
+    """What one partition's hub sees of a store shared by several (docs/scaling.md): the
+    events, outbox and timers of its own sites, and state names of its own, so each
+    partition's committed consumers resume independently of the others'."""
+
+    name: str
+    sites: frozenset[str]
+    fence: Fence | None = None
+
+    def state_name(self, name: str) -> str:
+        return f"{name}@{self.name}"
+
+
+class EventStore:
+    """Events, their audit trail and outbox in one database; call `migrate()` first.
+    With a `scope`, one partition's view of a store that several hubs share."""
+
+    def __init__(self, url: str, scope: StoreScope | None = None) -> None:
         try:
             self._engine = create_engine(url)
         except DatabaseUrlError as exc:
             raise StoreError(str(exc)) from exc
+        self.scope = scope
         self._batch = _Batch()
         # Transitions parsed from the outbox, by (event id, audit seq): immutable, and
         # each is read once per sink. Shared by the dispatcher's threads.
@@ -187,6 +207,7 @@ class EventStore:
                 yield
             return
         with write_transaction(self._engine) as conn:
+            self._fence(conn)
             self._batch.conn = conn
             try:
                 yield
@@ -321,7 +342,7 @@ class EventStore:
         """Events matching `where` (everything when None), newest raised first."""
         query = (
             events.select()
-            .where(*(where or _ALL).predicates())
+            .where(*(where or _ALL).predicates(), *self._in_scope())
             .order_by(events.c.raised_ms.desc(), events.c.id.desc())
             .limit(limit)
             .offset(offset)
@@ -330,7 +351,11 @@ class EventStore:
 
     def count_events(self, where: EventFilter | None = None) -> int:
         """How many events `list_events` would page through with the same filter."""
-        query = sa.select(sa.func.count()).select_from(events).where(*(where or _ALL).predicates())
+        query = (
+            sa.select(sa.func.count())
+            .select_from(events)
+            .where(*(where or _ALL).predicates(), *self._in_scope())
+        )
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -342,6 +367,7 @@ class EventStore:
                 sa.not_(events.c.closed),
                 events.c.mode == Mode.SHELVED.value,
                 events.c.shelved_until_ms <= now_ms,
+                *self._in_scope(),
             )
             .order_by(events.c.shelved_until_ms, events.c.id)
         )
@@ -361,6 +387,7 @@ class EventStore:
                 outbox.c.sink == sink,
                 sa.not_(outbox.c.failed),
                 outbox.c.next_attempt_ms <= now_ms,
+                *self._outbox_in_scope(),
             )
             .order_by(outbox.c.id)
             .limit(limit)
@@ -395,14 +422,15 @@ class EventStore:
         """Undelivered, not failed items per sink."""
         query = (
             sa.select(outbox.c.sink, sa.func.count())
-            .where(sa.not_(outbox.c.failed))
+            .where(sa.not_(outbox.c.failed), *self._outbox_in_scope())
             .group_by(outbox.c.sink)
         )
         with self._read() as conn:
             return {str(sink): int(n) for sink, n in conn.execute(query)}
 
     def outbox_failed(self) -> list[OutboxItem]:
-        return self._outbox(outbox.select().where(outbox.c.failed).order_by(outbox.c.id))
+        query = outbox.select().where(outbox.c.failed, *self._outbox_in_scope())
+        return self._outbox(query.order_by(outbox.c.id))
 
     def _outbox(self, query: sa.Select[Any]) -> list[OutboxItem]:
         with self._read() as conn:
@@ -441,7 +469,7 @@ class EventStore:
             if self._engine.dialect.name == "postgresql"
             else sqlite_dialect.insert(snapshots)
         )
-        statement = insert.values(name=name, data=data, updated_ms=at_ms)
+        statement = insert.values(name=self._named(name), data=data, updated_ms=at_ms)
         statement = statement.on_conflict_do_update(
             index_elements=[snapshots.c.name],
             set_={"data": statement.excluded.data, "updated_ms": statement.excluded.updated_ms},
@@ -450,7 +478,7 @@ class EventStore:
             conn.execute(statement)
 
     def get_snapshot(self, name: str) -> bytes | None:
-        query = sa.select(snapshots.c.data).where(snapshots.c.name == name)
+        query = sa.select(snapshots.c.data).where(snapshots.c.name == self._named(name))
         with self._read() as conn:
             data = conn.execute(query).scalar_one_or_none()
         return None if data is None else bytes(data)
@@ -470,7 +498,31 @@ class EventStore:
     def _write(self) -> AbstractContextManager[Connection]:
         """A savepoint in this thread's batch, else a write transaction of its own."""
         conn = self._batch.conn
-        return write_transaction(self._engine) if conn is None else _savepoint(conn)
+        return self._fenced_write() if conn is None else _savepoint(conn)
+
+    @contextmanager
+    def _fenced_write(self) -> Iterator[Connection]:
+        with write_transaction(self._engine) as conn:
+            self._fence(conn)
+            yield conn
+
+    def _fence(self, conn: Connection) -> None:
+        if self.scope is not None and self.scope.fence is not None:
+            self.scope.fence(conn)
+
+    def _named(self, name: str) -> str:
+        """A snapshot's or consumer's stored name: the scope's own."""
+        return name if self.scope is None else self.scope.state_name(name)
+
+    def _in_scope(self) -> list[sa.ColumnElement[bool]]:
+        """Predicates on `events` that keep to the scope's sites (none without a scope)."""
+        return [] if self.scope is None else [events.c.site.in_(sorted(self.scope.sites))]
+
+    def _outbox_in_scope(self) -> list[sa.ColumnElement[bool]]:
+        if self.scope is None:
+            return []
+        mine = sa.select(events.c.id).where(*self._in_scope())
+        return [outbox.c.event_id.in_(mine)]
 
     # ------------------------------------------------------------------ consumer state
 
@@ -489,7 +541,7 @@ class EventStore:
             set_={"data": insert.excluded.data, "updated_ms": insert.excluded.updated_ms},
         )
         params = [
-            {"consumer": consumer, "key": key, "data": data, "updated_ms": at_ms}
+            {"consumer": self._named(consumer), "key": key, "data": data, "updated_ms": at_ms}
             for key, data in rows.items()
         ]
         with self._write() as conn:
@@ -498,14 +550,16 @@ class EventStore:
     def get_consumer_state(self, consumer: str) -> dict[str, bytes]:
         """Every row of a consumer's state, by key."""
         query = sa.select(consumer_state.c.key, consumer_state.c.data).where(
-            consumer_state.c.consumer == consumer
+            consumer_state.c.consumer == self._named(consumer)
         )
         with self._read() as conn:
             return {key: bytes(data) for key, data in conn.execute(query)}
 
     def delete_consumer_state(self, consumer: str) -> int:
         """Forget a consumer's state (it starts learning afresh); returns the rows removed."""
-        statement = sa.delete(consumer_state).where(consumer_state.c.consumer == consumer)
+        statement = sa.delete(consumer_state).where(
+            consumer_state.c.consumer == self._named(consumer)
+        )
         with self._write() as conn:
             return conn.execute(statement).rowcount
 

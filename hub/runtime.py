@@ -76,7 +76,7 @@ from ingest.status import write_status
 from ingest.writer import SpoolWriter
 from sensors.base import HUB_STATS, DecodeContext, keyed_hash
 from sensors.registry import KINDS
-from sensors.topics import hub_presence_head, hub_presence_topic, subscription
+from sensors.topics import hub_presence_head, hub_presence_topic, site_filter, subscription
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,13 @@ TICK_LAG_MS: Final = 2_000
 still be evaluated before its time has passed."""
 
 
-def subscription_filter(settings: Settings) -> str:
-    """`gw/v1/#`, or `$share/<group>/gw/v1/#` so several hubs split the load."""
-    return subscription(settings.mqtt.topic_prefix, settings.mqtt.shared_group)
+def subscription_filters(settings: Settings) -> list[str]:
+    """`gw/v1/#`, or `$share/<group>/gw/v1/#` so several hubs split the load; a
+    partition's hub (cluster mode) `gw/v1/<site>/#` for each of its sites."""
+    prefix = settings.mqtt.topic_prefix
+    if settings.cluster.partition is not None:
+        return [site_filter(prefix, site) for site in settings.cluster.partition_sites]
+    return [subscription(prefix, settings.mqtt.shared_group)]
 
 
 def hub_status_topic(settings: Settings) -> str:
@@ -149,7 +153,7 @@ class Hub:
                 # dead-lettered; beyond that the broker drops them for us.
                 maximum_packet_size=4 * settings.hub.max_payload_bytes + 1024,
             ),
-            subscriptions=[(subscription_filter(settings), 1)],
+            subscriptions=[(f, 1) for f in subscription_filters(settings)],
             on_publish=self._on_publish,
             tls=tls_context(settings),
             on_connected=self._on_connected,
@@ -525,7 +529,7 @@ class Hub:
             running=running,
             pid=os.getpid(),
             client_id=self.settings.mqtt.client_id,
-            subscription=subscription_filter(self.settings),
+            subscription=" ".join(subscription_filters(self.settings)),
             influx=f"{self.settings.influx.api} {self.settings.influx.url}",
         )
         snapshot.update(self.detection_status())
@@ -557,7 +561,7 @@ async def run_hub(settings: Settings) -> None:
     log.info(
         "hub %s: %s → %s InfluxDB at %s (spool %s)",
         settings.mqtt.client_id,
-        subscription_filter(settings),
+        " ".join(subscription_filters(settings)),
         settings.influx.api,
         settings.influx.url,
         settings.spool.directory,

@@ -428,6 +428,32 @@ class EmailSettings(_Section):
         return self
 
 
+class ClusterSettings(_Section):
+    """Site-partitioned hubs (docs/scaling.md): sites map to `partitions` fixed
+    partitions, each owned by one live hub at a time through a lease in PostgreSQL (the
+    event store's database); the owner runs the partition as a hub of its own, with its
+    own MQTT session, log and committed consumer state, so a successor resumes it."""
+
+    enabled: bool = False
+    partitions: int = Field(default=8, ge=1, le=1024)
+    """Fixed for the life of the cluster: a site's partition is crc32(site) mod this."""
+    node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """This hub's name in the lease table; default `<hostname>-<pid>`."""
+    lease_ttl_s: float = Field(default=6.0, ge=1.0, le=300.0)
+    """A lease not renewed for this long may be taken by another hub: a dead hub's
+    partitions are owned again within about this long plus one renewal period."""
+    sites: list[str] = Field(default_factory=list)
+    """Site ids to partition besides those the rules' directory knows (the registry's and
+    `events.sites`): sites with no site file or registry entry, e.g. ingest-only ones."""
+    partition: int | None = Field(default=None, ge=0)
+    """Set by the cluster node for the hub it runs for one partition, never by hand."""
+    partition_sites: list[str] = Field(default_factory=list)
+    """The partition's sites (set by the node with `partition`)."""
+    lease_token: int | None = Field(default=None, ge=1)
+    """The partition's lease token the node holds: the event store refuses writes once
+    another hub has taken the lease (fencing)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -445,11 +471,26 @@ class Settings(BaseSettings):
     field: FieldSettings = FieldSettings()
     escalation: EscalationSettings = EscalationSettings()
     email: EmailSettings = EmailSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _one_consumer_per_site(self) -> Self:
         # A shared subscription hands each message to any one hub of the group: one
         # door's opened and closed land on different hubs, each with its own rules state.
+        if self.cluster.enabled:
+            if self.mqtt.shared_group is not None:
+                raise ValueError(
+                    "cluster.enabled partitions the sites between hubs: leave "
+                    "mqtt.shared_group unset"
+                )
+            url = self.events.store_url or ""
+            if not url.startswith(("postgresql", "postgres")):
+                raise ValueError(
+                    "cluster.enabled needs events.store_url on PostgreSQL: the hubs share "
+                    "the event store, and their partition leases live in it"
+                )
+        if self.cluster.partition is not None and self.cluster.lease_token is None:
+            raise ValueError("cluster.partition is set by the cluster node with its lease")
         if self.mqtt.shared_group is not None and self.events.enabled:
             raise ValueError(
                 "mqtt.shared_group splits each device's messages across hubs, so rules "

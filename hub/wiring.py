@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from anomaly.baselines import OnlineParams, OnlineScorer
@@ -25,6 +26,8 @@ from anomaly.model_files import has_model
 from broker.client import MQTT_V5, MQTT_V311, ConnectOptions, MqttClient
 from broker.dynsec import AdminLogin, BrokerAccounts, DynsecClient
 from broker.tls import client_tls
+from cluster.leases import FencedOut, fence_holds
+from cluster.partitions import partition_name
 from detection.anomaly_service import AnomalyService, Scorer
 from detection.directory_source import DirectorySource
 from detection.rules_service import RulesService
@@ -36,7 +39,7 @@ from events.escalation import Delays, EscalationPolicy, Escalator
 from events.manager import EventManager
 from events.model import Severity
 from events.sinks import InfluxSink, MqttSink, Sink, SinkRejected, WebhookSink
-from events.store import EventStore
+from events.store import EventStore, StoreScope
 from hub.settings import EmailSettings, EscalationSettings, Settings
 from ingest.influx import (
     Failure,
@@ -149,12 +152,22 @@ def credential_key(settings: Settings) -> bytes:
     path = settings.hub.data_dir / "credential-hash.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under a private name, then linked into place: cluster nodes
+        # starting together on one data_dir agree on the first key and never read half.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
-        log.warning(
-            "generated a credential-hash key in %s; set hub.credential_hash_key to share it", path
-        )
+        try:
+            os.link(tmp, path)
+            log.warning(
+                "generated a credential-hash key in %s; set hub.credential_hash_key to share it",
+                path,
+            )
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return path.read_text().strip().encode()
 
 
@@ -333,7 +346,7 @@ def build_events(
     if settings.email.enabled:
         sinks.append(EmailSink(smtp_config(settings.email)))
     Path(settings.hub.data_dir).mkdir(parents=True, exist_ok=True)
-    store = EventStore(store_url(settings))
+    store = EventStore(store_url(settings), scope=store_scope(settings))
     store.migrate()
 
     rules = load_rules(cfg.rules)
@@ -405,14 +418,32 @@ def smtp_config(cfg: EmailSettings) -> SmtpConfig:
 
 
 def directory_source(settings: Settings, rules: Sequence[Rule] = ()) -> DirectorySource:
-    """Site files of `events.sites` as the fallback, the registry in the event store."""
+    """Site files of `events.sites` as the fallback, the registry in the event store; a
+    partition's hub (cluster mode) keeps to its own sites."""
     files = directory_from_sites([load_site_ref(ref) for ref in settings.events.sites])
     try:
         store: RegistryStore | None = open_registry(settings)
     except SQLAlchemyError as exc:
         log.warning("registry unavailable, rules use the site files only: %s", exc)
         store = None
-    return DirectorySource(store, files, rules)
+    cluster = settings.cluster
+    only = cluster.partition_sites if cluster.partition is not None else None
+    return DirectorySource(store, files, rules, only_sites=only)
+
+
+def store_scope(settings: Settings) -> StoreScope | None:
+    """A partition's hub sees its own sites' events and keeps its own state names in the
+    shared store, and its writes are fenced by its lease (docs/scaling.md)."""
+    cluster = settings.cluster
+    if cluster.partition is None or cluster.lease_token is None:
+        return None
+    partition, token = cluster.partition, cluster.lease_token
+
+    def fence(conn: Connection) -> None:
+        if not fence_holds(conn, partition, token):
+            raise FencedOut(partition, token)
+
+    return StoreScope(partition_name(partition), frozenset(cluster.partition_sites), fence)
 
 
 def model_dir(settings: Settings) -> Path:

@@ -186,8 +186,8 @@ class DetectionWorker:
             raise KeyError(f"unknown op {op!r}")
 
 
-def _die_with(parent: int) -> None:
-    """SIGKILL this process when the hub's process ends, however it ends."""
+def die_with(parent: int) -> None:
+    """SIGKILL this process when its parent (`parent`) ends, however it ends."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -200,18 +200,34 @@ def _read_exactly(fd: int, size: int) -> bytes:
     while len(data) < size:
         chunk = os.read(fd, size - len(data))
         if not chunk:
-            raise SystemExit("detection worker: the hub closed its pipe before the settings")
+            raise SystemExit("the parent closed its pipe before the settings")
         data += chunk
     return data
 
 
-def main() -> None:
-    """`python -m hub.worker <hub pid>`: the settings arrive pickled on stdin."""
-    _die_with(int(sys.argv[1]))
-    # Unbuffered: the commands after the settings are the event loop's to read.
+def settings_blob(settings: Settings) -> bytes:
+    """The settings as a child process reads them from its stdin (`read_settings`)."""
+    # As a plain Settings (one loaded from a file is of a local subclass).
+    plain = Settings.model_construct(
+        **{name: getattr(settings, name) for name in Settings.model_fields}
+    )
+    blob = pickle.dumps(plain)
+    return _SIZE.pack(len(blob)) + blob
+
+
+def read_settings() -> Settings:
+    """What the parent wrote with `settings_blob`, read unbuffered from stdin (what
+    follows is the event loop's to read)."""
     (size,) = _SIZE.unpack(_read_exactly(0, _SIZE.size))
     settings = pickle.loads(_read_exactly(0, size))  # noqa: S301 (our own parent, over a pipe)
     assert isinstance(settings, Settings)
+    return settings
+
+
+def main() -> None:
+    """`python -m hub.worker <hub pid>`: the settings arrive pickled on stdin."""
+    die_with(int(sys.argv[1]))
+    settings = read_settings()
     setup_logging(settings.hub.log_level)
     asyncio.run(DetectionWorker(settings).run())
 
@@ -263,12 +279,7 @@ class WorkerHandle:
         self._process = process
         assert process.stdin is not None and process.stdout is not None
         try:
-            # As a plain Settings (one loaded from a file is of a local subclass).
-            plain = Settings.model_construct(
-                **{name: getattr(self.settings, name) for name in Settings.model_fields}
-            )
-            blob = pickle.dumps(plain)
-            process.stdin.write(_SIZE.pack(len(blob)) + blob)
+            process.stdin.write(settings_blob(self.settings))
             pending, self._pending = self._pending, []
             for command in pending:
                 self._write(command)

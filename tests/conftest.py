@@ -97,6 +97,17 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; its URL."""
+    name = f"gw_test_pg_{next(_db_counter)}"
+    url = create_database(postgres_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(postgres_url, name)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def event_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty event database: a SQLite file, or a fresh PostgreSQL database per test."""

@@ -1,4 +1,4 @@
-"""`gridwatch bench ingest|detection|anomaly|broker`: benchmarks (separate commands, not
+"""`gridwatch bench ingest|detection|anomaly|broker|cluster`: benchmarks (separate commands, not
 timed tests)."""
 
 from __future__ import annotations
@@ -227,3 +227,45 @@ def broker(
         progress=not as_json,
     )
     click.echo(json.dumps(result.to_json(), sort_keys=True) if as_json else format_bench(result))
+
+
+@bench.command("cluster")
+@click.option("--messages", "n_messages", type=click.IntRange(min=1000), default=300_000)
+@click.option("--devices", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--sites", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--partitions", type=click.IntRange(min=1, max=64), default=8, show_default=True)
+@click.option(
+    "--detection",
+    type=click.Choice(["process", "thread"]),
+    default=None,
+    help="events.detection for every hub (default: the setting's default, a worker process).",
+)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def cluster(
+    n_messages: int,
+    devices: int,
+    sites: int,
+    partitions: int,
+    detection: str | None,
+    workdir: Path | None,
+    as_json: bool,
+) -> None:
+    """Backlog drain of one hub, one cluster node and two, default pipeline, in one run
+    (docs/scaling.md); peak RSS per node and per partition hub."""
+    from evaluation.cluster_bench import (
+        ClusterBenchOptions,
+        format_cluster_bench,
+        run_cluster_bench,
+    )
+
+    options = ClusterBenchOptions(
+        messages=n_messages,
+        devices=devices,
+        sites=sites,
+        partitions=partitions,
+        detection=detection,
+        workdir=workdir,
+    )
+    result = run_cluster_bench(options, lambda text: click.echo(text, err=True))
+    click.echo(json.dumps(result, indent=2) if as_json else format_cluster_bench(result))

@@ -39,7 +39,13 @@ def run(config_path: Path | None, demo: bool, demo_speed: float) -> None:
         settings, simulator = stack_logins(settings)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
-    if demo:
+    if settings.cluster.enabled:
+        if demo:
+            raise click.ClickException("--demo runs beside a single hub, not a cluster node")
+        from hub.cluster import run_cluster_node
+
+        asyncio.run(run_cluster_node(settings))
+    elif demo:
         from hub.demo import run_with_demo
 
         asyncio.run(run_with_demo(settings, demo_speed, simulator))

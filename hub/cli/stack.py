@@ -28,12 +28,20 @@ def stack() -> None:
     """Local Mosquitto + InfluxDB 1.x for the hub (installed from Debian if missing)."""
 
 
-def _local_stack(settings: Settings, root: Path | None) -> LocalStack:
-    """The stack under `root` (default <hub.data_dir>/stack), on the settings' ports."""
-    from devstack.stack import LocalStack
+def _local_stack(settings: Settings, root: Path | None, postgres: bool = False) -> LocalStack:
+    """The stack under `root` (default <hub.data_dir>/stack), on the settings' ports;
+    with PostgreSQL when asked for or when `stack up --postgres` started one there."""
+    from devstack.stack import STACK_POSTGRES_PORT, LocalStack
 
     influx_port = urlsplit(settings.influx.url).port or 8086
-    return LocalStack(root or settings.hub.data_dir / "stack", settings.mqtt.port, influx_port)
+    folder = root or settings.hub.data_dir / "stack"
+    with_postgres = postgres or (folder / "postgres").is_dir()
+    return LocalStack(
+        folder,
+        settings.mqtt.port,
+        influx_port,
+        postgres_port=STACK_POSTGRES_PORT if with_postgres else None,
+    )
 
 
 @stack.command("up")
@@ -45,18 +53,25 @@ def _local_stack(settings: Settings, root: Path | None) -> LocalStack:
     help="Broker with the dynamic-security plugin (no anonymous clients); provision the "
     "hub's and the demo's logins for `gridwatch run` (docs/registry.md).",
 )
-def up(config_path: Path | None, root: Path | None, dynsec: bool) -> None:
-    """Install if missing and start Mosquitto and InfluxDB on 127.0.0.1."""
+@click.option(
+    "--postgres",
+    is_flag=True,
+    help="Also PostgreSQL on 127.0.0.1:15432 (database gridwatch): the event store and "
+    "lease table that cluster nodes on this box share (docs/scaling.md).",
+)
+def up(config_path: Path | None, root: Path | None, dynsec: bool, postgres: bool) -> None:
+    """Install if missing and start Mosquitto and InfluxDB (and PostgreSQL) on 127.0.0.1."""
     from devstack.stack import StackError
 
     settings = load(config_path)
+    local = _local_stack(settings, root, postgres)
     try:
         if dynsec:
             from devstack.dynsec import dynsec_up
 
-            started = dynsec_up(_local_stack(settings, root), settings.mqtt.topic_prefix)
+            started = dynsec_up(local, settings.mqtt.topic_prefix)
         else:
-            started = _local_stack(settings, root).up()
+            started = local.up()
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     for name, info in started.items():

@@ -30,6 +30,9 @@ def status(config_path: Path | None, as_json: bool) -> None:
     from ingest.status import read_status
 
     settings = load(config_path)
+    if settings.cluster.enabled:
+        _cluster_status(settings.hub.data_dir, as_json)
+        return
     data = read_status(settings.hub.data_dir)
     if data is None:
         raise click.ClickException(f"no hub has run with data_dir {settings.hub.data_dir}")
@@ -41,6 +44,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
 def format_status(data: dict[str, Any]) -> str:
     """The status file as the lines `gridwatch status` prints."""
+    if "cluster" in data:
+        return format_cluster_status(data)
     state = "running" if data["alive"] else "NOT RUNNING (last figures below)"
     lines = [
         f"hub {data.get('client_id')} pid {data.get('pid')}: {state}",
@@ -99,3 +104,55 @@ def deadletters(config_path: Path | None, limit: int) -> None:
         settings.deadletters.directory, keep=settings.deadletters.keep, limit=limit
     ):
         click.echo(json.dumps(record, ensure_ascii=False))
+
+
+def format_cluster_status(data: dict[str, Any], *, leases: bool = True) -> str:
+    """A cluster node's status: the partitions it owns with their hubs' counters, then
+    every partition's lease as the database saw it (docs/scaling.md)."""
+    cluster = data["cluster"]
+    state = "running" if data["alive"] else "NOT RUNNING (last figures below)"
+    lines = [
+        f"cluster node {cluster['node']} pid {data.get('pid')}: {state}",
+        f"  live nodes    {', '.join(cluster['live_nodes']) or '-'}   "
+        f"share {cluster['share']} partitions",
+        "  owned         partition  token  hub pid  starts  connected  received  lag s  sites",
+    ]
+    for name, part in cluster["partitions"].items():
+        hub = part.get("hub", {})
+        lines.append(
+            f"                {name:<9}  {part['token']:>5}  {part.get('pid') or '-':>7}  "
+            f"{part['starts']:>6}  {hub.get('connected', '-')!s:>9}  "
+            f"{hub.get('received', '-'):>8}  {hub.get('lag_s', '-'):>5}  "
+            f"{', '.join(part['sites']) or '(no sites)'}"
+        )
+    if not leases:
+        return "\n".join(lines)
+    lines.append("  leases        partition  owner                token  expires in s  sites")
+    for lease in cluster["leases"]:
+        lines.append(
+            f"                {lease['partition']:<9}  {lease['owner'] or '(free)':<20} "
+            f"{lease['token']:>5}  {lease['expires_in_s']:>12}  {', '.join(lease['sites'])}"
+        )
+    return "\n".join(lines)
+
+
+def _cluster_status(data_dir: Path, as_json: bool) -> None:
+    """Every node's status file under `<data_dir>/nodes/` (on one machine, or on the
+    directory the nodes share)."""
+    from ingest.status import read_status
+
+    nodes = data_dir / "nodes"
+    found = {
+        path.name: data
+        for path in sorted(nodes.iterdir() if nodes.is_dir() else [])
+        if (data := read_status(path)) is not None
+    }
+    if not found:
+        raise click.ClickException(f"no cluster node has run with data_dir {data_dir}")
+    if as_json:
+        click.echo(json.dumps(found, indent=2, sort_keys=True))
+        return
+    alive = [d for d in found.values() if d["alive"]]
+    newest = max(alive or found.values(), key=lambda d: float(d.get("written_at", 0)))
+    for data in found.values():
+        click.echo(format_cluster_status(data, leases=data is newest))

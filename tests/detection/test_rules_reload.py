@@ -90,7 +90,15 @@ def test_reload_keeps_unchanged_state_and_returns_changed_rules_events(
     assert snapshot is not None
     body = json.loads(snapshot)
     assert body["format"] == 2
-    assert set(body) == {"format", "clockless", "position", "engine", "unknown", "session_lost_ms"}
+    assert set(body) == {
+        "format",
+        "clockless",
+        "position",
+        "engine",
+        "unknown",
+        "session_lost_ms",
+        "site_clocks",
+    }
     assert body["engine"]["slots"] and body["engine"]["clock_ms"] == at(2)
     assert all(not sid.startswith("tamper") for sid in body["engine"]["slots"])
 

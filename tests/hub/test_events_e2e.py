@@ -19,7 +19,7 @@ from devstack.stack import ManagedProcess
 from events.model import State
 from events.sinks import MqttSink
 from events.store import EventFilter, EventStore
-from hub.runtime import Hub, subscription_filter
+from hub.runtime import Hub, subscription_filters
 from hub.settings import EventsSettings, MqttSettings, Settings
 from hub.wiring import store_url
 from ingest.influxql import InfluxQLError, query
@@ -103,7 +103,7 @@ async def test_forced_door_becomes_an_event_everywhere(
     settings = _settings(tmp_path, mosquitto, influxdb, database)
     listener = Listener(mosquitto.port, "gw/events/v1/yingyang", "event-listener")
     # Subscribed exactly as the hub is: sees what the hub's session receives.
-    shadow = Listener(mosquitto.port, subscription_filter(settings), "hub-shadow")
+    shadow = Listener(mosquitto.port, subscription_filters(settings)[0], "hub-shadow")
     publisher = Publisher(mosquitto.port, "door-controller")
     try:
         async with running_hub(settings) as hub:
@@ -160,7 +160,7 @@ async def test_the_hubs_subscription_does_not_match_the_events_topic(
             Settings(mqtt=mqtt)
     # Ingest-only hubs may share (their events are off); the subscription is the same.
     settings = Settings(mqtt=mqtt, events=EventsSettings(enabled=group is None))
-    hub = Listener(mosquitto.port, subscription_filter(settings), "hub-like")
+    hub = Listener(mosquitto.port, subscription_filters(settings)[0], "hub-like")
     reader = Listener(mosquitto.port, events, "events-reader")
     publisher = Publisher(mosquitto.port, "sink-and-device")
     sent: list[str] = []

@@ -1,0 +1,376 @@
+"""Cluster mode: a hub node owns site partitions by lease and runs a hub for each.
+
+`gridwatch run` with `cluster.enabled` starts a node instead of a hub (docs/scaling.md):
+
+- **Sites to partitions.** The sites the rules know (the registry's, else the site files
+  of `events.sites`) map to `cluster.partitions` fixed partitions (`cluster.partitions`).
+- **Leases.** Every `lease_ttl_s / 3` the node says it is alive, renews its leases in
+  PostgreSQL and evens out the work: it owns at most its fair share (partitions over live
+  nodes, rounded up), gives up the rest gracefully (its hub stops and commits, then the
+  lease is released) and takes free or expired partitions up to its share.
+- **One hub per owned partition**, as a child process (`python -m hub.cluster`), with
+  the node's settings narrowed to the partition: its MQTT session (`<client_id>-p003`,
+  so the broker keeps a dead owner's queue for the next one), subscriptions to its sites
+  only, its own log directory and status file, and a scoped view of the shared event
+  store whose writes are fenced by the lease token. The new owner of a partition resumes
+  the committed consumer state and positions exactly as a restarted hub does.
+- **Losing the lease kills the hub at once.** A renewal refused (another node took the
+  partition after our lease expired) SIGKILLs the partition's hub; so does losing the
+  database for half the lease time, so that the hub has stopped before anyone else may
+  take over. Writes that slip through are refused by the fence. Children die with the
+  node (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import SecretStr
+from sqlalchemy.exc import SQLAlchemyError
+
+from cluster.leases import Lease, LeaseTable
+from cluster.partitions import fair_share, partition_name, sites_by_partition
+from hub.runtime import run_hub
+from hub.settings import Settings
+from hub.supervision import setup_logging
+from hub.wiring import credential_key, directory_source, model_dir
+from hub.worker import die_with, read_settings, settings_blob
+from ingest.status import read_status, write_status
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S: Final = 60.0
+"""How long a partition's hub may take to stop and commit when it is given up."""
+RESTART_AFTER_S: Final = 1.0
+"""A partition's hub that exited on its own is started again after this long."""
+
+
+@dataclass(slots=True)
+class Owned:
+    """A partition this node holds the lease of, and the hub it runs for it."""
+
+    partition: int
+    token: int
+    sites: tuple[str, ...]
+    process: asyncio.subprocess.Process | None = None
+    starts: int = 0
+    exited_at: float | None = None
+    acquired_at: float = field(default_factory=time.time)
+
+
+def partition_settings(
+    settings: Settings, partition: int, token: int, sites: tuple[str, ...], key: bytes
+) -> Settings:
+    """The node's settings narrowed to one partition's hub (see the module doc)."""
+    name = partition_name(partition)
+    updates: dict[str, Any] = {
+        "mqtt": settings.mqtt.model_copy(
+            update={"client_id": f"{settings.mqtt.client_id[: 64 - len(name) - 1]}-{name}"}
+        ),
+        "spool": settings.spool.model_copy(update={"directory": settings.spool.directory / name}),
+        "deadletters": settings.deadletters.model_copy(
+            update={"directory": settings.deadletters.directory / name}
+        ),
+        "hub": settings.hub.model_copy(
+            update={
+                "data_dir": partition_dir(settings, partition),
+                "credential_hash_key": SecretStr(key.decode()),
+            }
+        ),
+        "anomaly": settings.anomaly.model_copy(update={"model_dir": model_dir(settings)}),
+        "api": settings.api.model_copy(update={"enabled": False}),
+        "cluster": settings.cluster.model_copy(
+            update={
+                "enabled": False,
+                "partition": partition,
+                "partition_sites": list(sites),
+                "lease_token": token,
+            }
+        ),
+    }
+    fields = {name: getattr(settings, name) for name in Settings.model_fields}
+    return Settings.model_construct(**{**fields, **updates})
+
+
+def partition_dir(settings: Settings, partition: int) -> Path:
+    """Where a partition's hub keeps its status file (and other data). Like the log
+    directories, under a directory every node of the cluster reaches (docs/scaling.md)."""
+    return Path(settings.hub.data_dir) / "partitions" / partition_name(partition)
+
+
+def node_dir(settings: Settings, node_id: str) -> Path:
+    """Where a node writes its status file (`gridwatch status` reads them all)."""
+    return Path(settings.hub.data_dir) / "nodes" / node_id
+
+
+class ClusterNode:
+    """One hub node of a cluster; `run(stop)` until stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        cfg = settings.cluster
+        assert settings.events.store_url is not None  # checked by the settings
+        self.settings = settings
+        self.node_id = cfg.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.partitions = cfg.partitions
+        self.ttl_s = cfg.lease_ttl_s
+        self.period_s = cfg.lease_ttl_s / 3
+        self.leases = LeaseTable(settings.events.store_url)
+        self.key = credential_key(settings)  # one key for every partition's hashes
+        self.owned: dict[int, Owned] = {}
+        self.sites: dict[int, tuple[str, ...]] = {}
+        self.share = 0
+        self.live_nodes: list[str] = []
+        self.table: list[Lease] = []
+        self._db_ok_at = time.monotonic()
+        # Where this node starts looking for partitions: nodes starting together then
+        # try different ones first instead of all racing for partition 0.
+        self._first = zlib.crc32(self.node_id.encode()) % self.partitions
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.leases.prepare, self.partitions)
+        self.sites = sites_by_partition(await asyncio.to_thread(self._site_ids), self.partitions)
+        log.info(
+            "cluster node %s: %d partitions over %d sites, lease %.1f s",
+            self.node_id,
+            self.partitions,
+            sum(len(s) for s in self.sites.values()),
+            self.ttl_s,
+        )
+        try:
+            while not stop.is_set():
+                await self._turn()
+                self._write_status(running=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.period_s)
+        finally:
+            await asyncio.gather(*(self._give_up(p) for p in list(self.owned)))
+            with contextlib.suppress(SQLAlchemyError):
+                await asyncio.to_thread(self.leases.leave, self.node_id)
+            self._write_status(running=False)
+            self.leases.close()
+
+    def _site_ids(self) -> list[str]:
+        known = directory_source(self.settings).current.sites
+        return sorted({*known, *self.settings.cluster.sites})
+
+    async def _turn(self) -> None:
+        try:
+            await asyncio.to_thread(self.leases.beat, self.node_id, self.ttl_s)
+            self.live_nodes = await asyncio.to_thread(self.leases.live_nodes)
+            lost = [p for p in list(self.owned) if not await self._renew(p)]
+            self.table = await asyncio.to_thread(self.leases.table)
+        except SQLAlchemyError as exc:
+            self._database_unreachable(exc)
+            return
+        self._db_ok_at = time.monotonic()
+        for partition in lost:
+            log.error(
+                "partition %s: our lease was taken by another node; stopping its hub now",
+                partition_name(partition),
+            )
+            self._kill(self.owned.pop(partition))
+        # Partitions with sites and empty ones are shared out separately, so that the
+        # work (not just the count) is spread: a node holding two empty partitions does
+        # not keep another from its share of the busy ones.
+        nodes = len(self.live_nodes)
+        self.share = 0
+        for group in self._groups():
+            share = fair_share(len(group), nodes)
+            self.share += share
+            mine = sorted(p for p in self.owned if p in group)
+            for partition in mine[share:]:  # more than our share: give up
+                await self._give_up(partition)
+            if len(mine) < share:
+                await self._take(share - len(mine), group)
+        for owned in self.owned.values():
+            await self._keep_running(owned)
+
+    async def _renew(self, partition: int) -> bool:
+        owned = self.owned[partition]
+        return await asyncio.to_thread(
+            self.leases.renew, self.node_id, partition, owned.token, self.ttl_s
+        )
+
+    def _database_unreachable(self, exc: Exception) -> None:
+        silent_s = time.monotonic() - self._db_ok_at
+        log.warning("cluster: lease database unreachable for %.1f s: %s", silent_s, exc)
+        if silent_s > self.ttl_s / 2 and self.owned:
+            # Our leases may expire before we can renew them: stop writing first.
+            log.error(
+                "cluster: stopping the hubs of %d partitions (leases unsure)", len(self.owned)
+            )
+            for owned in self.owned.values():
+                self._kill(owned)
+            self.owned.clear()
+
+    def _groups(self) -> list[set[int]]:
+        """The partitions with sites, then the empty ones."""
+        busy = {p for p, sites in self.sites.items() if sites}
+        return [busy, set(range(self.partitions)) - busy]
+
+    async def _take(self, wanted: int, group: set[int]) -> None:
+        order = [(self._first + i) % self.partitions for i in range(self.partitions)]
+        free = {lease.partition for lease in self.table if not lease.live}
+        for partition in order:
+            if wanted == 0:
+                return
+            if partition in self.owned or partition not in free or partition not in group:
+                continue
+            token = await asyncio.to_thread(
+                self.leases.acquire, self.node_id, partition, self.ttl_s
+            )
+            if token is None:
+                continue
+            log.info("partition %s: owned (token %d)", partition_name(partition), token)
+            self.owned[partition] = Owned(partition, token, self.sites.get(partition, ()))
+            wanted -= 1
+
+    async def _give_up(self, partition: int) -> None:
+        """Stop the partition's hub (it commits), then release the lease."""
+        owned = self.owned.pop(partition, None)
+        if owned is None:
+            return
+        process = owned.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("partition %s: its hub ignored SIGTERM", partition_name(partition))
+                self._kill(owned)
+                return  # let the lease expire rather than hand over a half-stopped hub
+        with contextlib.suppress(SQLAlchemyError):
+            await asyncio.to_thread(self.leases.release, self.node_id, partition, owned.token)
+        log.info("partition %s: given up", partition_name(partition))
+
+    def _kill(self, owned: Owned) -> None:
+        if owned.process is not None and owned.process.returncode is None:
+            owned.process.kill()
+
+    async def _keep_running(self, owned: Owned) -> None:
+        if not owned.sites:
+            return  # nothing to read: the lease alone keeps the partition placed
+        process = owned.process
+        if process is not None and process.returncode is None:
+            return
+        now = time.monotonic()
+        if process is not None:
+            if owned.exited_at is None:
+                owned.exited_at = now
+                log.error(
+                    "partition %s: its hub exited with status %s",
+                    partition_name(owned.partition),
+                    process.returncode,
+                )
+            if now - owned.exited_at < RESTART_AFTER_S:
+                return
+        owned.exited_at = None
+        owned.process = await self._start(owned)
+
+    async def _start(self, owned: Owned) -> asyncio.subprocess.Process:
+        settings = partition_settings(
+            self.settings, owned.partition, owned.token, owned.sites, self.key
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hub.cluster",
+            str(os.getpid()),
+            stdin=asyncio.subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        process.stdin.write(settings_blob(settings))
+        await process.stdin.drain()
+        process.stdin.close()
+        owned.starts += 1
+        log.info(
+            "partition %s: hub started (pid %d) for %s",
+            partition_name(owned.partition),
+            process.pid,
+            ", ".join(owned.sites),
+        )
+        return process
+
+    # ------------------------------------------------------------------ status
+
+    def _write_status(self, *, running: bool) -> None:
+        partitions: dict[str, Any] = {}
+        for partition, owned in sorted(self.owned.items()):
+            hub = _hub_status(partition_dir(self.settings, partition))
+            partitions[partition_name(partition)] = {
+                "token": owned.token,
+                "sites": list(owned.sites),
+                "pid": owned.process.pid if owned.process else None,
+                "starts": owned.starts,
+                "owned_s": round(time.time() - owned.acquired_at, 1),
+                "hub": hub,
+            }
+        write_status(
+            node_dir(self.settings, self.node_id),
+            {
+                "cluster": {
+                    "node": self.node_id,
+                    "share": self.share,
+                    "live_nodes": self.live_nodes,
+                    "partitions": partitions,
+                    "leases": [
+                        {
+                            "partition": partition_name(lease.partition),
+                            "owner": lease.owner,
+                            "token": lease.token,
+                            "expires_in_s": round(lease.expires_in_s, 1),
+                            "sites": list(self.sites.get(lease.partition, ())),
+                        }
+                        for lease in self.table
+                    ],
+                },
+                "running": running,
+                "pid": os.getpid(),
+                "client_id": self.node_id,
+            },
+        )
+
+
+def _hub_status(data_dir: Path) -> dict[str, Any]:
+    """The counters a partition's hub last wrote (empty until it wrote some)."""
+    try:
+        found = read_status(data_dir) or {}
+    except (OSError, ValueError):
+        return {}
+    keep = ("alive", "connected", "received", "acked", "stored", "duplicates", "lag_s")
+    return {k: found[k] for k in keep if k in found}
+
+
+async def run_cluster_node(settings: Settings) -> None:
+    """Run a node until SIGINT/SIGTERM; then its partitions' hubs stop and commit, and
+    their leases are released for the other nodes."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await ClusterNode(settings).run(stop)
+
+
+def main() -> None:
+    """`python -m hub.cluster <node pid>`: one partition's hub; settings pickled on stdin."""
+    die_with(int(sys.argv[1]))
+    settings = read_settings()
+    setup_logging(settings.hub.log_level)
+    asyncio.run(run_hub(settings))
+
+
+if __name__ == "__main__":
+    main()

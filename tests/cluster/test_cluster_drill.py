@@ -1,0 +1,32 @@
+"""Three hub nodes over PostgreSQL leases against one hub, on a multi-site scenario
+stream through a real Mosquitto, InfluxDB and PostgreSQL, with the busiest node
+SIGKILLed mid-stream and started again: the same events and points, and the dead node's
+partitions owned again within 10 s (the short version of `gridwatch drill cluster`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evaluation.cluster_drill import ClusterDrillOptions, format_cluster_report, run_cluster_drill
+from hub.cli.status import format_cluster_status
+
+
+def test_three_nodes_decide_as_one_hub_through_a_node_kill(tmp_path: Path) -> None:
+    said: list[str] = []
+    options = ClusterDrillOptions(
+        duration_s=3600.0, districts=2, nodes=3, partitions=4, workdir=tmp_path / "drill"
+    )
+    report = run_cluster_drill(options, said.append)
+    text = format_cluster_report(report)
+    assert report.passed, text + "\n" + "\n".join(said)
+    assert len(report.single.decisions) > 20  # the scenarios raised something to compare
+    assert report.cluster.decisions.keys() == report.single.decisions.keys()
+    assert report.cluster.owned_again_s is not None and report.cluster.owned_again_s <= 10
+    assert any("SIGKILL" in fault for fault in report.cluster.faults)
+    assert any("started again" in fault for fault in report.cluster.faults)
+    # What `gridwatch status` shows of each node: the partitions it owns, and the leases.
+    live = [s for s in report.cluster.node_statuses.values() if s]
+    assert live
+    shown = format_cluster_status({**live[0], "alive": True})
+    assert "cluster node node-" in shown and "leases" in shown and "p00" in shown
+    assert (tmp_path / "drill" / "report.json").exists()
