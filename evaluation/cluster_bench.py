@@ -253,10 +253,12 @@ class _BenchRun:
                     peaks[node] = max(peaks.get(node, 0.0), _tree_rss_mb(hub.popen.pid))
                 if self.nodes:
                     _partition_rss(hubs, parts)
+                # Counters are per process (a partition handed over restarts them): done
+                # is InfluxDB holding every reading, and every partition's hub, alive,
+                # with nothing left to write or evaluate.
                 statuses = self._partition_statuses()
-                received = sum(int(s.get("received", 0)) for s in statuses.values())
-                caught_up = received >= n and all(
-                    not s.get("rules_lag_records") and not s.get("spool_lines")
+                caught_up = all(
+                    s.get("alive") and not s.get("rules_lag_records") and not s.get("spool_lines")
                     for s in statuses.values()
                 )
                 if caught_up and _count(self.influx, ALL_POINTS) >= n:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S: Final = 60.0
 """How long a partition's hub may take to stop and commit when it is given up."""
+START_GRACE_PERIODS: Final = 2
+"""Lease periods a starting node only says it is alive before it takes partitions."""
 RESTART_AFTER_S: Final = 1.0
 """A partition's hub that exited on its own is started again after this long."""
 
@@ -128,6 +130,10 @@ class ClusterNode:
         self.leases = LeaseTable(settings.events.store_url)
         self.key = credential_key(settings)  # one key for every partition's hashes
         self.owned: dict[int, Owned] = {}
+        self.handing_over: dict[int, Owned] = {}
+        """Partitions given up whose hubs are still stopping (their leases still ours)."""
+        self._leaving: dict[int, asyncio.Task[None]] = {}
+        self._renewed = asyncio.Event()
         self.sites: dict[int, tuple[str, ...]] = {}
         self.share = 0
         self.live_nodes: list[str] = []
@@ -149,14 +155,28 @@ class ClusterNode:
             sum(len(s) for s in self.sites.values()),
             self.ttl_s,
         )
+        # Leases are renewed by a task of their own: giving a partition up waits for its
+        # hub to stop and commit, and starting hubs under load takes seconds, neither of
+        # which may delay a renewal past the lease time.
+        keeper = asyncio.create_task(self._keep_leases(), name="leases")
         try:
+            await self._renewed.wait()
+            # Nodes (re)started together see each other before anyone takes partitions,
+            # rather than one taking all and handing most over a moment later.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), START_GRACE_PERIODS * self.period_s)
             while not stop.is_set():
-                await self._turn()
+                await self._balance()
                 self._write_status(running=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.period_s)
         finally:
-            await asyncio.gather(*(self._give_up(p) for p in list(self.owned)))
+            for partition in list(self.owned):
+                self._give_up(partition)
+            await asyncio.gather(*self._leaving.values(), return_exceptions=True)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             with contextlib.suppress(SQLAlchemyError):
                 await asyncio.to_thread(self.leases.leave, self.node_id)
             self._write_status(running=False)
@@ -166,55 +186,67 @@ class ClusterNode:
         known = directory_source(self.settings).current.sites
         return sorted({*known, *self.settings.cluster.sites})
 
-    async def _turn(self) -> None:
-        try:
-            await asyncio.to_thread(self.leases.beat, self.node_id, self.ttl_s)
-            self.live_nodes = await asyncio.to_thread(self.leases.live_nodes)
-            lost = [p for p in list(self.owned) if not await self._renew(p)]
-            self.table = await asyncio.to_thread(self.leases.table)
-        except SQLAlchemyError as exc:
-            self._database_unreachable(exc)
-            return
-        self._db_ok_at = time.monotonic()
-        for partition in lost:
-            log.error(
-                "partition %s: our lease was taken by another node; stopping its hub now",
-                partition_name(partition),
-            )
-            self._kill(self.owned.pop(partition))
-        # Partitions with sites and empty ones are shared out separately, so that the
-        # work (not just the count) is spread: a node holding two empty partitions does
-        # not keep another from its share of the busy ones.
+    # ------------------------------------------------------------------ leases
+
+    async def _keep_leases(self) -> None:
+        """Every period: say we are alive, renew every lease we hold (partitions being
+        given up included, until their hubs have stopped), read the table."""
+        while True:
+            try:
+                await asyncio.to_thread(self.leases.beat, self.node_id, self.ttl_s)
+                held = {**self.handing_over, **self.owned}
+                refused = [p for p, o in held.items() if not await self._renew(p, o.token)]
+                self.live_nodes = await asyncio.to_thread(self.leases.live_nodes)
+                self.table = await asyncio.to_thread(self.leases.table)
+            except SQLAlchemyError as exc:
+                self._database_unreachable(exc)
+            else:
+                self._db_ok_at = time.monotonic()
+                for partition in refused:
+                    log.error(
+                        "partition %s: our lease was taken by another node; stopping its hub now",
+                        partition_name(partition),
+                    )
+                    owned = self.owned.pop(partition, None) or self.handing_over.pop(partition)
+                    self._kill(owned)
+                self._renewed.set()
+            await asyncio.sleep(self.period_s)
+
+    async def _renew(self, partition: int, token: int) -> bool:
+        return await asyncio.to_thread(
+            self.leases.renew, self.node_id, partition, token, self.ttl_s
+        )
+
+    def _database_unreachable(self, exc: Exception) -> None:
+        silent_s = time.monotonic() - self._db_ok_at
+        log.warning("cluster: lease database unreachable for %.1f s: %s", silent_s, exc)
+        held = [*self.owned.values(), *self.handing_over.values()]
+        if silent_s > self.ttl_s / 2 and held:
+            # Our leases may expire before we can renew them: stop writing first.
+            log.error("cluster: stopping the hubs of %d partitions (leases unsure)", len(held))
+            for owned in held:
+                self._kill(owned)
+            self.owned.clear()
+
+    # ------------------------------------------------------------------ the work
+
+    async def _balance(self) -> None:
+        """Give up what is more than our share, take what is less, keep hubs running.
+        Partitions with sites and empty ones are shared out separately, so that the work
+        (not just the count) is spread: a node holding two empty partitions does not
+        keep another from its share of the busy ones."""
         nodes = len(self.live_nodes)
         self.share = 0
         for group in self._groups():
             share = fair_share(len(group), nodes)
             self.share += share
             mine = sorted(p for p in self.owned if p in group)
-            for partition in mine[share:]:  # more than our share: give up
-                await self._give_up(partition)
+            for partition in mine[share:]:
+                self._give_up(partition)
             if len(mine) < share:
                 await self._take(share - len(mine), group)
-        for owned in self.owned.values():
+        for owned in list(self.owned.values()):
             await self._keep_running(owned)
-
-    async def _renew(self, partition: int) -> bool:
-        owned = self.owned[partition]
-        return await asyncio.to_thread(
-            self.leases.renew, self.node_id, partition, owned.token, self.ttl_s
-        )
-
-    def _database_unreachable(self, exc: Exception) -> None:
-        silent_s = time.monotonic() - self._db_ok_at
-        log.warning("cluster: lease database unreachable for %.1f s: %s", silent_s, exc)
-        if silent_s > self.ttl_s / 2 and self.owned:
-            # Our leases may expire before we can renew them: stop writing first.
-            log.error(
-                "cluster: stopping the hubs of %d partitions (leases unsure)", len(self.owned)
-            )
-            for owned in self.owned.values():
-                self._kill(owned)
-            self.owned.clear()
 
     def _groups(self) -> list[set[int]]:
         """The partitions with sites, then the empty ones."""
@@ -229,6 +261,8 @@ class ClusterNode:
                 return
             if partition in self.owned or partition not in free or partition not in group:
                 continue
+            if partition in self.handing_over:
+                continue
             token = await asyncio.to_thread(
                 self.leases.acquire, self.node_id, partition, self.ttl_s
             )
@@ -238,23 +272,36 @@ class ClusterNode:
             self.owned[partition] = Owned(partition, token, self.sites.get(partition, ()))
             wanted -= 1
 
-    async def _give_up(self, partition: int) -> None:
-        """Stop the partition's hub (it commits), then release the lease."""
+    def _give_up(self, partition: int) -> None:
+        """Hand the partition over: its hub stops and commits (its lease still renewed
+        meanwhile), then the lease is released for another node."""
         owned = self.owned.pop(partition, None)
         if owned is None:
             return
-        process = owned.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                log.error("partition %s: its hub ignored SIGTERM", partition_name(partition))
-                self._kill(owned)
-                return  # let the lease expire rather than hand over a half-stopped hub
-        with contextlib.suppress(SQLAlchemyError):
-            await asyncio.to_thread(self.leases.release, self.node_id, partition, owned.token)
-        log.info("partition %s: given up", partition_name(partition))
+        self.handing_over[partition] = owned
+        self._leaving[partition] = asyncio.create_task(self._hand_over(owned))
+
+    async def _hand_over(self, owned: Owned) -> None:
+        name = partition_name(owned.partition)
+        try:
+            process = owned.process
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+                except TimeoutError:
+                    log.error("partition %s: its hub ignored SIGTERM", name)
+                    self._kill(owned)
+                    return  # let the lease expire rather than hand over a half-stopped hub
+            if self.handing_over.get(owned.partition) is owned:  # not lost meanwhile
+                with contextlib.suppress(SQLAlchemyError):
+                    await asyncio.to_thread(
+                        self.leases.release, self.node_id, owned.partition, owned.token
+                    )
+                log.info("partition %s: given up", name)
+        finally:
+            self.handing_over.pop(owned.partition, None)
+            self._leaving.pop(owned.partition, None)
 
     def _kill(self, owned: Owned) -> None:
         if owned.process is not None and owned.process.returncode is None:

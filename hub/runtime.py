@@ -42,13 +42,11 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from api.probes import IngestionView
 from broker.client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient, Will
 from detection.rules_service import STORAGE_FAILING_RULE
 from events.model import Severity
-from hub.serving import embedded_api
 from hub.settings import Settings
 from hub.supervision import Supervisor
 from hub.wiring import (
@@ -77,6 +75,10 @@ from ingest.writer import SpoolWriter
 from sensors.base import HUB_STATS, DecodeContext, keyed_hash
 from sensors.registry import KINDS
 from sensors.topics import hub_presence_head, hub_presence_topic, site_filter, subscription
+
+if TYPE_CHECKING:
+    from api.probes import IngestionView
+    from api.server import EmbeddedApi
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +219,18 @@ class Hub:
         if settings.events.enabled and self.events is None:
             migrate_event_store(settings)  # before anyone reads it: the worker starts later
             self.worker = WorkerHandle(settings, self.spool)
-        self.api = embedded_api(settings, self.events, self.ingestion_view())
+        self.api: EmbeddedApi | None = None
+        if settings.api.enabled:
+            # Imported only when served: FastAPI costs a hub without its API (a cluster
+            # partition's) half a second of start-up and its memory.
+            from hub.serving import embedded_api
+
+            self.api = embedded_api(settings, self.events, self.ingestion_view())
 
     def ingestion_view(self) -> IngestionView:
         """What `/readyz` checks about ingestion, read live from this hub."""
+        from api.probes import IngestionView
+
         return IngestionView(
             connected=self.client.connected.is_set,
             reading_paused_s=self.reading_paused_s,

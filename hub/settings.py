@@ -441,7 +441,8 @@ class ClusterSettings(_Section):
     """This hub's name in the lease table; default `<hostname>-<pid>`."""
     lease_ttl_s: float = Field(default=6.0, ge=1.0, le=300.0)
     """A lease not renewed for this long may be taken by another hub: a dead hub's
-    partitions are owned again within about this long plus one renewal period."""
+    partitions are owned again within about this long plus two renewal periods (a
+    third of it each)."""
     sites: list[str] = Field(default_factory=list)
     """Site ids to partition besides those the rules' directory knows (the registry's and
     `events.sites`): sites with no site file or registry entry, e.g. ingest-only ones."""
