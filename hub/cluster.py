@@ -69,6 +69,8 @@ class Owned:
     starts: int = 0
     exited_at: float | None = None
     acquired_at: float = field(default_factory=time.time)
+    restarting: bool = False
+    """Its hub was told to stop because its sites changed: start it again at once."""
 
 
 def partition_settings(
@@ -134,6 +136,7 @@ class ClusterNode:
         """Partitions given up whose hubs are still stopping (their leases still ours)."""
         self._leaving: dict[int, asyncio.Task[None]] = {}
         self._renewed = asyncio.Event()
+        self._sites_read_at = time.monotonic()
         self.sites: dict[int, tuple[str, ...]] = {}
         self.share = 0
         self.live_nodes: list[str] = []
@@ -147,7 +150,8 @@ class ClusterNode:
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.leases.prepare, self.partitions)
-        self.sites = sites_by_partition(await asyncio.to_thread(self._site_ids), self.partitions)
+        found: list[str] | None = await asyncio.to_thread(self._site_ids)
+        self.sites = sites_by_partition(found or [], self.partitions)
         log.info(
             "cluster node %s: %d partitions over %d sites, lease %.1f s",
             self.node_id,
@@ -182,9 +186,43 @@ class ClusterNode:
             self._write_status(running=False)
             self.leases.close()
 
-    def _site_ids(self) -> list[str]:
-        known = directory_source(self.settings).current.sites
+    def _site_ids(self, *, strict: bool = False) -> list[str] | None:
+        """The sites to partition; `strict`: None when the registry cannot be read (a
+        refresh then keeps what it has, rather than fall back to the site files)."""
+        source = directory_source(self.settings)
+        try:
+            known = source.build().sites if strict else source.current.sites
+        except SQLAlchemyError as exc:
+            log.warning("cluster: registry unreadable, partitions keep their sites: %s", exc)
+            return None
+        finally:
+            if source.store is not None:
+                source.store.close()
         return sorted({*known, *self.settings.cluster.sites})
+
+    async def _refresh_sites(self) -> None:
+        """Sites added to (or removed from) the registry move into their partitions: an
+        owned partition whose sites changed has its hub restarted with the new ones."""
+        self._sites_read_at = time.monotonic()
+        found = await asyncio.to_thread(self._site_ids, strict=True)
+        if found is None:
+            return
+        fresh = sites_by_partition(found, self.partitions)
+        for owned in self.owned.values():
+            sites = fresh.get(owned.partition, ())
+            if sites == owned.sites:
+                continue
+            log.info(
+                "partition %s: sites now %s (were %s); restarting its hub",
+                partition_name(owned.partition),
+                ", ".join(sites) or "none",
+                ", ".join(owned.sites) or "none",
+            )
+            owned.sites = sites
+            if owned.process is not None and owned.process.returncode is None:
+                owned.restarting = True
+                owned.process.send_signal(signal.SIGTERM)  # it commits, then restarts
+        self.sites = fresh
 
     # ------------------------------------------------------------------ leases
 
@@ -235,6 +273,8 @@ class ClusterNode:
         Partitions with sites and empty ones are shared out separately, so that the work
         (not just the count) is spread: a node holding two empty partitions does not
         keep another from its share of the busy ones."""
+        if time.monotonic() - self._sites_read_at >= self.settings.registry.refresh_s:
+            await self._refresh_sites()
         nodes = len(self.live_nodes)
         self.share = 0
         for group in self._groups():
@@ -314,7 +354,7 @@ class ClusterNode:
         if process is not None and process.returncode is None:
             return
         now = time.monotonic()
-        if process is not None:
+        if process is not None and not owned.restarting:
             if owned.exited_at is None:
                 owned.exited_at = now
                 log.error(
@@ -324,7 +364,7 @@ class ClusterNode:
                 )
             if now - owned.exited_at < RESTART_AFTER_S:
                 return
-        owned.exited_at = None
+        owned.exited_at, owned.restarting = None, False
         owned.process = await self._start(owned)
 
     async def _start(self, owned: Owned) -> asyncio.subprocess.Process:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import click
 
@@ -97,7 +99,7 @@ def alarm_path(
     a broker restart, an InfluxDB outage (and, asked, a full spool disk), and through the
     harness; exit 1 unless the events and InfluxDB's points are identical. Prints the
     measured recovery times."""
-    from evaluation.drill import DrillError, DrillOptions, format_report, run_drill
+    from evaluation.drill import DrillOptions, format_report, run_drill
     from hub.cli.inputs import scenario_names
 
     setup_logging("WARNING")
@@ -118,16 +120,7 @@ def alarm_path(
         fault_seed=fault_seed,
         workdir=workdir,
     )
-    try:
-        report = run_drill(options, lambda text: click.echo(text, err=True))
-    except DrillError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
-    else:
-        click.echo(format_report(report))
-    if not report.passed:
-        raise SystemExit(1)
+    _run_and_report(lambda: run_drill(options, _say), format_report, as_json)
 
 
 @drill.command("cluster")
@@ -175,7 +168,6 @@ def cluster(
         format_cluster_report,
         run_cluster_drill,
     )
-    from evaluation.drill import DrillError
 
     setup_logging("WARNING")
     logging.getLogger("broker.client").setLevel(logging.ERROR)
@@ -190,13 +182,31 @@ def cluster(
         rejoin=rejoin,
         workdir=workdir,
     )
+    _run_and_report(lambda: run_cluster_drill(options, _say), format_cluster_report, as_json)
+
+
+class _Report(Protocol):
+    @property
+    def passed(self) -> bool: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=_Report)
+
+
+def _say(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _run_and_report(run: Callable[[], R], text: Callable[[R], str], as_json: bool) -> None:
+    """Run a drill (progress on stderr), print its report, exit 1 unless it passed."""
+    from evaluation.drill import DrillError
+
     try:
-        report = run_cluster_drill(options, lambda text: click.echo(text, err=True))
+        report = run()
     except DrillError as exc:
         raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
-    else:
-        click.echo(format_cluster_report(report))
+    click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True) if as_json else text(report))
     if not report.passed:
         raise SystemExit(1)

@@ -16,9 +16,11 @@ import pytest
 from fastapi import FastAPI
 
 from accounts.roles import Role
+from api.routes import stream as stream_route
 from api.routes.stream import StreamTiming, cursor_of, live_streams, open_versions
 from api.server import api_server
 from events.model import Action, Severity
+from events.store import EventStore
 from registry.site_import import import_sites
 from sites.model import load_site_ref
 from tests.support.api_fixtures import PASSWORD, ApiHarness, api_harness, serving
@@ -180,12 +182,24 @@ def test_a_closed_event_is_sent_and_silence_is_a_heartbeat(api: ApiHarness) -> N
     assert any(f.get("") == "heartbeat" for f in got)
 
 
-def test_a_burst_of_changes_is_one_re_read(api: ApiHarness) -> None:
+def test_a_burst_of_changes_is_one_re_read(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cursor = cursor_of(open_versions(api.deps.events, "yingyang"))
     fast(api, lifetime_s=1.0, burst=2)
+    # The changes must come after the stream's first read (else they are a resume, not a
+    # burst): wait for that read rather than guess how long a loaded machine takes.
+    first_read = threading.Event()
+
+    def reading(store: EventStore, site: str) -> dict[str, int]:
+        found = open_versions(store, site)
+        first_read.set()
+        return found
+
+    monkeypatch.setattr(stream_route, "open_versions", reading)
 
     def raise_three() -> None:
-        time.sleep(0.2)
+        assert first_read.wait(10)
         with api.deps.events.batch():  # one commit: one poll sees all three
             for i in range(3):
                 api.raise_event(key=f"burst-{i}", cell="yy-g02")

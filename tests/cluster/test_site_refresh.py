@@ -1,0 +1,109 @@
+"""A site registered while a cluster node runs moves into its partition: the node sees
+it at its next registry refresh and restarts that partition's hub subscribed to it
+(a real node process, Mosquitto, InfluxDB and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.partitions import partition_name, partition_of
+from devstack.stack import ManagedProcess
+from ingest.status import read_status
+from registry.schema import SiteSpec
+from registry.store import RegistryStore
+
+PARTITIONS = 2
+
+
+def wait_for(what: str, check: Any, log: Path, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {timeout_s} s; node log:\n{log.read_text()[-3000:]}")
+
+
+def partition_status(data: Path, site: str) -> dict[str, Any]:
+    folder = data / "partitions" / partition_name(partition_of(site, PARTITIONS))
+    try:
+        return read_status(folder) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def test_a_newly_registered_site_is_read_by_its_partitions_hub(
+    tmp_path: Path, mosquitto: ManagedProcess, influxdb: ManagedProcess, postgres_db: str
+) -> None:
+    new_site = "eastgate"
+    assert partition_of(new_site, PARTITIONS) != partition_of("yingyang", PARTITIONS)
+    data = tmp_path / "data"
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+        f'[influx]\nurl = "http://127.0.0.1:{influxdb.port}"\ndatabase = "refresh"\n'
+        f'[spool]\ndirectory = "{tmp_path / "spool"}"\n'
+        f'[deadletters]\ndirectory = "{tmp_path / "dead"}"\n'
+        f'[hub]\ndata_dir = "{data}"\nstatus_interval_s = 0.2\n'
+        f'[events]\nstore_url = "{postgres_db}"\n'
+        "[api]\nenabled = false\n[registry]\nrefresh_s = 1.0\n"
+        f'[cluster]\nenabled = true\nnode_id = "solo"\npartitions = {PARTITIONS}\n'
+        "lease_ttl_s = 3.0\n"
+    )
+    log = tmp_path / "node.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
+    with log.open("wb") as out:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "hub", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_for(
+            "yingyang's hub connected",
+            lambda: partition_status(data, "yingyang").get("connected"),
+            log,
+        )
+        assert not partition_status(data, new_site)  # an empty partition runs no hub
+        with RegistryStore(postgres_db) as registry:
+            registry.migrate()
+            registry.create_site(SiteSpec(id=new_site, name="East Gate", timezone="Asia/Shanghai"))
+        wanted = f"gw/v1/{new_site}/#"
+        status = wait_for(
+            "the new site's partition hub subscribed to it",
+            lambda: (
+                (s := partition_status(data, new_site)).get("connected")
+                and wanted in str(s.get("subscription"))
+                and s
+            ),
+            log,
+        )
+        assert status["subscription"] == wanted
+        assert "sites now eastgate" in log.read_text()
+        # A site joining a partition whose hub runs: the hub restarts with both.
+        assert partition_of("newtown", PARTITIONS) == partition_of("yingyang", PARTITIONS)
+        before = partition_status(data, "yingyang")["pid"]
+        with RegistryStore(postgres_db) as registry:
+            registry.create_site(SiteSpec(id="newtown", name="New Town", timezone="Asia/Shanghai"))
+        both = "gw/v1/newtown/# gw/v1/yingyang/#"
+        status = wait_for(
+            "yingyang's hub restarted subscribed to both sites",
+            lambda: (
+                (s := partition_status(data, "yingyang")).get("connected")
+                and s.get("subscription") == both
+                and s
+            ),
+            log,
+        )
+        assert status["pid"] != before
+        assert "exited with status" not in log.read_text()  # a restart, not a failure
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(60)
