@@ -72,8 +72,6 @@ class Lease:
     token: int
     expires_in_s: float
     """Seconds until the lease may be taken (negative: expired)."""
-    held_s: float
-    """Seconds since the owner took it."""
 
     @property
     def live(self) -> bool:
@@ -194,7 +192,6 @@ class LeaseTable:
                 owner=r["owner"],
                 token=int(r["token"]),
                 expires_in_s=float(r["expires_at"]) - float(r["now"]),
-                held_s=float(r["now"]) - float(r["acquired_at"]) if r["owner"] else 0.0,
             )
             for r in rows
         ]

@@ -3,11 +3,16 @@
 `gridwatch run` with `cluster.enabled` starts a node instead of a hub (docs/scaling.md):
 
 - **Sites to partitions.** The sites the rules know (the registry's, else the site files
-  of `events.sites`) map to `cluster.partitions` fixed partitions (`cluster.partitions`).
-- **Leases.** Every `lease_ttl_s / 3` the node says it is alive, renews its leases in
-  PostgreSQL and evens out the work: it owns at most its fair share (partitions over live
-  nodes, rounded up), gives up the rest gracefully (its hub stops and commits, then the
-  lease is released) and takes free or expired partitions up to its share.
+  of `events.sites`, plus `cluster.sites`) map to `cluster.partitions` fixed partitions;
+  they are read again every `registry.refresh_s`, and a partition whose sites changed
+  has its hub restarted with the new subscriptions.
+- **Leases.** Every `lease_ttl_s / 3` a task of its own says the node is alive and renews
+  its leases in PostgreSQL (nothing else the node does may delay a renewal). On the same
+  period the node evens out the work: it owns at most its fair share (partitions over
+  live nodes, rounded up; busy and empty partitions counted apart), hands the rest over
+  gracefully (its hub stops and commits, then the lease is released) and takes free or
+  expired partitions up to its share. A starting node waits two periods first, so nodes
+  started together share the partitions out at once.
 - **One hub per owned partition**, as a child process (`python -m hub.cluster`), with
   the node's settings narrowed to the partition: its MQTT session (`<client_id>-p003`,
   so the broker keeps a dead owner's queue for the next one), subscriptions to its sites
