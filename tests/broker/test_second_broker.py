@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,17 +232,28 @@ async def test_session_and_its_queue_survive_a_broker_restart(
     assert sorted(_payloads(received)) == sorted(f'{{"seq": {i}}}'.encode() for i in range(200))
 
 
+REDELIVERY_WAIT_S = 5.0
+"""`ack_wait` for the restart tests: the same redelivery as NATS's default 30 s, sooner."""
+
+
+@pytest.fixture
+def quick_redelivery_nats(tmp_path: Path) -> Iterator[ManagedProcess]:
+    with running_nats(tmp_path / "nats", ack_wait_s=REDELIVERY_WAIT_S) as proc:
+        yield proc
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", [False, True], ids=["lame-duck", "sigkill"])
 async def test_restart_mid_stream_loses_nothing_acknowledged(
-    nats: ManagedProcess, kill: bool
+    quick_redelivery_nats: ManagedProcess, kill: bool
 ) -> None:
     """20,000 QoS 1 messages as fast as paho sends them, to a live session that acks each
     on receipt; halfway the broker is restarted (lame duck mode, `stop_nats`) or SIGKILLed
     and restarted on the same store. Every message PUBACKed to paho arrives (a SIGTERM,
     by contrast, lost 17-30 here: docs/broker-durability.md). A message NATS counted as
     sent when it stopped (either way) but that never reached us comes back `ack_wait`
-    (30 s) later (2 of ~20 lame duck runs here)."""
+    later (2 of ~20 lame duck runs here; 30 s by default, `REDELIVERY_WAIT_S` here)."""
+    nats = quick_redelivery_nats
     n = 20_000
     received: set[bytes] = set()
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,21 @@ from ingest.influxql import query
 from sensors.base import keyed_hash
 from simulators.traffic import make_fleet, message
 from tests.support.hub import make_settings, running_hub, target
+from tests.support.nats_fixtures import running_nats
 from tests.support.publishers import Publisher, count_points, until, wait_for
 
 pytestmark = pytest.mark.integration
+
+ACK_WAIT_S = 5.0
+"""NATS sends unacknowledged QoS 1 messages again `ack_wait` after it first sent them
+(30 s by default), never at the reconnect: a shorter wait keeps the fault tests short
+and tests the same redelivery."""
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[ManagedProcess]:
+    with running_nats(tmp_path / "nats", ack_wait_s=ACK_WAIT_S) as proc:
+        yield proc
 
 
 def _traffic(kind: str, n: int, site: str, seed: int = 3) -> list[tuple[str, bytes]]:
@@ -234,7 +247,7 @@ async def test_broker_sigkill_mid_stream_keeps_the_session_and_loses_nothing(
         await asyncio.to_thread(thread.join)
         assert not errors
         tgt = target(influxdb, database)
-        # Messages the hub had received but not yet acked come back `ack_wait` (30 s)
+        # Messages the hub had received but not yet acked come back `ack_wait` (ACK_WAIT_S)
         # after NATS first sent them, not at the reconnect (tests/broker/test_second_broker).
         await until(lambda: count_points(tgt, "smoke") >= n, 60, f"{n} points")
         await asyncio.sleep(1)
@@ -261,7 +274,7 @@ def test_hub_sigkill_mid_stream_loses_nothing(
     tmp_path: Path, nats: ManagedProcess, influxdb: ManagedProcess, database: str
 ) -> None:
     """The hub process SIGKILLed mid-stream and started again: what it had not acked comes
-    back (`ack_wait` after NATS first sent it), and everything is stored."""
+    back (`ACK_WAIT_S` after NATS first sent it), and everything is stored."""
     n = 4000
     config = tmp_path / "hub.toml"
     config.write_text(
