@@ -9,6 +9,12 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable
+from typing import Final
+
+CATCH_ALL: Final = 0
+"""The partition whose hub also reads the sites no partition knows yet (a device of an
+unregistered site): every other hub subscribes to its own sites only, so without it the
+broker would drop such messages, where a single hub logs and flags them."""
 
 
 def partition_of(site: str, partitions: int) -> int:
@@ -24,6 +30,16 @@ def sites_by_partition(sites: Iterable[str], partitions: int) -> dict[int, tuple
     for site in sorted(set(sites)):
         found[partition_of(site, partitions)].append(site)
     return {p: tuple(s) for p, s in found.items()}
+
+
+def foreign_sites(
+    partition: int, by_partition: dict[int, tuple[str, ...]]
+) -> tuple[str, ...] | None:
+    """What the catch-all partition's hub skips: the other partitions' sites. None for
+    any other partition (its hub subscribes to its own sites only)."""
+    if partition != CATCH_ALL:
+        return None
+    return tuple(sorted(s for p, sites in by_partition.items() if p != partition for s in sites))
 
 
 def fair_share(partitions: int, nodes: int) -> int:

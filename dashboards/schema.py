@@ -33,6 +33,7 @@ HUB_STATS_FIELDS: Final = (
     "dead_lettered",
     "duplicates",
     "retained_skipped",
+    "foreign_skipped",
     "write_failures",
     "backpressure_waits",
     "storage_blocked",

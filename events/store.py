@@ -169,6 +169,9 @@ class StoreScope:
     name: str
     sites: frozenset[str]
     fence: Fence | None = None
+    foreign: frozenset[str] | None = None
+    """Set for the catch-all partition: it sees every site but these (the other
+    partitions'), so also the sites no partition knows (`cluster.partitions.CATCH_ALL`)."""
 
     def state_name(self, name: str) -> str:
         return f"{name}@{self.name}"
@@ -516,7 +519,12 @@ class EventStore:
 
     def _in_scope(self) -> list[sa.ColumnElement[bool]]:
         """Predicates on `events` that keep to the scope's sites (none without a scope)."""
-        return [] if self.scope is None else [events.c.site.in_(sorted(self.scope.sites))]
+        scope = self.scope
+        if scope is None:
+            return []
+        if scope.foreign is not None:
+            return [events.c.site.not_in(sorted(scope.foreign))] if scope.foreign else []
+        return [events.c.site.in_(sorted(scope.sites))]
 
     def _outbox_in_scope(self) -> list[sa.ColumnElement[bool]]:
         if self.scope is None:

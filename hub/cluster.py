@@ -19,6 +19,10 @@
   only, its own log directory and status file, and a scoped view of the shared event
   store whose writes are fenced by the lease token. The new owner of a partition resumes
   the committed consumer state and positions exactly as a restarted hub does.
+- **Sites no partition knows** (a device of an unregistered site) are read by the hub
+  of the catch-all partition (`cluster.partitions.CATCH_ALL`): it subscribes to
+  everything and skips the other partitions' sites, so the broker never drops such a
+  message; it is logged and flagged as a single hub would.
 - **Losing the lease kills the hub at once.** A renewal refused (another node took the
   partition after our lease expired) SIGKILLs the partition's hub; so does losing the
   database for half the lease time, so that the hub has stopped before anyone else may
@@ -45,7 +49,13 @@ from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 
 from cluster.leases import Lease, LeaseTable
-from cluster.partitions import fair_share, partition_name, sites_by_partition
+from cluster.partitions import (
+    CATCH_ALL,
+    fair_share,
+    foreign_sites,
+    partition_name,
+    sites_by_partition,
+)
 from hub.runtime import run_hub
 from hub.settings import Settings
 from hub.supervision import setup_logging
@@ -70,6 +80,8 @@ class Owned:
     partition: int
     token: int
     sites: tuple[str, ...]
+    foreign: tuple[str, ...] | None
+    """The catch-all partition's: the other partitions' sites, which its hub skips."""
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
     exited_at: float | None = None
@@ -79,9 +91,15 @@ class Owned:
 
 
 def partition_settings(
-    settings: Settings, partition: int, token: int, sites: tuple[str, ...], key: bytes
+    settings: Settings,
+    partition: int,
+    token: int,
+    sites: tuple[str, ...],
+    key: bytes,
+    foreign: tuple[str, ...] | None = None,
 ) -> Settings:
-    """The node's settings narrowed to one partition's hub (see the module doc)."""
+    """The node's settings narrowed to one partition's hub (see the module doc);
+    `foreign` for the catch-all partition's (`cluster.partitions.CATCH_ALL`)."""
     name = partition_name(partition)
     updates: dict[str, Any] = {
         "mqtt": settings.mqtt.model_copy(
@@ -104,6 +122,7 @@ def partition_settings(
                 "enabled": False,
                 "partition": partition,
                 "partition_sites": list(sites),
+                "foreign_sites": None if foreign is None else list(foreign),
                 "lease_token": token,
             }
         ),
@@ -215,7 +234,8 @@ class ClusterNode:
         fresh = sites_by_partition(found, self.partitions)
         for owned in self.owned.values():
             sites = fresh.get(owned.partition, ())
-            if sites == owned.sites:
+            foreign = foreign_sites(owned.partition, fresh)
+            if sites == owned.sites and foreign == owned.foreign:
                 continue
             log.info(
                 "partition %s: sites now %s (were %s); restarting its hub",
@@ -223,7 +243,7 @@ class ClusterNode:
                 ", ".join(sites) or "none",
                 ", ".join(owned.sites) or "none",
             )
-            owned.sites = sites
+            owned.sites, owned.foreign = sites, foreign
             if owned.process is not None and owned.process.returncode is None:
                 owned.restarting = True
                 owned.process.send_signal(signal.SIGTERM)  # it commits, then restarts
@@ -294,8 +314,8 @@ class ClusterNode:
             await self._keep_running(owned)
 
     def _groups(self) -> list[set[int]]:
-        """The partitions with sites, then the empty ones."""
-        busy = {p for p, sites in self.sites.items() if sites}
+        """The partitions with sites (and the catch-all), then the empty ones."""
+        busy = {p for p, sites in self.sites.items() if sites} | {CATCH_ALL}
         return [busy, set(range(self.partitions)) - busy]
 
     async def _take(self, wanted: int, group: set[int]) -> None:
@@ -314,7 +334,12 @@ class ClusterNode:
             if token is None:
                 continue
             log.info("partition %s: owned (token %d)", partition_name(partition), token)
-            self.owned[partition] = Owned(partition, token, self.sites.get(partition, ()))
+            self.owned[partition] = Owned(
+                partition,
+                token,
+                self.sites.get(partition, ()),
+                foreign_sites(partition, self.sites),
+            )
             wanted -= 1
 
     def _give_up(self, partition: int) -> None:
@@ -353,7 +378,7 @@ class ClusterNode:
             owned.process.kill()
 
     async def _keep_running(self, owned: Owned) -> None:
-        if not owned.sites:
+        if not owned.sites and owned.foreign is None:
             return  # nothing to read: the lease alone keeps the partition placed
         process = owned.process
         if process is not None and process.returncode is None:
@@ -374,7 +399,7 @@ class ClusterNode:
 
     async def _start(self, owned: Owned) -> asyncio.subprocess.Process:
         settings = partition_settings(
-            self.settings, owned.partition, owned.token, owned.sites, self.key
+            self.settings, owned.partition, owned.token, owned.sites, self.key, owned.foreign
         )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -392,7 +417,7 @@ class ClusterNode:
             "partition %s: hub started (pid %d) for %s",
             partition_name(owned.partition),
             process.pid,
-            ", ".join(owned.sites),
+            ", ".join(owned.sites) + ("" if owned.foreign is None else " and unknown sites"),
         )
         return process
 
@@ -405,6 +430,7 @@ class ClusterNode:
             partitions[partition_name(partition)] = {
                 "token": owned.token,
                 "sites": list(owned.sites),
+                "catch_all": owned.foreign is not None,
                 "pid": owned.process.pid if owned.process else None,
                 "starts": owned.starts,
                 "owned_s": round(time.time() - owned.acquired_at, 1),

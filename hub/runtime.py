@@ -95,10 +95,12 @@ still be evaluated before its time has passed."""
 
 def subscription_filters(settings: Settings) -> list[str]:
     """`gw/v1/#`, or `$share/<group>/gw/v1/#` so several hubs split the load; a
-    partition's hub (cluster mode) `gw/v1/<site>/#` for each of its sites."""
+    partition's hub (cluster mode) `gw/v1/<site>/#` for each of its sites, except the
+    catch-all partition's, which reads `gw/v1/#` and skips the other partitions' sites."""
     prefix = settings.mqtt.topic_prefix
-    if settings.cluster.partition is not None:
-        return [site_filter(prefix, site) for site in settings.cluster.partition_sites]
+    cluster = settings.cluster
+    if cluster.partition is not None and cluster.foreign_sites is None:
+        return [site_filter(prefix, site) for site in cluster.partition_sites]
     return [subscription(prefix, settings.mqtt.shared_group)]
 
 
@@ -212,6 +214,9 @@ class Hub:
         )
         self._own_status_topic = hub_status_topic(settings)
         self._presence_head = hub_presence_head(settings.mqtt.topic_prefix)
+        self._site_head = settings.mqtt.topic_prefix + "/"
+        self._foreign = frozenset(settings.cluster.foreign_sites or ())
+        """Sites another partition's hub reads (the catch-all partition's hub only)."""
         self._worker_cpu_at_first: float | None = None
         """The worker's CPU when the first message arrived (`first_received_cpu_s`)."""
         self.worker: WorkerHandle | None = None
@@ -312,6 +317,9 @@ class Hub:
         if topic.startswith(self._presence_head):
             self.intake.on_reserved(topic, payload, qos, retain, packet_id)
             return
+        if self._foreign and self._site_of(topic) in self._foreign:
+            self.intake.skip_foreign(qos, packet_id)  # its partition's hub logs it
+            return
         if retain and self.client.session_present:
             # Sent because we (re)subscribed, not because a device published: with our
             # session kept, everything published meanwhile reached us as it was sent,
@@ -320,6 +328,13 @@ class Hub:
             self.intake.skip_retained(qos, packet_id)
             return
         self.intake.on_publish(topic, payload, qos, retain, packet_id)
+
+    def _site_of(self, topic: str) -> str | None:
+        head = self._site_head
+        if not topic.startswith(head):
+            return None
+        end = topic.find("/", len(head))
+        return topic[len(head) : end] if end > 0 else None
 
     def _on_oversize(self, topic: str, size: int, qos: int, packet_id: int) -> None:
         # Beyond what even the decoder's oversize check reads (a broker that does not

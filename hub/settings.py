@@ -450,6 +450,10 @@ class ClusterSettings(_Section):
     """Set by the cluster node for the hub it runs for one partition, never by hand."""
     partition_sites: list[str] = Field(default_factory=list)
     """The partition's sites (set by the node with `partition`)."""
+    foreign_sites: list[str] | None = None
+    """Set by the node for the catch-all partition's hub only (`cluster.partitions.
+    CATCH_ALL`): it reads every site but these, the other partitions' sites, so a site
+    no partition knows yet is logged rather than dropped by the broker."""
     lease_token: int | None = Field(default=None, ge=1)
     """The partition's lease token the node holds: the event store refuses writes once
     another hub has taken the lease (fencing)."""

@@ -443,7 +443,8 @@ def store_scope(settings: Settings) -> StoreScope | None:
         if not fence_holds(conn, partition, token):
             raise FencedOut(partition, token)
 
-    return StoreScope(partition_name(partition), frozenset(cluster.partition_sites), fence)
+    foreign = None if cluster.foreign_sites is None else frozenset(cluster.foreign_sites)
+    return StoreScope(partition_name(partition), frozenset(cluster.partition_sites), fence, foreign)
 
 
 def model_dir(settings: Settings) -> Path:

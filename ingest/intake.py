@@ -221,6 +221,13 @@ class Intake:
         self._stats.retained_skipped += 1
         self._admit(self._batch_for(time.time_ns()), qos, packet_id)
 
+    def skip_foreign(self, qos: int, packet_id: int) -> None:
+        """A message of a site another hub reads (cluster mode's catch-all partition):
+        counted and acked with the batch, not logged."""
+        self._stats.received += 1
+        self._stats.foreign_skipped += 1
+        self._admit(self._batch_for(time.time_ns()), qos, packet_id)
+
     def reject(self, rejected: Rejected, qos: int, packet_id: int) -> None:
         """Dead-letter, count and (after the fsync) ack one message refused before decode."""
         self._stats.received += 1

@@ -66,6 +66,8 @@ class IngestStats:
     """Redelivered readings the log already held (acked, not logged again)."""
     retained_skipped: int = 0
     """Retained messages re-sent because the hub resubscribed to its kept session."""
+    foreign_skipped: int = 0
+    """Messages of sites another partition's hub reads (cluster mode, catch-all hub)."""
     write_failures: Counter[str] = field(default_factory=Counter)
     backpressure_waits: int = 0
     storage_failures: int = 0
@@ -98,6 +100,7 @@ class IngestStats:
             "dead_lettered": self.dead_lettered,
             "duplicates": self.duplicates,
             "retained_skipped": self.retained_skipped,
+            "foreign_skipped": self.foreign_skipped,
             "write_failures": sum(self.write_failures.values()),
             "backpressure_waits": self.backpressure_waits,
             "storage_blocked": self.storage_error is not None,

@@ -18,6 +18,7 @@ COUNTERS = (
     "dead_lettered",
     "duplicates",
     "retained_skipped",
+    "foreign_skipped",
     "write_failures",
 )
 
@@ -124,6 +125,7 @@ def format_cluster_status(data: dict[str, Any], *, leases: bool = True) -> str:
             f"{part['starts']:>6}  {hub.get('connected', '-')!s:>9}  "
             f"{hub.get('received', '-'):>8}  {hub.get('lag_s', '-'):>5}  "
             f"{', '.join(part['sites']) or '(no sites)'}"
+            f"{' + unknown sites' if part.get('catch_all') else ''}"
         )
     if not leases:
         return "\n".join(lines)

@@ -8,7 +8,13 @@ import pytest
 import sqlalchemy as sa
 
 from cluster.leases import ClusterError, LeaseTable, fence_holds
-from cluster.partitions import fair_share, partition_of, sites_by_partition
+from cluster.partitions import (
+    CATCH_ALL,
+    fair_share,
+    foreign_sites,
+    partition_of,
+    sites_by_partition,
+)
 from storage.engine import create_engine
 from storage.migrations import write_transaction
 
@@ -21,6 +27,14 @@ def test_a_site_keeps_its_partition_and_partitions_cover_every_site() -> None:
     assert sorted(s for group in grouped.values() for s in group) == sorted(sites)
     assert all(len(group) > 0 for group in grouped.values())
     assert fair_share(8, 3) == 3 and fair_share(8, 1) == 8 and fair_share(8, 0) == 8
+
+
+def test_only_the_catch_all_partition_skips_the_others_sites() -> None:
+    grouped = sites_by_partition(["yingyang", "melbourne_bays", "a", "b"], 8)
+    others = foreign_sites(CATCH_ALL, grouped)
+    assert others is not None and "yingyang" not in others
+    assert sorted(others) == sorted(s for p, ss in grouped.items() if p != CATCH_ALL for s in ss)
+    assert foreign_sites(7, grouped) is None
 
 
 def test_one_owner_until_the_lease_expires_then_a_new_token(postgres_db: str) -> None:

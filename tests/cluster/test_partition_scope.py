@@ -50,6 +50,27 @@ def test_a_partition_sees_its_own_sites_events_outbox_and_state(postgres_db: str
     second.close()
 
 
+def test_the_catch_all_partition_sees_every_site_but_the_other_partitions(
+    postgres_db: str,
+) -> None:
+    """Sites no partition knows are the catch-all's: their events, outbox and timers."""
+    with EventStore(postgres_db) as whole:
+        whole.migrate()
+    catch_all = EventStore(
+        postgres_db, StoreScope("p000", frozenset({"north"}), foreign=frozenset({"south"}))
+    )
+    other = EventStore(postgres_db, StoreScope("p001", frozenset({"south"})))
+    raise_on(catch_all, "north", "n-door")
+    raise_on(catch_all, "unregistered", "u-door")
+    raise_on(other, "south", "s-door")
+    assert sorted(e.site for e in catch_all.list_events()) == ["north", "unregistered"]
+    assert [e.site for e in other.list_events()] == ["south"]
+    due = catch_all.outbox_due("mqtt", T0 + 1)
+    assert sorted(i.event.site for i in due) == ["north", "unregistered"]
+    catch_all.close()
+    other.close()
+
+
 def test_writes_stop_once_another_hub_takes_the_lease(postgres_db: str, tmp_path: Path) -> None:
     table = LeaseTable(postgres_db)
     table.prepare(2)
@@ -99,6 +120,11 @@ def test_a_partitions_hub_gets_its_own_session_log_and_sites(tmp_path: Path) -> 
     assert derived.cluster.partition_sites == ["north", "west"]
     assert subscription_filters(derived) == ["gw/v1/north/#", "gw/v1/west/#"]
     assert subscription_filters(base) == ["gw/v1/#"]
+    catch_all = partition_settings(base, 0, 1, ("east",), b"k" * 64, ("north", "west"))
+    assert subscription_filters(catch_all) == ["gw/v1/#"]  # all but the foreign sites
+    assert catch_all.cluster.foreign_sites == ["north", "west"]
+    scope = store_scope(catch_all)
+    assert scope is not None and scope.foreign == frozenset({"north", "west"})
 
 
 def test_cluster_mode_needs_postgresql_and_no_shared_group(
