@@ -32,13 +32,14 @@ from devstack.postgres import create_database, running_postgres
 from devstack.stack import (
     INFLUXDB_PACKAGES,
     MOSQUITTO_PACKAGES,
+    ManagedProcess,
     ensure_installed,
     free_port,
     start_influxdb,
     start_mosquitto,
 )
 from evaluation.bench_costs import BENCH_HASH_KEY
-from evaluation.ingest_bench import _count, _HubProcess, _PublisherProcess
+from evaluation.ingest_bench import _count, _HubProcess, _PublisherProcess, busy_share
 from ingest.influxql import QueryTarget
 from ingest.status import read_status
 
@@ -71,9 +72,15 @@ class Drain:
     partition_rss_mb: dict[str, float] = field(default_factory=dict)
     """Per partition hub (its process and its detection worker)."""
     stored: int = 0
+    box_busy: float = 0.0
+    """Share of the whole box's CPU (every core) busy during the drain."""
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of the drain: each node's process tree, the broker, InfluxDB."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "box_cpu_busy": round(self.box_busy, 3),
+            "cpu_s": {k: round(v, 2) for k, v in self.cpu_s.items()},
             "seconds": round(self.seconds, 2),
             "msg_per_s": round(self.msg_per_s),
             "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss_mb.items()},
@@ -116,7 +123,8 @@ def run_cluster_bench(options: ClusterBenchOptions, say: Say = lambda _t: None) 
             for nodes in (0, *options.nodes):
                 name = "hub" if nodes == 0 else f"nodes={nodes}"
                 say(f"{name}: backlog of {options.messages:,} messages")
-                run = _BenchRun(name, work, admin, influx.port, options, sites, nodes)
+                run = _BenchRun(name, work, admin, influx, options, sites, nodes)
+                run.postmaster = _postmaster(pg_dir)
                 results[name] = run.drain(say)
                 say(
                     f"{name}: {results[name].msg_per_s:,.0f} msg/s "
@@ -149,12 +157,14 @@ class _BenchRun:
         name: str,
         work: Path,
         admin: str,
-        influx_port: int,
+        influx: ManagedProcess,
         options: ClusterBenchOptions,
         sites: tuple[str, ...],
         nodes: int,
     ) -> None:
         self.name = name
+        influx_port, self.influx_pid = influx.port, influx.pid
+        self.postmaster: int | None = None
         self.options = options
         self.sites = sites
         self.nodes = nodes
@@ -242,8 +252,15 @@ class _BenchRun:
             publisher.go()
             published = publisher.result()
             say(f"  {self.name}: queued {int(published['published']):,} messages")
+            box0 = psutil.cpu_times()
+            services0 = _cpu_s(self.mosquitto.pid), _cpu_s(self.influx_pid)
             started = time.monotonic()
             hubs = self._start()
+            tree_cpu: dict[str, dict[int, float]] = {node: {} for node in hubs}
+            postgres: dict[int, float] = {}
+            if self.postmaster is not None:
+                _tree_cpu_s(self.postmaster, postgres)
+                postgres0 = sum(postgres.values())
             peaks: dict[str, float] = {}
             parts: dict[str, float] = {}
             n = self.options.messages
@@ -251,6 +268,9 @@ class _BenchRun:
                 for node, hub in hubs.items():
                     hub.check_alive()
                     peaks[node] = max(peaks.get(node, 0.0), _tree_rss_mb(hub.popen.pid))
+                    _tree_cpu_s(hub.popen.pid, tree_cpu[node])
+                if self.postmaster is not None:
+                    _tree_cpu_s(self.postmaster, postgres)
                 if self.nodes:
                     _partition_rss(hubs, parts)
                 # Counters are per process (a partition handed over restarts them): done
@@ -267,6 +287,12 @@ class _BenchRun:
                     raise RuntimeError(f"{self.name}: backlog not drained in 600 s")
                 time.sleep(0.1)
             result.seconds = time.monotonic() - started
+            result.box_busy = busy_share(box0, psutil.cpu_times())
+            result.cpu_s = {node: sum(seen.values()) for node, seen in tree_cpu.items()}
+            result.cpu_s["mosquitto"] = _cpu_s(self.mosquitto.pid) - services0[0]
+            result.cpu_s["influxd"] = _cpu_s(self.influx_pid) - services0[1]
+            if self.postmaster is not None:
+                result.cpu_s["postgres"] = sum(postgres.values()) - postgres0
             result.msg_per_s = n / result.seconds
             result.stored = _count(self.influx, ALL_POINTS)
             result.peak_rss_mb = peaks
@@ -303,6 +329,35 @@ def _tree_rss_mb(pid: int) -> float:
     return total / (1 << 20)
 
 
+def _postmaster(data_dir: Path) -> int | None:
+    """The pid of the PostgreSQL server whose data directory is under `data_dir`."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["name"] == "postgres" and str(data_dir) in cmdline and " -D " in cmdline:
+            return int(proc.pid)
+    return None
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def _tree_cpu_s(pid: int, seen: dict[int, float]) -> None:
+    """The CPU seconds of a process tree started for the drain, kept per pid, so that a
+    partition's hub that exits (a hand-over) still counts what it used until last seen."""
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            seen[proc.pid] = _cpu_s(proc.pid)
+
+
 def _partition_rss(hubs: dict[str, _HubProcess], peaks: dict[str, float]) -> None:
     """Per partition hub (a node's direct child) and its worker: the peak seen so far."""
     for hub in hubs.values():
@@ -325,6 +380,11 @@ def format_cluster_bench(result: dict[str, Any]) -> str:
         lines.append(
             f"  {name:<8} {run['msg_per_s']:>8,} msg/s  {run['seconds']:>6.1f} s  "
             f"x{result['ratio_to_one_hub'][name]:.2f} of one hub   peak RSS {rss}{per}"
+        )
+        cores = ", ".join(f"{k} {v / run['seconds']:.2f}" for k, v in run["cpu_s"].items())
+        lines.append(
+            f"           box CPU busy {run['box_cpu_busy']:.0%} of {psutil.cpu_count()} cores; "
+            f"cores used: {cores}"
         )
     if result.get("two_nodes_over_one") is not None:
         lines.append(f"  2 nodes / 1 node: x{result['two_nodes_over_one']:.2f} (target ≥ 1.6)")

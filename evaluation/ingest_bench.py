@@ -691,6 +691,8 @@ class _Stored:
     """The first status that showed every bench message stored (else the last one)."""
     cpu_s: float
     """The hub's CPU seconds when that status was read."""
+    box: Any = None
+    """`psutil.cpu_times()` of the whole box then."""
 
 
 def _wait_stored(
@@ -713,7 +715,7 @@ def _wait_stored(
     last_change = time.monotonic()
     seen = -1
     last_print = 0.0
-    done: tuple[dict[str, Any], float] | None = None
+    done: tuple[dict[str, Any], float, Any] | None = None
     last_status: dict[str, Any] = {}
     while True:
         hub.check_alive()
@@ -723,11 +725,11 @@ def _wait_stored(
         stored = int(status.get("stored", 0))
         moved = stored - probes_published()
         if done is None and stored - probes_ahead >= n:
-            done = (status, hub.cpu_seconds())
+            done = (status, hub.cpu_seconds(), psutil.cpu_times())
         if done is not None:
             count = _count(target, _BENCH_POINTS)
             if count >= n:
-                return _Stored(count, done[0], done[1])
+                return _Stored(count, done[0], done[1], done[2])
             moved = count
         if moved > seen:
             seen, last_change = moved, time.monotonic()
@@ -736,8 +738,8 @@ def _wait_stored(
             last_print = time.monotonic()
         if time.monotonic() - last_change > STALL_S:
             _log(progress, f"  {label}: nothing stored for {STALL_S:.0f} s, giving up")
-            status, cpu_s = done or (last_status, hub.cpu_seconds())
-            return _Stored(_count(target, _BENCH_POINTS), status, cpu_s)
+            status, cpu_s, box = done or (last_status, hub.cpu_seconds(), psutil.cpu_times())
+            return _Stored(_count(target, _BENCH_POINTS), status, cpu_s, box)
         time.sleep(0.2 if done is not None else STATUS_INTERVAL_S)
 
 
@@ -748,6 +750,14 @@ def _service_cpu(services: list[ManagedProcess]) -> dict[str, float]:
         times = psutil.Process(svc.pid).cpu_times()
         out[svc.name] = float(times.user + times.system)
     return out
+
+
+def busy_share(before: Any, after: Any) -> float:
+    """Of all the CPU time the box's cores had between two `psutil.cpu_times()`, the
+    share not idle (and not waiting for I/O)."""
+    total = sum(after) - sum(before)
+    idle = (after.idle - before.idle) + (after.iowait - before.iowait)
+    return (total - idle) / total if total > 0 else 0.0
 
 
 def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -912,6 +922,7 @@ def _close_mode(
     *,
     cpu0: float,
     services0: dict[str, float],
+    box0: Any,
     label: str,
 ) -> dict[str, Any]:
     """The mode's figures once its probes' events are in (or given up on)."""
@@ -930,6 +941,9 @@ def _close_mode(
         probes["stored"] = _count(target, _PROBE_POINTS)
     out = _mode_result(hub, bench.n, stored, cpu0)
     out.update(_cpu_delta(services0, _service_cpu(bench.services)))
+    # Busy share of the box until every message was stored: near 1 means the box, not
+    # the hub's design, sets the pace.
+    out["box_cpu_busy"] = round(busy_share(box0, stored.box), 3)
     if probes is not None:
         out["probes"] = probes
         first_cpu = float(stored.status.get("first_received_cpu_s") or 0.0)
@@ -951,7 +965,7 @@ def _live(bench: _Bench, rate: float | None, figures: dict[str, Any]) -> dict[st
         prober = bench.prober("l")
         hub.wait_connected()
         cpu0 = hub.cpu_seconds()
-        svc0 = _service_cpu(bench.services)
+        svc0, box0 = _service_cpu(bench.services), psutil.cpu_times()
         if prober is not None:
             prober.phase("live")
         pub.go()
@@ -959,7 +973,7 @@ def _live(bench: _Bench, rate: float | None, figures: dict[str, Any]) -> dict[st
         ahead = _probe_count(prober)()
         stored = _wait_stored(hub, target, n, bench.progress, "live", ahead, _probe_count(prober))
         out = _close_mode(
-            bench, hub, stored, prober, target, cpu0=cpu0, services0=svc0, label="live"
+            bench, hub, stored, prober, target, cpu0=cpu0, services0=svc0, box0=box0, label="live"
         )
         prober = None
         out["publish_msgs_per_s"] = round(n / published["seconds"], 1)
@@ -988,7 +1002,7 @@ def _backlog(bench: _Bench) -> dict[str, Any]:
         ahead = _probe_count(prober)()
         if prober is not None:
             prober.wait_published(MIN_QUEUED_PROBES, 30.0)
-        svc0 = _service_cpu(bench.services)
+        svc0, box0 = _service_cpu(bench.services), psutil.cpu_times()
         hub = bench.hub(BACKLOG_DB)
         if prober is not None:
             # Probes sent before the hub is connected wait in the backlog with the rest.
@@ -999,7 +1013,15 @@ def _backlog(bench: _Bench) -> dict[str, Any]:
             hub, target, n, bench.progress, "backlog", ahead, _probe_count(prober)
         )
         out = _close_mode(
-            bench, hub, stored, prober, target, cpu0=cpu0, services0=svc0, label="backlog"
+            bench,
+            hub,
+            stored,
+            prober,
+            target,
+            cpu0=cpu0,
+            services0=svc0,
+            box0=box0,
+            label="backlog",
         )
         prober = None
         return out
@@ -1257,7 +1279,8 @@ def format_result(result: dict[str, Any]) -> str:
             notes += f"; {probes['foreign_probe_events']} events of another mode's probes"
         lines.append(
             f"{'':11}service CPU: mosquitto {r.get('mosquitto_cpu_s')} s, influxdb "
-            f"{r.get('influxdb_cpu_s')} s{notes}"
+            f"{r.get('influxdb_cpu_s')} s; box CPU busy "
+            f"{r.get('box_cpu_busy', 0.0):.0%} of {psutil.cpu_count()} cores until stored{notes}"
         )
     lines.append(
         f"  limit    {result['limit_msgs_per_s']:>9,.0f} msg/s (mosquitto_sub -q 1 backlog drain)"

@@ -319,9 +319,9 @@ class Engine:
                     del slots[sid]
                 continue
             if due != slot.get("due") and state.next_due_ms is not None:
-                heapq.heappush(state.timers, (due, sid))
-                state.next_due_ms = min(state.next_due_ms, due)
+                _push_timer(state, due, sid)
             slot["due"] = due
+        _prune_timers(state)
         return out
 
     def tick(self, state: EngineState, now_ms: int) -> list[Detection]:
@@ -371,9 +371,8 @@ class Engine:
                 heapq.heappush(timers, (following, sid))  # `_schedule` pushes moves only
         for sid in held:
             heapq.heappush(timers, (state.slots[sid]["due"], sid))
-        if len(timers) > 2 * len(state.slots) + 1024:
-            _rebuild_timers(state)  # mostly stale entries: start afresh
         state.next_due_ms = timers[0][0] if timers else _NEVER
+        _prune_timers(state)  # mostly stale entries: start afresh
         return out
 
     # --- helpers ------------------------------------------------------------------
@@ -397,8 +396,7 @@ class Engine:
         if clear_at is not None and (due is None or clear_at < due):
             due = clear_at
         if due is not None and due != slot.get("due") and state.next_due_ms is not None:
-            heapq.heappush(state.timers, (due, sid))
-            state.next_due_ms = min(state.next_due_ms, due)
+            _push_timer(state, due, sid)
         slot["due"] = due
 
     def _apply(
@@ -536,6 +534,23 @@ def _render_key(template: str, obs: Obs) -> str | None:
         return None
     value = obs.get(names[0])
     return "?" if value is None else str(value)
+
+
+def _push_timer(state: EngineState, due: int, sid: str) -> None:
+    """A slot's timer moved: push the new one; the old one is skipped when it comes up
+    (see `_prune_timers`)."""
+    heapq.heappush(state.timers, (due, sid))
+    if state.next_due_ms is not None and due < state.next_due_ms:
+        state.next_due_ms = due
+
+
+def _prune_timers(state: EngineState) -> None:
+    """Moved timers leave their old entries in the heap until they come up. In a backlog
+    that spans less event time than the timers (a silence timer moves with every
+    reading) none comes up, and the heap would grow with the readings: past twice one
+    per slot, it is rebuilt from the slots, so memory follows the slots."""
+    if len(state.timers) > 2 * len(state.slots) + 1024:
+        _rebuild_timers(state)
 
 
 def _rebuild_timers(state: EngineState) -> None:
