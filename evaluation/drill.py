@@ -92,7 +92,7 @@ from typing import Any, Final, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from anomaly.baselines import OnlineParams, OnlineScorer
-from broker.client import ConnectionLost, ConnectOptions, MqttClient
+from broker.client import MQTT_V5, ConnectionLost, ConnectOptions, MqttClient
 from detection.anomaly_service import AnomalyService
 from detection.rules_service import CHUNK, HUB_HEALTH_RULES, RulesService
 from devstack.postgres import create_database, running_postgres
@@ -454,10 +454,14 @@ class _Publisher:
     closing statuses. `pause` holds it before the next message once every message so
     far is PUBACKed (so the broker has them all); `resume` lets it go on."""
 
-    def __init__(self, stream: Stream, port: int, gateways: int) -> None:
+    def __init__(
+        self, stream: Stream, port: int, gateways: int, protocol: int | None = None
+    ) -> None:
         self._stream = stream
         self._port = port
         self._gateways = gateways
+        self._protocol = protocol
+        """MQTT version (`broker.client.MQTT_V5` when None; NATS speaks only 3.1.1)."""
         self.released = 0
         self.last_sim_ms = 0
         self.resent = 0
@@ -527,7 +531,12 @@ class _Publisher:
         return MqttClient(
             "127.0.0.1",
             self._port,
-            ConnectOptions(client_id=client_id, clean_start=True, session_expiry_s=0),
+            ConnectOptions(
+                client_id=client_id,
+                clean_start=True,
+                session_expiry_s=0,
+                protocol=MQTT_V5 if self._protocol is None else self._protocol,
+            ),
             subscriptions=[],
             on_publish=lambda *_: None,
             reconnect_min_s=0.1,
@@ -672,6 +681,7 @@ def hub_config(
     stream: Stream,
     sites: Sequence[str] = (),
     extra: str = "",
+    mqtt_protocol: str | None = None,
 ) -> Path:
     """The default settings but for ports, paths, a fast status file, the harness's
     credential-hash key (rule keys name card and plate hashes) and time limits wide
@@ -684,7 +694,8 @@ def hub_config(
     text = (
         f'[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\nclient_id = "{HUB_CLIENT_ID}"\n'
         "reconnect_min_s = 0.1\nreconnect_max_s = 2.0\n"
-        f'[influx]\nurl = "http://127.0.0.1:{influx_port}"\ndatabase = "{database}"\n'
+        + (f'protocol = "{mqtt_protocol}"\n' if mqtt_protocol else "")
+        + f'[influx]\nurl = "http://127.0.0.1:{influx_port}"\ndatabase = "{database}"\n'
         "flush_interval_s = 0.2\nretry_max_s = 2.0\n"
         f'[spool]\ndirectory = "{run_dir / "spool"}"\n'
         # One segment for the whole run: nothing is deleted, the drill reads the log after.

@@ -145,6 +145,13 @@ def alarm_path(
 )
 @click.option("--no-kill", is_flag=True, help="No node is killed.")
 @click.option("--rejoin/--no-rejoin", default=True, show_default=True)
+@click.option(
+    "--broker",
+    type=click.Choice(["mosquitto", "nats"]),
+    default="mosquitto",
+    show_default=True,
+    help="The broker both runs use (nats: NATS 2.9's MQTT 3.1.1, the second broker).",
+)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def cluster(
@@ -157,6 +164,7 @@ def cluster(
     kill_at: float,
     no_kill: bool,
     rejoin: bool,
+    broker: str,
     workdir: Path | None,
     as_json: bool,
 ) -> None:
@@ -181,6 +189,7 @@ def cluster(
         kill_at=None if no_kill else kill_at,
         rejoin=rejoin,
         workdir=workdir,
+        broker=broker,
     )
     _run_and_report(lambda: run_cluster_drill(options, _say), format_cluster_report, as_json)
 
