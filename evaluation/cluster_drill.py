@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from broker.client import MQTT_V311
+from broker.client import MQTT_V5, MQTT_V311
 from cluster.leases import LeaseTable
 from cluster.partitions import partition_name, partition_of
 from devstack.nats import start_nats
@@ -349,7 +349,7 @@ class _LiveCluster:
         self.services.say(f"  [{self.name} +{time.monotonic() - self._t0:5.1f}s] {text}")
 
     def run(self) -> ClusterRun:
-        protocol = MQTT_V311 if self.options.broker == "nats" else None
+        protocol = MQTT_V311 if self.options.broker == "nats" else MQTT_V5
         publisher = _Publisher(self.stream, self.broker.port, 1, protocol)
         run = ClusterRun(self.name, {}, {}, 0.0, {})
         try:

@@ -454,14 +454,12 @@ class _Publisher:
     closing statuses. `pause` holds it before the next message once every message so
     far is PUBACKed (so the broker has them all); `resume` lets it go on."""
 
-    def __init__(
-        self, stream: Stream, port: int, gateways: int, protocol: int | None = None
-    ) -> None:
+    def __init__(self, stream: Stream, port: int, gateways: int, protocol: int = MQTT_V5) -> None:
         self._stream = stream
         self._port = port
         self._gateways = gateways
         self._protocol = protocol
-        """MQTT version (`broker.client.MQTT_V5` when None; NATS speaks only 3.1.1)."""
+        """MQTT version of its connections (NATS speaks only 3.1.1)."""
         self.released = 0
         self.last_sim_ms = 0
         self.resent = 0
@@ -535,7 +533,7 @@ class _Publisher:
                 client_id=client_id,
                 clean_start=True,
                 session_expiry_s=0,
-                protocol=MQTT_V5 if self._protocol is None else self._protocol,
+                protocol=self._protocol,
             ),
             subscriptions=[],
             on_publish=lambda *_: None,
