@@ -531,7 +531,7 @@ class Hub:
         """The rules consumer's counters (and `anomaly`'s), from this process or the
         worker's last report."""
         if self.worker is not None:
-            return dict(self.worker.status)
+            return self.worker.current_status()
         found: dict[str, Any] = {}
         if self.events is not None:
             found.update(self.events.service.status())

@@ -141,6 +141,7 @@ class DetectionWorker:
         return {
             "consumers": consumers,
             "holds": holds,
+            "log_end": [self.log.end.segment, self.log.end.offset],
             "status": status,
             "tasks": self.supervisor.status(),
         }
@@ -244,6 +245,8 @@ class WorkerHandle:
         self.spool = spool
         self.status: dict[str, Any] = {}
         """The worker's last report (`status`): its consumers' counters and lag."""
+        self.seen_end: Cursor | None = None
+        """The log's synced end when the worker last looked (its lag counts up to it)."""
         self.tasks: dict[str, Any] = {}
         self._process: asyncio.subprocess.Process | None = None
         self._pending: list[dict[str, Any]] = []
@@ -299,6 +302,9 @@ class WorkerHandle:
     def _take(self, report: dict[str, Any]) -> None:
         self.status = report.get("status", {})
         self.tasks = report.get("tasks", {})
+        if "log_end" in report:
+            seg, offset = report["log_end"]
+            self.seen_end = Cursor(int(seg), int(offset))
         holds = report.get("holds", {})
         consumers = report.get("consumers", ["rules", "anomaly"])
         for name in ("rules", "anomaly"):
@@ -308,6 +314,20 @@ class WorkerHandle:
             elif name not in consumers:  # none in this worker (no anomaly model)
                 self.spool.unhold(name)
             # else: a consumer that has not started yet keeps what the log held for it
+
+    def current_status(self) -> dict[str, Any]:
+        """The last report, its lag counted up to the log's end now: the worker saw the
+        log up to `seen_end`, and what was synced since is behind every consumer too (a
+        report of "no lag" must not predate the last acknowledged reading)."""
+        found = dict(self.status)
+        unseen = self.spool.records_after(self.seen_end) if self.seen_end is not None else 0
+        if unseen:
+            if "rules_lag_records" in found:
+                found["rules_lag_records"] = int(found["rules_lag_records"]) + unseen
+            anomaly = found.get("anomaly")
+            if isinstance(anomaly, dict) and "lag_records" in anomaly:
+                found["anomaly"] = {**anomaly, "lag_records": int(anomaly["lag_records"]) + unseen}
+        return found
 
     def pressure(self) -> None:
         """Tell the worker what only the writer knows (every status interval)."""

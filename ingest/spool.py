@@ -815,6 +815,11 @@ class SpoolFollower:
         return self._synced_records
 
     @property
+    def end(self) -> Cursor:
+        """The synced end this reader last saw (`refresh`)."""
+        return self._end
+
+    @property
     def latest_event_ms(self) -> int:
         return self._latest_event_ms
 
