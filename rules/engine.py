@@ -98,12 +98,19 @@ class EngineState:
     (and pruned when they outnumber the slots). Derived, not snapshotted."""
 
     def to_json(self) -> bytes:
-        body = {"version": SNAPSHOT_VERSION, "clock_ms": self.clock_ms, "slots": self.slots}
-        return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        return json.dumps(self.to_body(), separators=(",", ":"), sort_keys=True).encode()
+
+    def to_body(self) -> dict[str, Any]:
+        """The snapshot as JSON values (shared with the live state: encode it at once)."""
+        return {"version": SNAPSHOT_VERSION, "clock_ms": self.clock_ms, "slots": self.slots}
 
     @classmethod
     def from_json(cls, data: bytes) -> EngineState:
-        body = json.loads(data)
+        return cls.from_body(json.loads(data))
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> EngineState:
+        """`to_body`'s output, decoded."""
         if body.get("version") != SNAPSHOT_VERSION:
             raise ValueError(
                 f"rules snapshot version {body.get('version')!r} is not {SNAPSHOT_VERSION}"
