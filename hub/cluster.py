@@ -43,7 +43,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
@@ -62,6 +62,10 @@ from hub.supervision import setup_logging
 from hub.wiring import credential_key, directory_source, model_dir
 from hub.worker import die_with, read_settings, settings_blob
 from ingest.status import read_status, write_status
+
+if TYPE_CHECKING:
+    from api.probes import IngestionView
+    from api.server import EmbeddedApi
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +120,7 @@ def partition_settings(
             }
         ),
         "anomaly": settings.anomaly.model_copy(update={"model_dir": model_dir(settings)}),
-        "api": settings.api.model_copy(update={"enabled": False}),
+        "api": settings.api.model_copy(update={"enabled": False}),  # the node serves it
         "cluster": settings.cluster.model_copy(
             update={
                 "enabled": False,
@@ -173,6 +177,68 @@ class ClusterNode:
     # ------------------------------------------------------------------ the loop
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The API (`api.enabled`) is the node's, not a partition hub's: it serves every
+        # partition's events from the shared store, and its actions reach each event's
+        # partition through the store's outbox. Bound first: a port in use is an error
+        # before the node takes any lease.
+        api = await asyncio.to_thread(self._api)
+        serving = asyncio.create_task(api.run(), name="api") if api is not None else None
+        try:
+            await self._run(stop)
+        finally:
+            if api is not None and serving is not None:
+                await api.stop()
+                await serving
+                api.close()
+
+    def _api(self) -> EmbeddedApi | None:
+        from hub.serving import embedded_api  # the web stack only when serving
+
+        return embedded_api(self.settings, None, self.ingestion_view())
+
+    def ingestion_view(self) -> IngestionView:
+        """What `/readyz` checks about ingestion on a node: the hubs of the partitions
+        it owns (their status files), every one connected and running."""
+        from api.probes import IngestionView
+
+        return IngestionView(
+            connected=lambda: all(s.get("connected") for s in self._hub_statuses().values()),
+            reading_paused_s=lambda: 0.0,
+            spool_full=lambda: False,  # a hub's status file does not say; its lag does
+            writer_failing_s=lambda: 0.0,
+            task_problems=self._hub_problems,
+            storage_error=self._storage_error,
+        )
+
+    def _hub_statuses(self) -> dict[str, dict[str, Any]]:
+        """The last status of each owned partition's running hub."""
+        found: dict[str, dict[str, Any]] = {}
+        for partition, owned in sorted(self.owned.items()):
+            if owned.process is not None and owned.process.returncode is None:
+                with contextlib.suppress(OSError, ValueError):
+                    found[partition_name(partition)] = (
+                        read_status(partition_dir(self.settings, partition)) or {}
+                    )
+        return found
+
+    def _hub_problems(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for partition, owned in sorted(self.owned.items()):
+            if not owned.sites and owned.foreign is None:
+                continue  # nothing to read: no hub to run
+            process = owned.process
+            if process is None or process.returncode is not None:
+                why = "" if process is None else f" (it exited with status {process.returncode})"
+                found[f"partition {partition_name(partition)}"] = f"its hub is not running{why}"
+        return found
+
+    def _storage_error(self) -> str | None:
+        for name, status in self._hub_statuses().items():
+            if error := status.get("storage_error"):
+                return f"partition {name}: {error}"
+        return None
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.leases.prepare, self.partitions)
         found: list[str] | None = await asyncio.to_thread(self._site_ids)
         self.sites = sites_by_partition(found or [], self.partitions)

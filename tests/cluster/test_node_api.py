@@ -1,0 +1,111 @@
+"""A cluster node serves the API (`api.enabled`): every partition's events from the
+shared PostgreSQL store, and `/readyz` asks the hubs of the partitions it owns. A real
+node process, Mosquitto, InfluxDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from accounts.roles import Role
+from accounts.users import UserStore
+from devstack.stack import ManagedProcess, free_port
+from tests.cluster.test_site_refresh import PARTITIONS, partition_status, wait_for
+from tests.support.publishers import Publisher
+
+PASSWORD = "node-api-password"
+
+
+def test_a_node_serves_the_api_for_every_partition(
+    tmp_path: Path, mosquitto: ManagedProcess, influxdb: ManagedProcess, postgres_db: str
+) -> None:
+    users = UserStore(postgres_db)
+    try:
+        users.migrate()
+        users.add_user("op", PASSWORD, Role.operator)
+    finally:
+        users.close()
+    data, port = tmp_path / "data", free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+        f'[influx]\nurl = "http://127.0.0.1:{influxdb.port}"\ndatabase = "nodeapi"\n'
+        f'[spool]\ndirectory = "{tmp_path / "spool"}"\n'
+        f'[deadletters]\ndirectory = "{tmp_path / "dead"}"\n'
+        f'[hub]\ndata_dir = "{data}"\nstatus_interval_s = 0.2\n'
+        f'[events]\nstore_url = "{postgres_db}"\n'
+        f'[api]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[cluster]\nenabled = true\nnode_id = "solo"\npartitions = {PARTITIONS}\n'
+        "lease_ttl_s = 3.0\n"
+    )
+    log = tmp_path / "node.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
+    with log.open("wb") as out:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "hub", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        wait_for(
+            "yingyang's hub connected",
+            lambda: partition_status(data, "yingyang").get("connected"),
+            log,
+        )
+
+        def ready() -> bool:
+            try:
+                return api.get("/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for("the node's /readyz says ready", ready, log)
+        publisher = Publisher(mosquitto.port, "pub-node-api")
+        body = {"ts": int(time.time() * 1000), "seq": 1, "event": "door_forced"}
+        publisher.publish(
+            "gw/v1/yingyang/access/ac-gate-south/event", json.dumps(body).encode()
+        )
+        publisher.wait(30)
+        publisher.close()
+        token = api.post(
+            "/api/v1/auth/token", data={"username": "op", "password": PASSWORD}
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def forced() -> list[dict[str, object]]:
+            found = api.get("/api/v1/events", params={"site": "yingyang"}, headers=headers)
+            assert found.status_code == 200, found.text
+            items = found.json()
+            items = items["items"] if isinstance(items, dict) else items
+            return [e for e in items if e["rule_id"] == "door_forced"]
+
+        events = wait_for("the partition hub's event listed by the node's API", forced, log)
+        assert len(events) == 1 and events[0]["device"] == "ac-gate-south"
+        # A partition's hub that dies is a problem /readyz names until the node restarts it.
+        os.kill(int(partition_status(data, "yingyang")["pid"]), signal.SIGKILL)
+        refused = wait_for(
+            "/readyz naming the dead partition hub",
+            lambda: (r := api.get("/readyz")).status_code == 503 and r.json(),
+            log,
+            timeout_s=10,
+        )
+        assert "its hub is not running" in json.dumps(refused)
+        wait_for("the node restarted the hub and is ready again", ready, log)
+    finally:
+        api.close()
+        node.send_signal(signal.SIGTERM)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            raise
+    assert node.returncode == 0, log.read_text()[-3000:]
