@@ -94,6 +94,11 @@ and anomaly consumers read the log independently): if they counted, which rule e
 flood groups would depend on how the two consumers' commits interleave, and a restart or
 the offline harness could decide differently from a live run. They are low-severity
 advisories, rate-limited per device (docs/anomaly-hub.md)."""
+STORM_DEVICES_NAMED: Final = 100
+"""Devices a flood parent names (the first to join). Each child that joins repeats the
+parent, and each repeat's audit record and outbox items carry the whole event: naming
+every device made a storm's cost grow with its square (1,737 children of one parent in
+`gridwatch bench detection` took every transition to 20 KB of device names)."""
 RETRIES: Final = 5
 """Attempts at one system transition that keeps losing optimistic-lock races."""
 
@@ -308,7 +313,11 @@ class EventManager:
         old = parent.values if parent is not None else {}
         grouped = _int(old.get("events")) + len(joining)
         shown_apart = _int(old.get("apart")) + len(apart)
-        devices = _devices(joining, first=parent.devices if parent is not None else ())
+        named = _devices(joining, first=parent.devices if parent is not None else ())
+        devices = named[:STORM_DEVICES_NAMED]
+        # Past the cap a device may or may not be new: say "at least".
+        more = len(named) > len(devices) or bool(old.get("devices_more"))
+        counted = f"{len(devices)}+" if more else f"{len(devices)}"
         latest_title = latest.title or latest.rule_id
         if self._exempt(latest):
             latest_title += " (shown on its own)"
@@ -326,13 +335,18 @@ class EventManager:
             ),
             title=f"Incident storm at {site}: {grouped} events grouped",
             message=(
-                f"{grouped} events from {len(devices)} devices grouped at {site}{also} "
+                f"{grouped} events from {counted} devices grouped at {site}{also} "
                 f"(more than {self.flood_limit} new events in {minutes} min); "
                 f"latest: {latest_title}"
             ),
             incident=FLOOD_INCIDENT,
             source=Source.RULE,
-            values={"events": grouped, "apart": shown_apart, "devices": len(devices)},
+            values={
+                "events": grouped,
+                "apart": shown_apart,
+                "devices": len(devices),
+                **({"devices_more": True} if more else {}),
+            },
             devices=devices,
         )
         if parent is None:

@@ -388,7 +388,7 @@ class EventStore:
             outbox.select()
             .where(
                 outbox.c.sink == sink,
-                sa.not_(outbox.c.failed),
+                outbox.c.failed == sa.false(),  # an equality: `ix_outbox_sink_queue` applies
                 outbox.c.next_attempt_ms <= now_ms,
                 *self._outbox_in_scope(),
             )

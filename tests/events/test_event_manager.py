@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from events.manager import FLOOD_INCIDENT, FLOOD_RULE, EventManager
+from events.manager import FLOOD_INCIDENT, FLOOD_RULE, STORM_DEVICES_NAMED, EventManager
 from events.model import (
     SYSTEM,
     Action,
@@ -399,6 +399,31 @@ def test_the_parent_summary_stays_current(events: EventManager, store: EventStor
     delivered = [i.event for i in store.outbox_due("mqtt", 2**62) if i.event.id == parent.id]
     assert [e.values["events"] for e in delivered] == [11, 12, 13, 14, 15, 16]
     assert delivered[-1].title == parent.title
+
+
+def test_a_large_storm_names_its_first_devices_only(
+    events: EventManager, store: EventStore
+) -> None:
+    # Each joining child repeats the parent, and every repeat's outbox item carries it:
+    # the devices it names are capped, or a storm's cost would grow with its square.
+    n = STORM_DEVICES_NAMED + 20
+    storm(events, n, step=1_000)
+    parent = must(store.open_event(FLOOD_RULE, "s1"))
+    assert parent.devices == tuple(f"door-{i}" for i in range(STORM_DEVICES_NAMED))
+    assert dict(parent.values) == {
+        "events": n,
+        "apart": 0,
+        "devices": STORM_DEVICES_NAMED,
+        "devices_more": True,
+    }
+    assert parent.message.startswith(f"{n} events from {STORM_DEVICES_NAMED}+ devices grouped")
+    assert len(store.children(parent.id)) == n  # every child is still grouped
+    sizes = [
+        len(i.event.devices)
+        for i in store.outbox_due("mqtt", 2**62, 10_000)
+        if i.event.id == parent.id
+    ]
+    assert len(sizes) == n - 10 and max(sizes) == STORM_DEVICES_NAMED
 
 
 def test_a_suppressed_child_escalated_to_critical_is_unsuppressed(

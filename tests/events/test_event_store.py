@@ -88,8 +88,8 @@ def engine_of(url: str) -> sa.Engine:
 
 def test_migrate_from_empty_creates_the_schema_once(event_db_url: str) -> None:
     with EventStore(event_db_url) as store:
-        assert store.migrate() == len(migrations.MIGRATIONS) == 2
-        assert store.migrate() == 2  # idempotent
+        assert store.migrate() == len(migrations.MIGRATIONS) == 3
+        assert store.migrate() == 3  # idempotent
     engine = engine_of(event_db_url)
     try:
         inspector = sa.inspect(engine)
@@ -105,7 +105,7 @@ def test_migrate_from_empty_creates_the_schema_once(event_db_url: str) -> None:
         assert {"ix_events_site_closed", "ux_events_open_condition", "ix_events_raised"} <= indexes
         with engine.connect() as conn:
             rows = conn.execute(sa.select(migrations.schema_version.c.version)).all()
-        assert [r.version for r in rows] == [1, 2]
+        assert [r.version for r in rows] == [1, 2, 3]
     finally:
         engine.dispose()
 
@@ -126,9 +126,9 @@ def test_later_steps_apply_in_order_one_transaction_each(event_db_url: str) -> N
     ]
     engine = engine_of(event_db_url)
     try:
-        assert migrations.migrate(engine, migrations.MIGRATIONS) == 2
-        assert migrations.migrate(engine, steps) == 4
-        assert migrations.migrate(engine, steps) == 4
+        assert migrations.migrate(engine, migrations.MIGRATIONS) == 3
+        assert migrations.migrate(engine, steps) == 5
+        assert migrations.migrate(engine, steps) == 5
         assert applied == [3]
         columns = {c["name"] for c in sa.inspect(engine).get_columns("extra")}
         assert columns == {"id", "note"}
@@ -148,7 +148,7 @@ def test_a_failing_step_leaves_the_previous_version(event_db_url: str) -> None:
         # Transactional DDL on both databases: the half-made table went with the step.
         assert not sa.inspect(engine).has_table("half_done")
         with engine.connect() as conn:
-            assert migrations.current_version(conn) == 2
+            assert migrations.current_version(conn) == 3
     finally:
         engine.dispose()
 
@@ -164,7 +164,7 @@ def test_a_newer_schema_is_refused(event_db_url: str) -> None:
         engine.dispose()
     with EventStore(event_db_url) as store, pytest.raises(SchemaTooNew) as caught:
         store.migrate()
-    assert (caught.value.found, caught.value.known) == (7, 2)
+    assert (caught.value.found, caught.value.known) == (7, 3)
     assert "upgrade GridWatch" in str(caught.value)
     assert isinstance(caught.value, StoreError)
 
@@ -187,7 +187,7 @@ def test_plain_postgresql_urls_use_psycopg(postgres_url: str) -> None:
     url = create_database(postgres_url, name).replace("postgresql+psycopg://", "postgresql://")
     try:
         with EventStore(url) as store:
-            assert store.migrate() == 2
+            assert store.migrate() == len(migrations.MIGRATIONS)
             store.save([raised("e1")])
             assert store.get("e1") is not None
     finally:
@@ -489,3 +489,45 @@ def test_unknown_event_is_a_store_error() -> None:
     assert issubclass(UnknownEvent, StoreError)
     assert issubclass(StaleEvent, StoreError)
     assert "e9" in str(UnknownEvent("e9"))
+
+
+def test_a_sinks_queue_is_read_in_order_without_sorting_it(tmp_path: Path) -> None:
+    # The dispatcher reads the first items of a sink's queue over and over while it
+    # drains: sorting the whole queue for each read made a backlog's drain quadratic.
+    path = tmp_path / "events.db"
+    with EventStore(f"sqlite:///{path}") as store:
+        store.migrate()
+        store.save([raised("e1"), raised("e2", "k2")], sinks=["mqtt"])
+        seen: list[tuple[str, Any]] = []
+        engine = store._engine
+
+        def capture(_c: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
+            if "FROM outbox" in statement and "ORDER BY" in statement:
+                seen.append((statement, params))
+
+        sa.event.listen(engine, "before_cursor_execute", capture)
+        assert len(store.outbox_due("mqtt", 2**62, 1)) == 1
+        sa.event.remove(engine, "before_cursor_execute", capture)
+        ((statement, params),) = seen
+    conn = sqlite3.connect(path)
+    try:
+        plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", params))
+    finally:
+        conn.close()
+    assert "ix_outbox_sink_queue" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_version_2_store_gets_the_queue_index(event_db_url: str) -> None:
+    engine = engine_of(event_db_url)
+    try:
+        assert migrations.migrate(engine, migrations.MIGRATIONS[:2]) == 2
+        with engine.begin() as conn:  # the outbox's index as v1 made it before v3
+            conn.execute(sa.text("DROP INDEX ix_outbox_sink_queue"))
+            conn.execute(
+                sa.text("CREATE INDEX ix_outbox_sink_due ON outbox (sink, failed, next_attempt_ms)")
+            )
+        assert migrations.migrate(engine) == 3
+        indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("outbox")}
+        assert "ix_outbox_sink_queue" in indexes and "ix_outbox_sink_due" not in indexes
+    finally:
+        engine.dispose()
