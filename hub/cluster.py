@@ -170,6 +170,8 @@ class ClusterNode:
         self.live_nodes: list[str] = []
         self.table: list[Lease] = []
         self._db_ok_at = time.monotonic()
+        self.api_url: str | None = None
+        """Where this node serves the API (`api.enabled`), for `gridwatch status`."""
         # Where this node starts looking for partitions: nodes starting together then
         # try different ones first instead of all racing for partition 0.
         self._first = zlib.crc32(self.node_id.encode()) % self.partitions
@@ -183,6 +185,7 @@ class ClusterNode:
         # before the node takes any lease.
         api = await asyncio.to_thread(self._api)
         serving = asyncio.create_task(api.run(), name="api") if api is not None else None
+        self.api_url = api.url if api is not None else None
         try:
             await self._run(stop)
         finally:
@@ -524,6 +527,7 @@ class ClusterNode:
                 "running": running,
                 "pid": os.getpid(),
                 "client_id": self.node_id,
+                "api": self.api_url,
             },
         )
 

@@ -116,6 +116,7 @@ def format_cluster_status(data: dict[str, Any], *, leases: bool = True) -> str:
         f"cluster node {cluster['node']} pid {data.get('pid')}: {state}",
         f"  live nodes    {', '.join(cluster['live_nodes']) or '-'}   "
         f"share {cluster['share']} partitions",
+        f"  api           {data.get('api') or 'off'}",
         "  owned         partition  token  hub pid  starts  connected  received  lag s  sites",
     ]
     for name, part in cluster["partitions"].items():

@@ -17,6 +17,8 @@ import httpx
 from accounts.roles import Role
 from accounts.users import UserStore
 from devstack.stack import ManagedProcess, free_port
+from hub.cli.status import format_cluster_status
+from ingest.status import read_status
 from tests.cluster.test_site_refresh import PARTITIONS, partition_status, wait_for
 from tests.support.publishers import Publisher
 
@@ -69,11 +71,18 @@ def test_a_node_serves_the_api_for_every_partition(
                 return False
 
         wait_for("the node's /readyz says ready", ready, log)
+        node_status = wait_for(
+            "the node's status naming its API",
+            lambda: (found := read_status(data / "nodes" / "solo") or {}).get("api") and found,
+            log,
+        )
+        assert node_status["api"] == f"http://127.0.0.1:{port}"
+        assert f"api           http://127.0.0.1:{port}" in format_cluster_status(
+            {**node_status, "alive": True}
+        )
         publisher = Publisher(mosquitto.port, "pub-node-api")
         body = {"ts": int(time.time() * 1000), "seq": 1, "event": "door_forced"}
-        publisher.publish(
-            "gw/v1/yingyang/access/ac-gate-south/event", json.dumps(body).encode()
-        )
+        publisher.publish("gw/v1/yingyang/access/ac-gate-south/event", json.dumps(body).encode())
         publisher.wait(30)
         publisher.close()
         token = api.post(
