@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from accounts.users import UserStore
 from devstack.stack import ManagedProcess, free_port
 from hub.cli.status import format_cluster_status
 from ingest.status import read_status
-from tests.cluster.test_site_refresh import PARTITIONS, partition_status, wait_for
+from tests.cluster.nodes import partition_status, start_node, wait_for
 from tests.support.publishers import Publisher
 
 PASSWORD = "node-api-password"
@@ -35,27 +34,14 @@ def test_a_node_serves_the_api_for_every_partition(
     finally:
         users.close()
     data, port = tmp_path / "data", free_port()
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
-        f'[influx]\nurl = "http://127.0.0.1:{influxdb.port}"\ndatabase = "nodeapi"\n'
-        f'[spool]\ndirectory = "{tmp_path / "spool"}"\n'
-        f'[deadletters]\ndirectory = "{tmp_path / "dead"}"\n'
-        f'[hub]\ndata_dir = "{data}"\nstatus_interval_s = 0.2\n'
-        f'[events]\nstore_url = "{postgres_db}"\n'
-        f'[api]\nhost = "127.0.0.1"\nport = {port}\n'
-        f'[cluster]\nenabled = true\nnode_id = "solo"\npartitions = {PARTITIONS}\n'
-        "lease_ttl_s = 3.0\n"
+    node, log = start_node(
+        tmp_path,
+        mosquitto,
+        influxdb,
+        postgres_db,
+        "nodeapi",
+        f'[api]\nhost = "127.0.0.1"\nport = {port}\n',
     )
-    log = tmp_path / "node.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
-    with log.open("wb") as out:
-        node = subprocess.Popen(
-            [sys.executable, "-m", "hub", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
         wait_for(

@@ -5,42 +5,19 @@ the broker drops nothing. A real node process, Mosquitto, InfluxDB and PostgreSQ
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from cluster.partitions import CATCH_ALL, partition_name, partition_of
+from cluster.partitions import CATCH_ALL, partition_of
 from devstack.stack import ManagedProcess
-from ingest.status import read_status
 from registry.schema import SiteSpec
 from registry.store import RegistryStore
 from simulators.traffic import make_fleet, message
+from tests.cluster.nodes import PARTITIONS, partition_status, start_node, wait_for
 from tests.support.hub import target
 from tests.support.publishers import Publisher, count_points
-
-PARTITIONS = 2
-
-
-def wait_for(what: str, check: Any, log: Path, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout_s} s; node log:\n{log.read_text()[-3000:]}")
-
-
-def partition_status(data: Path, site: str) -> dict[str, Any]:
-    folder = data / "partitions" / partition_name(partition_of(site, PARTITIONS))
-    try:
-        return read_status(folder) or {}
-    except (OSError, ValueError):
-        return {}
 
 
 def publish_smoke(port: int, site: str, n: int) -> None:
@@ -63,27 +40,14 @@ def test_a_newly_registered_site_is_read_by_its_partitions_hub(
     assert partition_of(new_site, PARTITIONS) != partition_of("yingyang", PARTITIONS)
     assert partition_of("yingyang", PARTITIONS) == CATCH_ALL
     data = tmp_path / "data"
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
-        f'[influx]\nurl = "http://127.0.0.1:{influxdb.port}"\ndatabase = "refresh"\n'
-        f'[spool]\ndirectory = "{tmp_path / "spool"}"\n'
-        f'[deadletters]\ndirectory = "{tmp_path / "dead"}"\n'
-        f'[hub]\ndata_dir = "{data}"\nstatus_interval_s = 0.2\n'
-        f'[events]\nstore_url = "{postgres_db}"\n'
-        "[api]\nenabled = false\n[registry]\nrefresh_s = 1.0\n"
-        f'[cluster]\nenabled = true\nnode_id = "solo"\npartitions = {PARTITIONS}\n'
-        "lease_ttl_s = 3.0\n"
+    node, log = start_node(
+        tmp_path,
+        mosquitto,
+        influxdb,
+        postgres_db,
+        "refresh",
+        "[api]\nenabled = false\n[registry]\nrefresh_s = 1.0\n",
     )
-    log = tmp_path / "node.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
-    with log.open("wb") as out:
-        node = subprocess.Popen(
-            [sys.executable, "-m", "hub", "run", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
     try:
         wait_for(
             "yingyang's hub connected",
