@@ -4,6 +4,7 @@ waiting on what it and its partitions' hubs write."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,3 +66,13 @@ def start_node(
             env=env,
         )
     return node, log
+
+
+def stop_node(node: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
+    """SIGTERM, as an operator stops it; killed (and an error) if it hangs. Its status."""
+    node.send_signal(signal.SIGTERM)
+    try:
+        return node.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        raise

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from accounts.users import UserStore
 from devstack.stack import ManagedProcess, free_port
 from hub.cli.status import format_cluster_status
 from ingest.status import read_status
-from tests.cluster.nodes import partition_status, start_node, wait_for
+from tests.cluster.nodes import partition_status, start_node, stop_node, wait_for
 from tests.support.publishers import Publisher
 
 PASSWORD = "node-api-password"
@@ -97,10 +96,5 @@ def test_a_node_serves_the_api_for_every_partition(
         wait_for("the node restarted the hub and is ready again", ready, log)
     finally:
         api.close()
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(60)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            raise
-    assert node.returncode == 0, log.read_text()[-3000:]
+        code = stop_node(node)
+    assert code == 0, log.read_text()[-3000:]

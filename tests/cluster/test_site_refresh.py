@@ -6,7 +6,6 @@ the broker drops nothing. A real node process, Mosquitto, InfluxDB and PostgreSQ
 from __future__ import annotations
 
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from devstack.stack import ManagedProcess
 from registry.schema import SiteSpec
 from registry.store import RegistryStore
 from simulators.traffic import make_fleet, message
-from tests.cluster.nodes import PARTITIONS, partition_status, start_node, wait_for
+from tests.cluster.nodes import PARTITIONS, partition_status, start_node, stop_node, wait_for
 from tests.support.hub import target
 from tests.support.publishers import Publisher, count_points
 
@@ -120,5 +119,4 @@ def test_a_newly_registered_site_is_read_by_its_partitions_hub(
         assert "sites now newtown, yingyang" in log.read_text()
         assert "exited with status" not in log.read_text()  # a restart, not a failure
     finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(60)
+        stop_node(node)
