@@ -99,6 +99,9 @@ class ClusterDrillOptions:
     """"mosquitto", or "nats" (NATS 2.9's MQTT 3.1.1, the second broker)."""
 
 
+TAKEOVER_MARGIN_S: Final = 1.0
+"""`cluster.takeover_wait_s` on NATS is `ack_wait` and this (the broker's ack timer is
+checked on its own period, not at the exact instant)."""
 NATS_ACK_WAIT_S: Final = 5.0
 """On NATS, what a killed hub received but never acknowledged comes back `ack_wait` after
 it was first sent (30 s by default), not at the next owner's connect: shorter here, so
@@ -329,6 +332,8 @@ class _LiveCluster:
                     f'[cluster]\nenabled = true\nnode_id = "{node}"\n'
                     f"partitions = {options.partitions}\nlease_ttl_s = {options.lease_ttl_s}\n"
                 )
+                if options.broker == "nats":  # its redelivery waits for ack_wait
+                    extra += f"takeover_wait_s = {NATS_ACK_WAIT_S + TAKEOVER_MARGIN_S}\n"
                 data_dir = data_dir / "nodes" / node
             config = hub_config(
                 self.dir / f"{node}.toml",

@@ -443,6 +443,13 @@ class ClusterSettings(_Section):
     """A lease not renewed for this long may be taken by another hub: a dead hub's
     partitions are owned again within about this long plus two renewal periods (a
     third of it each)."""
+    takeover_wait_s: float = Field(default=0.0, ge=0.0, le=600.0)
+    """After taking a partition whose owner died (its lease expired, not released), its
+    hub connects only this long after the expiry. For a broker that sends a dead
+    session's unacknowledged messages again only when an ack timeout runs out (NATS:
+    the MQTT `ack_wait`, 30 s by default): set it to that timeout, and they come before
+    anything newer instead of after it. 0 for Mosquitto, which sends them at the
+    reconnect, in order (docs/scaling.md)."""
     sites: list[str] = Field(default_factory=list)
     """Site ids to partition besides those the rules' directory knows (the registry's and
     `events.sites`): sites with no site file or registry entry, e.g. ingest-only ones."""
