@@ -100,8 +100,8 @@ class ClusterDrillOptions:
 
 
 TAKEOVER_MARGIN_S: Final = 1.0
-"""`cluster.takeover_wait_s` on NATS is `ack_wait` and this (the broker's ack timer is
-checked on its own period, not at the exact instant)."""
+"""`cluster.takeover_wait_s` on NATS is `ack_wait` and this: one renewal period of the
+drill's 3 s lease (an owner that only lost its lease stops its hub within one)."""
 NATS_ACK_WAIT_S: Final = 5.0
 """On NATS, what a killed hub received but never acknowledged comes back `ack_wait` after
 it was first sent (30 s by default), not at the next owner's connect: shorter here, so

@@ -427,11 +427,10 @@ class ClusterNode:
                 owned.start_at = read_at + lease.expires_in_s + self.takeover_wait_s
                 log.info(
                     "partition %s: %s's lease expired; its hub connects %.1f s from now, "
-                    "when the broker has sent back what %s left unacknowledged",
+                    "when the broker has sent back what that owner left unacknowledged",
                     partition_name(partition),
                     lease.owner,
                     max(0.0, owned.start_at - time.monotonic()),
-                    lease.owner,
                 )
             wanted -= 1
 

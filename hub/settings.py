@@ -447,9 +447,10 @@ class ClusterSettings(_Section):
     """After taking a partition whose owner died (its lease expired, not released), its
     hub connects only this long after the expiry. For a broker that sends a dead
     session's unacknowledged messages again only when an ack timeout runs out (NATS:
-    the MQTT `ack_wait`, 30 s by default): set it to that timeout, and they come before
-    anything newer instead of after it. 0 for Mosquitto, which sends them at the
-    reconnect, in order (docs/scaling.md)."""
+    the MQTT `ack_wait`, 30 s by default): set it to that timeout plus one renewal period
+    (a third of `lease_ttl_s`: an owner that only lost its lease stops its hub within
+    one), and they come before anything newer instead of after it. 0 for Mosquitto,
+    which sends them at the reconnect, in order (docs/scaling.md)."""
     sites: list[str] = Field(default_factory=list)
     """Site ids to partition besides those the rules' directory knows (the registry's and
     `events.sites`): sites with no site file or registry entry, e.g. ingest-only ones."""
