@@ -64,6 +64,8 @@ class IngestionView:
     """Supervised background tasks that are not running, with why."""
     storage_error: Callable[[], str | None] = lambda: None
     """Why the spool's disk refuses writes (full, I/O error); None while it takes them."""
+    connect_in_s: Callable[[], float] = lambda: 0.0
+    """How long the hub still waits before it connects (`mqtt.resume_wait_s`), else 0."""
     pause_grace_s: float = 30.0
     """A pause shorter than this is back-pressure doing its job, not a problem."""
     writer_grace_s: float = 60.0
@@ -89,6 +91,11 @@ def with_ingestion(probes: Mapping[str, ReadyProbe], view: IngestionView) -> dic
 
     def broker() -> str | None:
         if not view.connected():
+            if (wait := view.connect_in_s()) > 0:
+                return (
+                    f"the hub connects in {wait:.0f} s, once the broker has queued again what "
+                    "it sent the previous run unacknowledged (mqtt.resume_wait_s)"
+                )
             return "the hub is not connected to the broker"
         if (error := view.storage_error()) is not None:
             return f"the spool's disk refuses writes ({error}): nothing is acknowledged"

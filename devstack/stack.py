@@ -155,9 +155,15 @@ def _apt_update() -> None:
     _apt(["apt-get", "update"])
 
 
+APT_LOCK_WAIT_S = 600
+
+
 def _apt(argv: list[str]) -> None:
-    """Run apt non-interactively, turning failure into a StackError with its output."""
+    """Run apt non-interactively, turning failure into a StackError with its output.
+    Another apt run holding dpkg's lock (a user's install, unattended upgrades) is
+    waited for, not a failure."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    argv = [argv[0], "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}", *argv[1:]]
     try:
         res = subprocess.run(
             argv, env=env, capture_output=True, text=True, timeout=900, check=False

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
 import shutil
@@ -90,7 +91,13 @@ class ClusterDrillOptions:
     partitions: int = 8
     lease_ttl_s: float = 3.0
     kill_at: float | None = 0.4
-    """Fraction of the stream published when a node is SIGKILLed; None: no kill."""
+    """Fraction of the stream published when the fault strikes; None: no fault."""
+    fault: str = "kill"
+    """"kill": SIGKILL the node (its partitions' hubs die with it). "stall": SIGSTOP the
+    node process alone for `stall_s`, its hubs running on: its leases expire, other
+    nodes take its partitions while its hubs still hold them (the fencing path)."""
+    stall_s: float | None = None
+    """How long a stall lasts; None: twice the lease time to live."""
     rejoin: bool = True
     """Start the killed node again once its partitions were taken over."""
     scenarios: tuple[str, ...] = ()
@@ -99,9 +106,16 @@ class ClusterDrillOptions:
     """"mosquitto", or "nats" (NATS 2.9's MQTT 3.1.1, the second broker)."""
 
 
-TAKEOVER_MARGIN_S: Final = 1.0
-"""`cluster.takeover_wait_s` on NATS is `ack_wait` and this: one renewal period of the
-drill's 3 s lease (an owner that only lost its lease stops its hub within one)."""
+OWNERSHIP_LINE: Final = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) +\w+ +hub\.cluster: "
+    r"(?P<what>(partition p\d+: (owned|given up|our lease|its hub exited|\S+'s lease)|"
+    r"cluster node |cluster: ).*)$"
+)
+"""A node's log line about a partition changing hands (`hub.cluster`'s wording)."""
+
+RESUME_MARGIN_S: Final = 1.0
+"""`mqtt.resume_wait_s` on NATS is `ack_wait` and this: a hub is last seen in its status
+file, written every `STATUS_INTERVAL_S`, before it dies (docs/scaling.md)."""
 NATS_ACK_WAIT_S: Final = 5.0
 """On NATS, what a killed hub received but never acknowledged comes back `ack_wait` after
 it was first sent (30 s by default), not at the next owner's connect: shorter here, so
@@ -121,6 +135,9 @@ class ClusterRun:
     read_again_s: float | None = None
     """Kill to every one of those partitions' new hubs connected."""
     node_statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ownership: list[str] = field(default_factory=list)
+    """What the nodes logged of partitions changing hands (from their logs): the first
+    thing to read when the cluster's events differ from one hub's."""
 
 
 @dataclass(slots=True)
@@ -152,6 +169,7 @@ class ClusterDrillReport:
                 "faults": r.faults,
                 "owned_again_s": r.owned_again_s,
                 "read_again_s": r.read_again_s,
+                "ownership": r.ownership,
             }
 
         return {
@@ -317,6 +335,7 @@ class _LiveCluster:
             self.broker = start_mosquitto(self.dir / "mosquitto", free_port())
         self.faults: list[str] = []
         self._t0 = time.monotonic()
+        self._t0_wall = time.time()
         # The sites' last readings, per partition: when each partition's hub is done.
         self.partition_last: dict[int, int] = {}
         for m in stream.messages:
@@ -332,8 +351,6 @@ class _LiveCluster:
                     f'[cluster]\nenabled = true\nnode_id = "{node}"\n'
                     f"partitions = {options.partitions}\nlease_ttl_s = {options.lease_ttl_s}\n"
                 )
-                if options.broker == "nats":  # its redelivery waits for ack_wait
-                    extra += f"takeover_wait_s = {NATS_ACK_WAIT_S + TAKEOVER_MARGIN_S}\n"
                 data_dir = data_dir / "nodes" / node
             config = hub_config(
                 self.dir / f"{node}.toml",
@@ -346,6 +363,13 @@ class _LiveCluster:
                 sites=refs,
                 extra=extra,
                 mqtt_protocol="3.1.1" if options.broker == "nats" else None,
+                # NATS re-sends what a dead hub left unacked only after ack_wait: a hub
+                # connects once that has run out since its partition's last hub was seen.
+                mqtt_extra=(
+                    f"resume_wait_s = {NATS_ACK_WAIT_S + RESUME_MARGIN_S}\n"
+                    if options.broker == "nats"
+                    else ""
+                ),
             )
             self.hubs[node] = _Hub(config, data_dir, self.dir / f"{node}.log")
         self.clustered = nodes > 0
@@ -361,11 +385,14 @@ class _LiveCluster:
             for hub in self.hubs.values():
                 hub.start()
             self._wait_reading()
-            self._t0 = time.monotonic()
+            self._t0, self._t0_wall = time.monotonic(), time.time()
             publisher.start()
             self.say(f"publishing {len(self.stream.messages):,} messages")
             if self.clustered and self.options.kill_at is not None:
-                self._kill_one(publisher, run)
+                if self.options.fault == "stall":
+                    self._stall_one(publisher, run)
+                else:
+                    self._kill_one(publisher, run)
             publisher.join(STALL_S)
             self.say("publisher done; waiting for every partition to decide and store")
             self._wait_settled()
@@ -388,6 +415,7 @@ class _LiveCluster:
         run.points = self._points()
         run.health = read_health(self.store_url)
         run.faults = self.faults
+        run.ownership = self._ownership()
         return run
 
     # ------------------------------------------------------------------ progress
@@ -450,41 +478,90 @@ class _LiveCluster:
 
     # ------------------------------------------------------------------ the fault
 
-    def _kill_one(self, publisher: _Publisher, run: ClusterRun) -> None:
+    def _victim(self, publisher: _Publisher) -> tuple[str, list[int]]:
+        """Once `kill_at` of the stream is out: the node owning the most partitions with
+        sites, and those partitions."""
         assert self.options.kill_at is not None
         target = round(self.options.kill_at * len(self.stream.messages))
         while publisher.released < target and not publisher.done.is_set():
             time.sleep(0.01)
         owners = self._owners()
         victim = max(self.hubs, key=lambda n: (len(owners.get(n, [])), n))
-        lost = owners.get(victim, [])
+        return victim, owners.get(victim, [])
+
+    def _stall_one(self, publisher: _Publisher, run: ClusterRun) -> None:
+        """Freeze the node process (not its hubs) past its leases, then let it go on: it
+        must find its leases taken and stop its hubs, whose writes meanwhile the fence
+        refused."""
+        victim, lost = self._victim(publisher)
+        stall_s = self.options.stall_s or 2 * self.options.lease_ttl_s
+        pid = self.hubs[victim].pid
+        # Their hubs now: "read again" is a hub of another pid reading.
+        before = {p: s.get("pid") for p, s in self._partition_statuses().items() if p in lost}
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        self._note(
+            f"SIGSTOP {victim} for {stall_s:g} s (partitions "
+            f"{', '.join(map(partition_name, lost))}; its hubs run on)"
+        )
+        try:
+            self._wait_taken_over(victim, lost, stopped_at, run, until_s=stall_s, old=before)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self._note(f"SIGCONT {victim}")
+        if run.owned_again_s is not None:
+            self._wait_taken_over(victim, lost, stopped_at, run, old=before)
+
+    def _kill_one(self, publisher: _Publisher, run: ClusterRun) -> None:
+        victim, lost = self._victim(publisher)
         self.hubs[victim].kill()
         killed_at = time.monotonic()
         self._note(f"SIGKILL {victim} (partitions {', '.join(map(partition_name, lost))})")
+        self._wait_taken_over(victim, lost, killed_at, run)
+        if self.options.rejoin:
+            self.hubs[victim].start()
+            self._note(f"{victim} started again (the others hand partitions back)")
+
+    def _wait_taken_over(
+        self,
+        victim: str,
+        lost: list[int],
+        since: float,
+        run: ClusterRun,
+        until_s: float | None = None,
+        old: dict[int, Any] | None = None,
+    ) -> None:
+        """Until `lost` are owned by other nodes and their hubs there read (timed from
+        `since` into `run`); or until `until_s` after `since`, whichever comes first.
+        `old`: partition -> the pid of its hub before the fault, which may run on (a
+        stall) and does not count as reading again."""
+        old = old or {}
         table = LeaseTable(self.store_url)
         try:
             while run.owned_again_s is None or run.read_again_s is None:
                 now = time.monotonic()
+                if until_s is not None and now - since >= until_s:
+                    return
                 leases = {x.partition: x for x in table.table()}
                 if run.owned_again_s is None and all(
                     leases[p].live and leases[p].owner != victim for p in lost
                 ):
-                    run.owned_again_s = now - killed_at
+                    run.owned_again_s = now - since
                     self._note(f"its partitions owned again after {run.owned_again_s:.1f} s")
                 statuses = self._partition_statuses()
                 if run.owned_again_s is not None and all(
-                    statuses.get(p, {}).get("alive") and statuses[p].get("connected") for p in lost
+                    statuses.get(p, {}).get("alive")
+                    and statuses[p].get("connected")
+                    and (old.get(p) is None or statuses[p].get("pid") != old[p])
+                    for p in lost
                 ):
-                    run.read_again_s = now - killed_at
+                    run.read_again_s = now - since
                     self._note(f"and read again after {run.read_again_s:.1f} s")
-                if now - killed_at > 60:
+                if now - since > 60:
                     raise DrillError(f"{self.name}: {victim}'s partitions not taken over in 60 s")
                 time.sleep(0.05)
         finally:
             table.close()
-        if self.options.rejoin:
-            self.hubs[victim].start()
-            self._note(f"{victim} started again (the others hand partitions back)")
 
     def _owners(self) -> dict[str, list[int]]:
         """Node -> the partitions with sites it holds now."""
@@ -498,6 +575,22 @@ class _LiveCluster:
             if lease.live and lease.owner and lease.partition in self.partition_last:
                 owners.setdefault(lease.owner, []).append(lease.partition)
         return owners
+
+    def _ownership(self) -> list[str]:
+        """The nodes' log lines about partitions changing hands, in time order, timed
+        from the start of publishing."""
+        if not self.clustered:
+            return []
+        found: list[tuple[float, str]] = []
+        for node, hub in self.hubs.items():
+            with contextlib.suppress(OSError):
+                for line in hub.log.read_text(errors="replace").splitlines():
+                    moved = OWNERSHIP_LINE.match(line)
+                    if moved is None:
+                        continue
+                    at = datetime.strptime(moved["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    found.append((at - self._t0_wall, f"{node}: {moved['what']}"))
+        return [f"{at:+.1f}s {what}" for at, what in sorted(found)]
 
     def _note(self, text: str) -> None:
         self.faults.append(f"+{time.monotonic() - self._t0:.1f}s {text}")
@@ -533,5 +626,7 @@ def format_cluster_report(report: ClusterDrillReport) -> str:
             f"  takeover     owned again {c.owned_again_s:.1f} s (target ≤ "
             f"{RECOVERY_TARGET_S:.0f} s), read again {c.read_again_s or 0:.1f} s"
         )
+    if report.differences:  # who owned what when: where to look for the cause
+        lines += [f"  ownership    {line}" for line in c.ownership]
     lines += [f"  DIFFERENCE   {d}" for d in report.differences[:50]]
     return "\n".join(lines)

@@ -41,7 +41,7 @@ FRAME_RECORDS: Final = 500
 """Records per log frame (the intake's fsync batches are of this order flat out)."""
 PROBE_EVERY: Final = 2_000
 """One `door_forced` probe among this many messages (every 100 ms at 20,000 msg/s)."""
-STAGES: Final = ("read", "rules", "commit", "outbox")
+STAGES: Final = ("read", "rules", "commit", "anomaly", "outbox")
 
 T = TypeVar("T")
 

@@ -680,6 +680,7 @@ def hub_config(
     sites: Sequence[str] = (),
     extra: str = "",
     mqtt_protocol: str | None = None,
+    mqtt_extra: str = "",
 ) -> Path:
     """The default settings but for ports, paths, a fast status file, the harness's
     credential-hash key (rule keys name card and plate hashes) and time limits wide
@@ -693,6 +694,7 @@ def hub_config(
         f'[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\nclient_id = "{HUB_CLIENT_ID}"\n'
         "reconnect_min_s = 0.1\nreconnect_max_s = 2.0\n"
         + (f'protocol = "{mqtt_protocol}"\n' if mqtt_protocol else "")
+        + mqtt_extra
         + f'[influx]\nurl = "http://127.0.0.1:{influx_port}"\ndatabase = "{database}"\n'
         "flush_interval_s = 0.2\nretry_max_s = 2.0\n"
         f'[spool]\ndirectory = "{run_dir / "spool"}"\n'

@@ -92,8 +92,6 @@ class Owned:
     acquired_at: float = field(default_factory=time.time)
     restarting: bool = False
     """Its hub was told to stop because its sites changed: start it again at once."""
-    start_at: float = 0.0
-    """Monotonic time before which its hub does not start (`cluster.takeover_wait_s`)."""
 
 
 def partition_settings(
@@ -171,9 +169,6 @@ class ClusterNode:
         self.share = 0
         self.live_nodes: list[str] = []
         self.table: list[Lease] = []
-        self._table_read_at = time.monotonic()
-        """When `table` was read (its `expires_in_s` count from then)."""
-        self.takeover_wait_s = cfg.takeover_wait_s
         self._db_ok_at = time.monotonic()
         self.api_url: str | None = None
         """Where this node serves the API (`api.enabled`), for `gridwatch status`."""
@@ -235,14 +230,19 @@ class ClusterNode:
             if not owned.sites and owned.foreign is None:
                 continue  # nothing to read: no hub to run
             process = owned.process
-            if (wait := owned.start_at - time.monotonic()) > 0:
-                found[f"partition {partition_name(partition)}"] = (
-                    f"its hub connects in {wait:.0f} s, when the broker has sent back "
-                    "what the dead owner left unacknowledged (cluster.takeover_wait_s)"
-                )
-            elif process is None or process.returncode is not None:
+            name = f"partition {partition_name(partition)}"
+            if process is None or process.returncode is not None:
                 why = "" if process is None else f" (it exited with status {process.returncode})"
-                found[f"partition {partition_name(partition)}"] = f"its hub is not running{why}"
+                found[name] = f"its hub is not running{why}"
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                status = read_status(partition_dir(self.settings, partition)) or {}
+                if status.get("pid") == process.pid and status.get("connect_in_s"):
+                    found[name] = (
+                        f"its hub connects in {status['connect_in_s']:.0f} s, once the broker "
+                        "has queued again what the partition's last hub left unacknowledged "
+                        "(mqtt.resume_wait_s)"
+                    )
         return found
 
     def _storage_error(self) -> str | None:
@@ -339,9 +339,7 @@ class ClusterNode:
                 held = {**self.handing_over, **self.owned}
                 refused = [p for p, o in held.items() if not await self._renew(p, o.token)]
                 self.live_nodes = await asyncio.to_thread(self.leases.live_nodes)
-                read_at = time.monotonic()
                 self.table = await asyncio.to_thread(self.leases.table)
-                self._table_read_at = read_at
             except SQLAlchemyError as exc:
                 self._database_unreachable(exc)
             else:
@@ -402,7 +400,6 @@ class ClusterNode:
     async def _take(self, wanted: int, group: set[int]) -> None:
         order = [(self._first + i) % self.partitions for i in range(self.partitions)]
         leases = {lease.partition: lease for lease in self.table if not lease.live}
-        read_at = self._table_read_at
         for partition in order:
             if wanted == 0:
                 return
@@ -416,22 +413,12 @@ class ClusterNode:
             if token is None:
                 continue
             log.info("partition %s: owned (token %d)", partition_name(partition), token)
-            owned = self.owned[partition] = Owned(
+            self.owned[partition] = Owned(
                 partition,
                 token,
                 self.sites.get(partition, ()),
                 foreign_sites(partition, self.sites),
             )
-            lease = leases[partition]
-            if lease.owner is not None and self.takeover_wait_s > 0:  # died, not released
-                owned.start_at = read_at + lease.expires_in_s + self.takeover_wait_s
-                log.info(
-                    "partition %s: %s's lease expired; its hub connects %.1f s from now, "
-                    "when the broker has sent back what that owner left unacknowledged",
-                    partition_name(partition),
-                    lease.owner,
-                    max(0.0, owned.start_at - time.monotonic()),
-                )
             wanted -= 1
 
     def _give_up(self, partition: int) -> None:
@@ -476,8 +463,6 @@ class ClusterNode:
         if process is not None and process.returncode is None:
             return
         now = time.monotonic()
-        if now < owned.start_at:
-            return  # the broker is still to send back what the dead owner left
         if process is not None and not owned.restarting:
             if owned.exited_at is None:
                 owned.exited_at = now

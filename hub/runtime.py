@@ -70,7 +70,7 @@ from ingest.line_protocol import encode_point
 from ingest.session import SessionMemory
 from ingest.spool import CACHE_RECORDS, Spool
 from ingest.stats import IngestStats
-from ingest.status import write_status
+from ingest.status import read_status, write_status
 from ingest.writer import SpoolWriter
 from sensors.base import HUB_STATS, DecodeContext, keyed_hash
 from sensors.registry import KINDS
@@ -179,6 +179,8 @@ class Hub:
         )
         self.supervisor = Supervisor()
         self._reading_paused_since: float | None = None
+        self._connect_at = 0.0
+        """Wall clock before which the hub does not connect (`_resume_at`)."""
         self.intake = Intake(
             self.decoder,
             self.spool,
@@ -243,6 +245,7 @@ class Hub:
             writer_failing_s=self.watched_sink.failing_s,
             task_problems=self.task_problems,
             storage_error=lambda: self.stats.storage_error,
+            connect_in_s=lambda: max(0.0, self._connect_at - time.time()),
             pause_grace_s=READY_PAUSE_GRACE_S,
             writer_grace_s=READY_WRITER_GRACE_S,
         )
@@ -367,6 +370,9 @@ class Hub:
         """Run every task in one TaskGroup; return after a graceful stop."""
         stop = stop or asyncio.Event()
         self.spool.open()
+        # The log is ours now: its last writer is gone. Its status says when it was
+        # last seen (before the spool is used, its status file is not ours yet).
+        self._connect_at = self._resume_at()
         self._hold_log()
         # Redeliveries of what the log already holds (the broker saw no PUBACK for it).
         self.intake.dedup.remember(self.spool.tail_records(self.intake.dedup.capacity))
@@ -376,7 +382,7 @@ class Hub:
             async with asyncio.TaskGroup() as tasks:
                 # The pipeline: a failure here ends the hub (loudly, through the TaskGroup).
                 runners = [
-                    tasks.create_task(self.client.run(), name="mqtt"),
+                    tasks.create_task(self._connect(), name="mqtt"),
                     tasks.create_task(self.intake.run(), name="intake"),
                     tasks.create_task(self.writer.run(), name="writer"),
                 ]
@@ -444,6 +450,38 @@ class Hub:
             if idle and tick > last_tick:
                 self.intake.add_tick(tick)
                 last_tick = tick
+
+    def _resume_at(self) -> float:
+        """When the hub may connect (`mqtt.resume_wait_s` after the previous run was last
+        seen); 0 when at once."""
+        wait = self.settings.mqtt.resume_wait_s
+        if wait <= 0:
+            return 0.0
+        try:
+            last = read_status(self.settings.hub.data_dir)
+        except (OSError, ValueError) as exc:
+            log.warning("previous status unreadable (%s): waiting the whole %.0f s", exc, wait)
+            return time.time() + wait
+        if last is None:
+            return 0.0  # never ran here: the broker holds nothing sent to us
+        seen = float(last.get("written_at") or 0.0)
+        connect_at = min(seen, time.time()) + wait
+        if connect_at > time.time():
+            log.info(
+                "the previous run was last seen %.1f s ago: connecting in %.1f s, once the "
+                "broker has queued again what it sent that run unacknowledged "
+                "(mqtt.resume_wait_s)",
+                time.time() - seen,
+                connect_at - time.time(),
+            )
+        return connect_at
+
+    async def _connect(self) -> None:
+        """The MQTT client, after the resume wait (`_resume_at`)."""
+        delay = self._connect_at - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self.client.run()
 
     async def _graceful_stop(self, runners: list[asyncio.Task[None]]) -> None:
         mqtt_task, intake_task = runners[0], runners[1]
@@ -557,6 +595,8 @@ class Hub:
             subscription=" ".join(subscription_filters(self.settings)),
             influx=f"{self.settings.influx.api} {self.settings.influx.url}",
         )
+        if (left := self._connect_at - time.time()) > 0:
+            snapshot["connect_in_s"] = round(left, 1)  # the resume wait (`_resume_at`)
         snapshot.update(self.detection_status())
         if self._worker_cpu_at_first is not None:  # CPU of the hub's processes, both
             snapshot["first_received_cpu_s"] += self._worker_cpu_at_first

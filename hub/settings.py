@@ -71,6 +71,13 @@ class MqttSettings(_Section):
     """How long the broker keeps our queue while the hub is down."""
     reconnect_min_s: Positive = 0.5
     reconnect_max_s: Positive = 30.0
+    resume_wait_s: float = Field(default=0.0, ge=0.0, le=600.0)
+    """At start, the hub connects only this long after its previous run was last seen
+    (its status file's last write), so that a broker which sends unacknowledged messages
+    again only when an ack timeout runs out has queued them before newer ones. NATS: its
+    MQTT `ack_wait` (30 s by default) plus 1 s; else new messages come first and events
+    can differ from an uninterrupted run. 0 for Mosquitto, which re-sends them in order
+    at the reconnect (README, "Supported brokers")."""
 
     @field_validator("url")
     @classmethod
@@ -443,14 +450,6 @@ class ClusterSettings(_Section):
     """A lease not renewed for this long may be taken by another hub: a dead hub's
     partitions are owned again within about this long plus two renewal periods (a
     third of it each)."""
-    takeover_wait_s: float = Field(default=0.0, ge=0.0, le=600.0)
-    """After taking a partition whose owner died (its lease expired, not released), its
-    hub connects only this long after the expiry. For a broker that sends a dead
-    session's unacknowledged messages again only when an ack timeout runs out (NATS:
-    the MQTT `ack_wait`, 30 s by default): set it to that timeout plus one renewal period
-    (a third of `lease_ttl_s`: an owner that only lost its lease stops its hub within
-    one), and they come before anything newer instead of after it. 0 for Mosquitto,
-    which sends them at the reconnect, in order (docs/scaling.md)."""
     sites: list[str] = Field(default_factory=list)
     """Site ids to partition besides those the rules' directory knows (the registry's and
     `events.sites`): sites with no site file or registry entry, e.g. ingest-only ones."""

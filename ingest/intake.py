@@ -5,8 +5,9 @@ and its records (readings, rejections, clock ticks: what the rules and anomaly
 consumers evaluate, `ingest.records`). Consumers read the log after the fsync, each at
 its own position, so an acked reading reaches every consumer whatever crashes when.
 A redelivered reading (same device, seq and timestamp as one the log already holds), or
-a rejection sent again with MQTT's DUP flag whose topic and bytes the log holds, is
-acked and counted (`duplicates`), not logged twice.
+a message without a sequence number (a status, a rejection) sent again with MQTT's DUP
+flag whose content the log holds, is acked and counted (`duplicates`), not logged twice
+(`ingest.records.Deduplicator`).
 
 Messages are decoded as they arrive (synchronously, on the event loop) and grouped
 into batches; one batch at a time is written and fsynced on a worker thread while the
@@ -113,7 +114,8 @@ class Intake:
         self._on_persisted = on_persisted
         """Called after each fsync (wakes the consumers)."""
         self._dup = dup
-        """The DUP flag of the message being handled (consulted for rejections only)."""
+        """The DUP flag of the message being handled (what tells a redelivery of a
+        rejection, or of a reading without a sequence number, from a new message)."""
         self._storage_reminded = 0.0
         self._on_storage = on_storage
         """Called with the error when writes start failing, with None when they resume."""
@@ -172,7 +174,7 @@ class Intake:
                     batch.records.append(result)
         else:
             assert isinstance(result, Reading)
-            if self.dedup.seen(result):
+            if self.dedup.seen(result, self._dup()):
                 stats.duplicates += 1  # the log has it: acked, not logged again
             else:
                 batch.lines.append(line)

@@ -19,7 +19,7 @@ import marshal
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from ingest.decode import Rejected, RejectReason
 from sensors.base import Reading, new_reading
@@ -170,12 +170,21 @@ def event_time_ms(record: Record) -> int | None:
     return None
 
 
+K = TypeVar("K", int, tuple[str, int])
+
+
 class Deduplicator:
-    """Recognises a redelivered reading: the same device, sequence number and timestamp
-    as one of the last `capacity` readings that had a sequence number (and a redelivered
-    rejection: `seen_again`). The broker
-    re-sends what it sent but saw no PUBACK for (the hub crashed after the fsync),
-    and devices retry; either way the log holds the reading once."""
+    """Recognises a redelivered message, so that the log holds it once. The broker
+    re-sends what it sent but saw no PUBACK for (the hub crashed after the fsync, or was
+    killed when another took its partition), and devices retry.
+
+    - A reading with a sequence number: the same device, sequence number and timestamp
+      as one of the last `capacity` such readings.
+    - A reading without one (a status, a will, a device that sends no counter), and a
+      rejection: only MQTT's DUP flag says "sent again"; then the same content as one
+      of the last `capacity` logged (a reading's device, measurement, values and own
+      timestamp; a rejection's topic and bytes) is that one. Without DUP identical
+      content is a new message: a device may well say "offline" twice."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
@@ -183,14 +192,18 @@ class Deduplicator:
         # Oldest first; a deque frees each key as it ages out (a list compacted now and
         # then kept up to twice the capacity alive: 34 MB instead of 17 at 100,000).
         self._order: deque[tuple[str, int, int]] = deque()
+        self._unnumbered: dict[int, None] = {}
+        """Content hashes of recent readings without a sequence number, oldest first."""
         self._rejections: dict[tuple[str, int], None] = {}
         """(topic, payload CRC) of recent rejections, oldest first."""
 
-    def seen(self, reading: Reading) -> bool:
-        """True for a duplicate; otherwise remember the reading and return False."""
+    def seen(self, reading: Reading, dup: bool = False) -> bool:
+        """True for a duplicate; otherwise remember the reading and return False. `dup`:
+        the message came with MQTT's DUP flag (what a reading without a sequence number
+        is judged by)."""
         seq = reading.seq
         if seq is None:
-            return False
+            return self._seen_unnumbered(reading, dup)
         key = (reading.device, seq, reading.ts_ns)
         if key in self._seen:
             return True
@@ -200,17 +213,27 @@ class Deduplicator:
             self._seen.discard(self._order.popleft())
         return False
 
+    def _seen_unnumbered(self, reading: Reading, dup: bool) -> bool:
+        # An arrival stamp differs between the copies: only a device's own time counts.
+        at = reading.ts_ns if reading.ts_from_device else 0
+        key = hash((reading.device, reading.measurement, at, *sorted(reading.fields.items())))
+        return self._sent_again(self._unnumbered, key, dup)
+
     def seen_again(self, rejected: Rejected, dup: bool) -> bool:
         """For a rejection: True when it is a retransmission (MQTT DUP set) of one of
         the last `capacity` rejections the log holds, same topic and payload bytes;
         otherwise remember it and return False. Without DUP, identical bytes are a new
         message (a device may send the same garbage twice, and each is counted)."""
-        key = (rejected.topic, rejected.payload_digest)
-        if dup and key in self._rejections:
+        return self._sent_again(self._rejections, (rejected.topic, rejected.payload_digest), dup)
+
+    def _sent_again(self, recent: dict[K, None], key: K, dup: bool) -> bool:
+        """With DUP, whether `key` is among the `recent` (oldest first); else remember it,
+        forgetting the oldest past `capacity`."""
+        if dup and key in recent:
             return True
-        self._rejections[key] = None
-        if len(self._rejections) > self.capacity:
-            del self._rejections[next(iter(self._rejections))]
+        recent[key] = None
+        if len(recent) > self.capacity:
+            del recent[next(iter(recent))]
         return False
 
     def remember(self, records: Iterable[Record]) -> None:

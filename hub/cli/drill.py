@@ -141,9 +141,24 @@ def alarm_path(
     type=click.FloatRange(min=0, max=1),
     default=0.4,
     show_default=True,
-    help="SIGKILL the node owning the most sites once this share of the stream is out.",
+    help="The fault strikes the node owning the most sites once this share of the stream "
+    "is out.",
 )
-@click.option("--no-kill", is_flag=True, help="No node is killed.")
+@click.option("--no-kill", is_flag=True, help="No fault: no node is killed or stalled.")
+@click.option(
+    "--fault",
+    type=click.Choice(["kill", "stall"]),
+    default="kill",
+    show_default=True,
+    help="kill: SIGKILL the node and its hubs. stall: SIGSTOP the node process alone "
+    "(its hubs run on) past its leases, then SIGCONT: the fencing path.",
+)
+@click.option(
+    "--stall-s",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="How long a stall lasts [default: twice --lease-ttl-s].",
+)
 @click.option("--rejoin/--no-rejoin", default=True, show_default=True)
 @click.option(
     "--broker",
@@ -163,14 +178,17 @@ def cluster(
     lease_ttl_s: float,
     kill_at: float,
     no_kill: bool,
+    fault: str,
+    stall_s: float | None,
     rejoin: bool,
     broker: str,
     workdir: Path | None,
     as_json: bool,
 ) -> None:
     """Site-partitioned hubs (`cluster.enabled`) against one hub on the same multi-site
-    stream, with a node SIGKILLed mid-stream; exits 1 unless the events and stored points
-    are identical and its partitions were owned again within 10 s (docs/scaling.md)."""
+    stream, with a node SIGKILLed (or stalled past its leases) mid-stream; exits 1 unless
+    the events and stored points are identical and its partitions were owned again within
+    10 s (docs/scaling.md)."""
     from evaluation.cluster_drill import (
         ClusterDrillOptions,
         format_cluster_report,
@@ -187,6 +205,8 @@ def cluster(
         partitions=partitions,
         lease_ttl_s=lease_ttl_s,
         kill_at=None if no_kill else kill_at,
+        fault=fault,
+        stall_s=stall_s,
         rejoin=rejoin,
         workdir=workdir,
         broker=broker,

@@ -54,6 +54,11 @@ def format_status(data: dict[str, Any]) -> str:
         f"  connected     {data.get('connected')}   reconnects {data.get('reconnects')}"
         f"   sessions lost {data.get('sessions_lost', 0)}",
     ]
+    if data.get("connect_in_s"):
+        lines.append(
+            f"  WAITING       connects in {data['connect_in_s']:.0f} s, once the broker has "
+            "queued again what the previous run left unacknowledged (mqtt.resume_wait_s)"
+        )
     if data.get("storage_error"):
         lines.append(
             f"  STORAGE       {data['storage_error']}: not acknowledging for "

@@ -375,3 +375,42 @@ async def test_publishing_on_a_lost_connection_raises_instead_of_failing_silentl
         with pytest.raises(ConnectionLost):
             client.publish_nowait("gw/v1/s/smoke/d1/telemetry", b"{}", qos=1)
         await asyncio.wait_for(client.connected.wait(), 10)  # and it does reconnect
+
+
+async def test_a_redelivery_carries_the_dup_flag_a_first_delivery_does_not(
+    mosquitto: ManagedProcess,
+) -> None:
+    """What the hub's deduplication of messages without a sequence number (statuses,
+    wills, rejections) stands on: the broker marks what it sends again."""
+    flags: list[bool] = []
+
+    async def deliveries(expected: int) -> None:
+        clients: list[MqttClient] = []
+
+        def on_publish(topic: str, payload: bytes, qos: int, retain: bool, pid: int) -> None:
+            flags.append(clients[0].dispatching_dup)  # never acked: sent again next time
+
+        clients.append(
+            MqttClient(
+                "127.0.0.1",
+                mosquitto.port,
+                ConnectOptions(client_id="dup-flag"),
+                subscriptions=[("gw/v1/#", 1)],
+                on_publish=on_publish,
+            )
+        )
+        task = asyncio.create_task(clients[0].run())
+        try:
+            await asyncio.wait_for(clients[0].connected.wait(), 10)
+            if not flags:
+                await asyncio.to_thread(_publish, mosquitto.port, 3)
+            await _until(lambda: len(flags) == expected)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    await deliveries(3)
+    assert flags == [False, False, False]
+    await deliveries(6)
+    assert flags == [False, False, False, True, True, True]

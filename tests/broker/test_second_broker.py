@@ -52,14 +52,18 @@ def _client(
     received: list[Message],
     *,
     subscriptions: tuple[tuple[str, int], ...] = (("gw/v1/#", 1),),
+    dup_flags: list[bool] | None = None,
     **opts: Any,
 ) -> MqttClient:
-    """A 3.1.1 client with a persistent session (the hub's kind) unless `opts` say else."""
+    """A 3.1.1 client with a persistent session (the hub's kind) unless `opts` say else;
+    `dup_flags` gets each message's DUP flag."""
 
     def on_publish(topic: str, payload: bytes, qos: int, retain: bool, packet_id: int) -> None:
         received.append((topic, payload, qos, retain, packet_id))
+        if dup_flags is not None:
+            dup_flags.append(client.dispatching_dup)
 
-    return MqttClient(
+    client = MqttClient(
         HOST,
         port,
         ConnectOptions(client_id=client_id, **{"protocol": MQTT_V311, **opts}),
@@ -68,6 +72,7 @@ def _client(
         reconnect_min_s=0.05,
         reconnect_max_s=0.2,
     )
+    return client
 
 
 @contextlib.asynccontextmanager
@@ -137,7 +142,8 @@ async def test_unacked_messages_come_back_after_ack_wait_not_at_the_reconnect(
 ) -> None:
     """NATS sends an unacked QoS 1 message again `ack_wait` after it first sent it (the
     broker's setting, 30 s by default; 2 s here), not when the session reconnects as
-    MQTT 3.1.1 §4.4 says: a hub that crashed gets its unacked messages back that late."""
+    MQTT 3.1.1 §4.4 says: a hub that crashed gets its unacked messages back that late,
+    with the DUP flag set."""
     with running_nats(tmp_path / "nats", ack_wait_s=ACK_WAIT_S) as nats:
         received: list[Message] = []
         async with _running(_client(nats.port, "manual-ack", received)) as hub:
@@ -147,7 +153,8 @@ async def test_unacked_messages_come_back_after_ack_wait_not_at_the_reconnect(
             hub.ack(hub.generation, [pid for _, _, _, _, pid in received[:4]])
             await asyncio.sleep(0.3)  # let the PUBACKs reach the broker
         again: list[Message] = []
-        async with _running(_client(nats.port, "manual-ack", again)) as hub:
+        dups: list[bool] = []
+        async with _running(_client(nats.port, "manual-ack", again, dup_flags=dups)) as hub:
             assert hub.session_present
             await asyncio.sleep(0.5)
             assert again == []  # not at the reconnect
@@ -157,6 +164,8 @@ async def test_unacked_messages_come_back_after_ack_wait_not_at_the_reconnect(
             await asyncio.sleep(0.3)
     assert sorted(_payloads(again)) == sorted(_payloads(received)[4:])
     assert ACK_WAIT_S - 0.5 <= back_after <= ACK_WAIT_S + 2
+    # Marked as sent again: how the hub recognises a status or a rejection it logged.
+    assert dups == [True] * 6
 
 
 async def test_retained_status_reaches_later_subscribers(nats: ManagedProcess) -> None:

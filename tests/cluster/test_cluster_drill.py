@@ -35,10 +35,10 @@ def test_three_nodes_decide_as_one_hub_through_a_node_kill(tmp_path: Path) -> No
 def test_on_nats_two_nodes_decide_as_one_hub(tmp_path: Path) -> None:
     """The second broker (NATS 2.9, MQTT 3.1.1) in cluster mode, without a fault: the
     same events and points as one hub on NATS. A node kill on NATS is
-    `gridwatch drill cluster --broker nats`, a command: with `cluster.takeover_wait_s`
-    its events matched one hub's in 5 runs of 5, but this short version with a kill
-    failed 2 of 10 tries (the one examined: one event's return time), not explained yet
-    (docs/scaling.md)."""
+    `gridwatch drill cluster --broker nats`, a command: with `mqtt.resume_wait_s` (before
+    it, `cluster.takeover_wait_s`) its events matched one hub's in every run, but a short
+    version with a kill failed 2 of 10 tries (the one examined: one event's return
+    time), not explained yet (docs/scaling.md)."""
     said: list[str] = []
     options = ClusterDrillOptions(
         duration_s=3600.0, districts=2, nodes=2, partitions=4, kill_at=None, broker="nats"

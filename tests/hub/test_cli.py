@@ -191,6 +191,11 @@ def test_status_with_a_live_pid_says_running(
     assert result.exit_code == 0, result.output
     assert "running" in result.output
     assert "NOT RUNNING" not in result.output
+    assert "WAITING" not in result.output
+    # A hub waiting out `mqtt.resume_wait_s` says so.
+    write_status(tmp_path, {**snapshot(os.getpid()), "connected": False, "connect_in_s": 4.6})
+    result = runner.invoke(main, ["status"])
+    assert "WAITING       connects in 5 s" in result.output and "resume_wait_s" in result.output
 
 
 def test_status_json(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -124,9 +124,25 @@ def test_a_redelivered_reading_is_recognised() -> None:
     assert not dedup.seen(seq_reading("d2", 1))
     assert not dedup.seen(seq_reading("d1", 2))
     assert not dedup.seen(seq_reading("d1", 1, t=1.0))
-    # Without a sequence number nothing tells a redelivery from a new reading.
+    # Without a sequence number only MQTT's DUP flag tells a redelivery from a new
+    # reading: the same content without it is a new one (a device may repeat itself).
     assert not dedup.seen(seq_reading("d1", None))
     assert not dedup.seen(seq_reading("d1", None))
+    assert dedup.seen(seq_reading("d1", None), dup=True)
+    assert not dedup.seen(seq_reading("d1", None, t=5.0), dup=True)  # its own time differs
+    assert not dedup.seen(seq_reading("d2", None), dup=True)  # another device
+
+
+def test_an_untimed_message_sent_again_is_recognised_whatever_its_arrival() -> None:
+    """A status or a will carries no time of its own: each copy is stamped when it
+    arrives, so the copies differ in time and are the same message all the same."""
+    first = replace(seq_reading("d1", None), ts_from_device=False, ts_ns=at(1) * 1_000_000)
+    again = replace(first, ts_ns=at(9) * 1_000_000)
+    offline = replace(again, fields={"temperature": 99.0})
+    dedup = Deduplicator()
+    dedup.remember([first])  # in the log before a crash
+    assert dedup.seen(again, dup=True)
+    assert not dedup.seen(offline, dup=True)  # other values: another message
 
 
 def test_the_deduplicator_remembers_only_the_last_capacity_readings() -> None:
@@ -207,6 +223,25 @@ async def test_a_redelivered_reading_is_acked_and_logged_once(rig: Rig) -> None:
     assert [r.seq for r in logged(rig.spool) if isinstance(r, Reading)] == [5, None, None]
     assert rig.spool.synced_lines == 3
     assert persisted == [1, 3]  # after each fsync, records visible by then
+
+
+async def test_a_reading_without_seq_sent_again_with_dup_is_acked_and_logged_once(
+    rig: Rig,
+) -> None:
+    """A killed hub logged a status (no seq, no time) but its PUBACK never left: the
+    broker sends it again, with DUP, to the next hub of the log."""
+    intake = rig.intake()
+    dup = [False]
+    intake._dup = lambda: dup[0]
+    intake.on_publish(TOPIC, b'{"temperature": 21.5}', 1, False, 1)
+    await intake.drain()
+    rig.generation[0] = 2
+    dup[0] = True
+    intake.on_publish(TOPIC, b'{"temperature": 21.5}', 1, False, 1)
+    await intake.drain()
+    assert rig.stats.duplicates == 1 and rig.acks.calls == [(1, [1]), (2, [1])]
+    assert len([r for r in logged(rig.spool) if isinstance(r, Reading)]) == 1
+    assert rig.spool.synced_lines == 1
 
 
 async def test_ticks_are_logged_in_frames_of_their_own_and_the_writer_skips_them(
