@@ -162,13 +162,26 @@ def test_a_resume_after_missed_changes_asks_for_a_re_read(api: ApiHarness) -> No
     assert [f["event"] for f in garbled if "event" in f] == ["sync"]
 
 
-def test_a_closed_event_is_sent_and_silence_is_a_heartbeat(api: ApiHarness) -> None:
+def test_a_closed_event_is_sent_and_silence_is_a_heartbeat(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     event = api.raise_event(key="door-1", cell="yy-g02")
     cursor = cursor_of(open_versions(api.deps.events, "yingyang"))
     fast(api, lifetime_s=1.0, heartbeat_s=0.2)
+    # Closed after the stream's first read, else it is a resume that no longer holds the
+    # event (a sync, not a change): wait for that read rather than guess how long a
+    # loaded machine takes to open the stream.
+    first_read = threading.Event()
+
+    def reading(store: EventStore, site: str) -> dict[str, int]:
+        found = open_versions(store, site)
+        first_read.set()
+        return found
+
+    monkeypatch.setattr(stream_route, "open_versions", reading)
 
     def close_it() -> None:
-        time.sleep(0.2)
+        assert first_read.wait(10)
         api.clear_event(event)
         at = api.deps.clock_ms()
         api.deps.manager.act(event.id, Action.CLOSE, actor="op", at_ms=at, note="done")

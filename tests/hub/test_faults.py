@@ -214,7 +214,12 @@ async def test_broker_sigkill_mid_stream_keeps_the_session_and_loses_at_most_its
         thread, errors = _publish_in_background(
             mosquitto.port, _smoke_traffic(n, "f5"), 1000, "pub-f5"
         )
-        await asyncio.sleep(3)
+        # Mid-stream, and after the broker has saved at least once since the hub's
+        # session began (it saves every BROKER_AUTOSAVE_CHANGES changes): a fixed sleep
+        # killed it before its first save when the publisher started slowly.
+        await until(
+            lambda: hub.stats.received >= 2 * BROKER_AUTOSAVE_CHANGES, 30, "a saved broker"
+        )
         reconnects = hub.client.counters.reconnects
         await asyncio.to_thread(mosquitto.kill)
         await asyncio.sleep(1)
