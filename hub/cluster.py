@@ -337,22 +337,34 @@ class ClusterNode:
             try:
                 await asyncio.to_thread(self.leases.beat, self.node_id, self.ttl_s)
                 held = {**self.handing_over, **self.owned}
-                refused = [p for p, o in held.items() if not await self._renew(p, o.token)]
+                refused = [o for p, o in held.items() if not await self._renew(p, o.token)]
                 self.live_nodes = await asyncio.to_thread(self.leases.live_nodes)
                 self.table = await asyncio.to_thread(self.leases.table)
             except SQLAlchemyError as exc:
                 self._database_unreachable(exc)
             else:
                 self._db_ok_at = time.monotonic()
-                for partition in refused:
-                    log.error(
-                        "partition %s: our lease was taken by another node; stopping its hub now",
-                        partition_name(partition),
-                    )
-                    owned = self.owned.pop(partition, None) or self.handing_over.pop(partition)
-                    self._kill(owned)
+                for owned in refused:
+                    self._lost(owned)
                 self._renewed.set()
             await asyncio.sleep(self.period_s)
+
+    def _lost(self, owned: Owned) -> None:
+        """A renewal of `owned` was refused: another node took the partition, so its hub
+        stops now. Unless it is no longer ours anyway: a hand-over that finished while
+        the renewal was on its way released the lease itself (the refusal is ours)."""
+        partition = owned.partition
+        if self.owned.get(partition) is owned:
+            del self.owned[partition]
+        elif self.handing_over.get(partition) is owned:
+            del self.handing_over[partition]
+        else:
+            return
+        log.error(
+            "partition %s: our lease was taken by another node; stopping its hub now",
+            partition_name(partition),
+        )
+        self._kill(owned)
 
     async def _renew(self, partition: int, token: int) -> bool:
         return await asyncio.to_thread(
