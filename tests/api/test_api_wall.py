@@ -72,6 +72,20 @@ def stream(api: ApiHarness, last_id: str | None = None) -> str:
     return text
 
 
+def first_read_of_streams(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a stream has first read the open events: a test whose change must come
+    after that read waits for it rather than guess how long a loaded machine takes."""
+    first_read = threading.Event()
+
+    def reading(store: EventStore, site: str) -> dict[str, int]:
+        found = open_versions(store, site)
+        first_read.set()
+        return found
+
+    monkeypatch.setattr(stream_route, "open_versions", reading)
+    return first_read
+
+
 def raise_later(
     api: ApiHarness, delay_s: float, *, key: str, cell: str, severity: Severity
 ) -> threading.Thread:
@@ -171,14 +185,7 @@ def test_a_closed_event_is_sent_and_silence_is_a_heartbeat(
     # Closed after the stream's first read, else it is a resume that no longer holds the
     # event (a sync, not a change): wait for that read rather than guess how long a
     # loaded machine takes to open the stream.
-    first_read = threading.Event()
-
-    def reading(store: EventStore, site: str) -> dict[str, int]:
-        found = open_versions(store, site)
-        first_read.set()
-        return found
-
-    monkeypatch.setattr(stream_route, "open_versions", reading)
+    first_read = first_read_of_streams(monkeypatch)
 
     def close_it() -> None:
         assert first_read.wait(10)
@@ -202,14 +209,7 @@ def test_a_burst_of_changes_is_one_re_read(
     fast(api, lifetime_s=1.0, burst=2)
     # The changes must come after the stream's first read (else they are a resume, not a
     # burst): wait for that read rather than guess how long a loaded machine takes.
-    first_read = threading.Event()
-
-    def reading(store: EventStore, site: str) -> dict[str, int]:
-        found = open_versions(store, site)
-        first_read.set()
-        return found
-
-    monkeypatch.setattr(stream_route, "open_versions", reading)
+    first_read = first_read_of_streams(monkeypatch)
 
     def raise_three() -> None:
         assert first_read.wait(10)
