@@ -28,6 +28,21 @@ def _span(low: float, high: float) -> range:
     return range(first, max(first, last) + 1)
 
 
+def moved_levels(i: int, g: int, old_lo: float, old_width: float, lo: float, width: float) -> range:
+    """The levels of a grid of `g` over [lo, lo + width] that old level `i` (of the same
+    grid over [old_lo, old_lo + old_width]) overlaps."""
+    if old_width > 0.0:
+        start = ((old_lo - lo) + old_width * i / g) / width * g
+        return _span(start, start + old_width / width)
+    first = math.floor((old_lo - lo) / width * g)
+    return range(first, first + 1)
+
+
+def moved_changes(j: int, ratio: float) -> range:
+    """The changes that old change `j` overlaps when the range widens by 1 / `ratio`."""
+    return _span((j - 0.5) * ratio + 0.5, (j + 0.5) * ratio + 0.5)
+
+
 def widen_cells(
     cells: set[int], g: int, old_lo: float, old_hi: float, lo: float, hi: float
 ) -> None:
@@ -38,15 +53,8 @@ def widen_cells(
     moved: set[int] = set()
     for key in cells:
         i, j = _cell_parts(key)
-        if old_width > 0.0:
-            start = ((old_lo - lo) + old_width * i / g) / width * g
-            levels = _span(start, start + ratio)
-        else:
-            first = math.floor((old_lo - lo) / width * g)
-            levels = range(first, first + 1)
-        changes = _span((j - 0.5) * ratio + 0.5, (j + 0.5) * ratio + 0.5)
-        for a in levels:
-            for b in changes:
+        for a in moved_levels(i, g, old_lo, old_width, lo, width):
+            for b in moved_changes(j, ratio):
                 moved.add(a * _ROW + b)
     cells.clear()
     cells.update(moved)

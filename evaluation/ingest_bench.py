@@ -632,13 +632,17 @@ class _HubProcess:
 
     def peak_rss_mb(self) -> float:
         """The sum of the hub's processes' peaks (each one's VmHWM)."""
-        total = 0.0
+        return sum(self.peak_rss_by_process_mb())
+
+    def peak_rss_by_process_mb(self) -> list[float]:
+        """Each of the hub's processes' peak (VmHWM): the hub's first, then its worker."""
+        peaks: list[float] = []
         for process in self._processes():
             with contextlib.suppress(OSError):
                 for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
-                        total += int(line.split()[1]) / 1024
-        return total
+                        peaks.append(int(line.split()[1]) / 1024)
+        return peaks
 
     def stop(self) -> None:
         if self.popen.poll() is not None:
@@ -780,12 +784,23 @@ def _mode_result(hub: _HubProcess, n: int, stored: _Stored, cpu0: float) -> dict
         # load does to the rates (cpu_s of the backlog also holds the hub's start-up).
         "cpu_us_per_msg": round((stored.cpu_s - first_cpu) / n * 1e6, 2),
         "rss_mb": round(hub.peak_rss_mb(), 1),
+        "rss_mb_by_process": [round(mb, 1) for mb in hub.peak_rss_by_process_mb()],
         "last_stored_ns": int(at_end.get("last_stored_ns") or 0),
     }
     for key in ("rules_evaluated", "rules_detections", "rules_queue_waits"):
         if key in final:
             out[key] = final[key]
     return out
+
+
+def _rss_parts(result: dict[str, Any]) -> str:
+    """` (hub 170.1 + worker 160.2)`: which process holds the peak, when there are two."""
+    parts = result.get("rss_mb_by_process") or []
+    if len(parts) < 2:
+        return ""
+    children = ["worker"] if len(parts) == 2 else [f"child {i}" for i in range(1, len(parts))]
+    names = ["hub", *children]
+    return " (" + " + ".join(f"{name} {mb}" for name, mb in zip(names, parts, strict=True)) + ")"
 
 
 def _sub_argv(mqtt_port: int, client_id: str, *extra: str) -> list[str]:
@@ -1269,7 +1284,7 @@ def format_result(result: dict[str, Any]) -> str:
             )
         lines.append(
             f"{'':11}hub CPU {r['cpu_s']} s until stored ({r['cpu_us_per_msg']} µs/msg)"
-            f"{with_events}; peak RSS {r['rss_mb']} MB{queue}"
+            f"{with_events}; peak RSS {r['rss_mb']} MB{_rss_parts(r)}{queue}"
         )
         probes = r.get("probes", {})
         notes = ""

@@ -42,7 +42,8 @@ async def _replay(work: Path, total: int, progress: Callable[[str], None]) -> di
     service.consume = clock.wrap("rules", service.consume)  # type: ignore[method-assign]
     service.commit = clock.wrap("commit", service.commit)  # type: ignore[method-assign]
     if worker.anomaly is not None:
-        worker.anomaly.process = clock.wrap("anomaly", worker.anomaly.process)  # type: ignore[method-assign]
+        worker.anomaly.score = clock.wrap("anomaly", worker.anomaly.score)  # type: ignore[method-assign]
+        worker.anomaly.commit = clock.wrap("anomaly", worker.anomaly.commit)  # type: ignore[method-assign]
     store.outbox_due = clock.wrap("outbox", store.outbox_due)  # type: ignore[method-assign]
     store.outbox_done = clock.wrap("outbox", store.outbox_done)  # type: ignore[method-assign]
     tasks: list[asyncio.Task[None]] = []

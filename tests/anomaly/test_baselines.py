@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from anomaly.baselines import SKIPPED, FieldNovelty, OnlineParams, OnlineScorer, scored_fields
+from anomaly.cells import CELL_ROW, widen_cells
 from events.model import Detection, Source
 from sensors.base import Reading
 from sensors.registry import KINDS
@@ -266,6 +267,30 @@ def test_field_cells_survive_their_byte_form() -> None:
     assert [copy.step(x, PARAMS) for x in (20.1, 29.0, 25.0)] == [
         field.step(x, PARAMS) for x in (20.1, 29.0, 25.0)
     ]
+
+
+def test_a_regrid_on_bits_moves_the_cells_as_the_set_form_does() -> None:
+    """`_Layout.widen` (the hub's fast path) against `anomaly.cells.widen_cells` (the
+    reference, on sets of cell keys), over random grids and ranges, wider and shifted."""
+    rng = random.Random(15)
+    field = FieldNovelty(PARAMS)
+    for _ in range(300):
+        k = rng.randrange(len(field.layouts))
+        layout = field.layouts[k]
+        steps = layout.shift - 1
+        cells = {
+            rng.randrange(layout.g + 1) * CELL_ROW + rng.randint(-steps, steps)
+            for _ in range(rng.randint(1, 120))
+        }
+        mask = sum(1 << layout.index(key) for key in cells)
+        old_lo = rng.uniform(-50.0, 50.0)
+        old_hi = old_lo + rng.choice([0.0, rng.uniform(0.01, 80.0)])
+        lo = old_lo - rng.choice([0.0, rng.uniform(0.0, 40.0)])
+        hi = max(old_hi + rng.uniform(0.0, 40.0), lo + 1e-3)
+        expected = set(cells)
+        widen_cells(expected, layout.g, old_lo, old_hi, lo, hi)
+        got = layout.widen(mask, old_lo, old_hi, lo, hi)
+        assert got == sum(1 << layout.index(key) for key in expected)
 
 
 def test_params_are_checked() -> None:

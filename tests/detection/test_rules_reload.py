@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from detection.rules_service import RulesService
+from detection.rules_service import RulesService, snapshot_body
 from devstack.stack import ManagedProcess
 from events.manager import EventManager
 from events.model import State
@@ -88,7 +88,7 @@ def test_reload_keeps_unchanged_state_and_returns_changed_rules_events(
     # The snapshot written after the reload is the pruned state.
     snapshot = service.store.get_snapshot("rules-engine")
     assert snapshot is not None
-    body = json.loads(snapshot)
+    body = snapshot_body(snapshot)
     assert body["format"] == 2
     assert set(body) == {
         "format",
@@ -191,7 +191,7 @@ def test_sighup_reloads_the_rules_of_a_running_hub(
         def denial_counted() -> bool:
             snapshot = store.get_snapshot("rules-engine")
             return snapshot is not None and any(
-                sid.startswith("denials") for sid in json.loads(snapshot)["engine"]["slots"]
+                sid.startswith("denials") for sid in snapshot_body(snapshot)["engine"]["slots"]
             )
 
         _wait(denial_counted, 20, "the first denial in the snapshot")
