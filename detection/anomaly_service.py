@@ -52,6 +52,8 @@ STATE_NAME: Final = "anomaly"
 CHUNK: Final = 20_000
 """Records scored per commit at most: a commit writes the state rows of every device
 the records changed, so fewer, larger commits cost less per record."""
+YIELD_S: Final = 0.05
+"""How often a consumer that yields to the rules looks again."""
 READ_CHUNK: Final = 2_000
 """Records decoded and scored at a time between commits: the decoded records are the
 turn's largest allocation (about 1.4 KB each), and at 20,000 they were 28 MB of the
@@ -98,6 +100,8 @@ class AnomalyCounters:
     """Readings whose scoring raised (skipped, logged)."""
     state_rows: int = 0
     """Learned-state rows committed (devices changed per batch, and their cells)."""
+    yielded_s: float = 0.0
+    """Time spent waiting for the rules consumer to catch up (alarms first)."""
 
 
 class AnomalyService:
@@ -111,6 +115,7 @@ class AnomalyService:
         manager: EventManager,
         *,
         batch_interval_s: float = 0.5,
+        yield_lag_records: int = 0,
         on_events: Callable[[], None] = lambda: None,
         on_scored: Callable[[list[Scored]], None] | None = None,
     ) -> None:
@@ -119,6 +124,9 @@ class AnomalyService:
         self.manager = manager
         self.store: EventStore = manager.store
         self.batch_interval_s = batch_interval_s
+        self.yield_lag_records = yield_lag_records
+        """`run` waits while the rules are behind, up to this many records of its own
+        lag (0: never waits)."""
         self._on_events = on_events
         self._on_scored = on_scored
         """Sees every batch's scored vectors (the harness keeps some for plots)."""
@@ -255,20 +263,38 @@ class AnomalyService:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self, spool: LogReader) -> None:
+    async def run(self, spool: LogReader, rules_behind: Callable[[], bool] | None = None) -> None:
+        """Consume the log until `stop`. Alarms first: while `rules_behind()` (the rules
+        consumer has more of the log waiting), scoring waits between commits, so the
+        rules get the CPU the two share, unless this consumer is `yield_lag_records`
+        behind itself or the log needs space. Under load anomaly events come later; what
+        they decide does not change (the log and the state decide it, not the timing)."""
         self._running = True
         try:
-            await self._follow(spool)
+            await self._follow(spool, rules_behind)
         finally:
             self._running = False
 
-    async def _follow(self, spool: LogReader) -> None:
+    def _yields(self, spool: LogReader, rules_behind: Callable[[], bool] | None) -> bool:
+        return (
+            rules_behind is not None
+            and not self._stopping
+            and self._lag.records() < self.yield_lag_records
+            and not spool.needs_space
+            and rules_behind()
+        )
+
+    async def _follow(self, spool: LogReader, rules_behind: Callable[[], bool] | None) -> None:
         await asyncio.to_thread(self.restore)
         position = spool.hold(self.NAME, self.position)
         self._lag.start(spool, position)
         decided: list[tuple[Detection, int]] = []
         pending = 0  # records scored since the last commit
         while True:
+            if not pending and self._yields(spool, rules_behind):
+                await asyncio.sleep(YIELD_S)
+                self.counters.yielded_s += YIELD_S
+                continue
             batch = spool.read_records(position, READ_CHUNK)
             if batch is not None:
                 decided += await asyncio.to_thread(self.score, batch.records)

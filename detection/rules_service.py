@@ -242,6 +242,9 @@ class RulesService:
         self._replay_until: Cursor | None = None
         self.detections = 0
         self.evaluated = 0
+        self.behind = False
+        """The last read of the log filled a whole chunk: more is waiting (the anomaly
+        consumer yields the CPU meanwhile: `AnomalyService.run`)."""
         self.reloads = 0
         self.commits = 0
         self.record_errors = 0
@@ -564,6 +567,7 @@ class RulesService:
         position = spool.hold(self.NAME, self.position)
         self.position = position
         self._lag.start(spool, position)
+        self.behind = True
         position, replayed = await self._replay(spool, position)
         if replayed:  # save the state reached, so another restart need not re-decide it
             await asyncio.to_thread(self.commit, (), position, state=True)
@@ -571,6 +575,7 @@ class RulesService:
         self._last_commit = time.monotonic()
         while True:
             batch = spool.read_records(position, self._chunk)
+            self.behind = batch is not None and len(batch.records) >= self._chunk
             if batch is None:
                 if self._stopping:
                     await asyncio.to_thread(self.commit, self.consume(()), position, state=True)

@@ -333,6 +333,11 @@ class AnomalySettings(_Section):
     """Where models are saved and loaded; default <hub.data_dir>/anomaly."""
     batch_interval_s: Positive = 0.5
     """How often queued readings are scored (as one batch, on a worker thread)."""
+    yield_lag_records: int = Field(default=200_000, ge=0)
+    """Alarms first: while the rules consumer has more of the log waiting, scoring waits
+    (the two share the detection worker's CPU), until the anomaly consumer is itself this
+    many records behind (0: never wait). Under load anomaly events come later, alarms
+    sooner; what either decides does not change."""
     repeat_after_s: Positive = 600.0
     """The per-device rate limit: while a device stays anomalous, at most one anomaly
     detection per this many seconds (it bumps the open event; the flags held in between

@@ -291,7 +291,7 @@ def detection_tasks(
     if (escalator := events.escalator) is not None:
         found["escalation"] = escalator.run
     if anomaly is not None:
-        found["anomaly"] = lambda: anomaly.run(log)
+        found["anomaly"] = lambda: anomaly.run(log, rules_behind=lambda: events.service.behind)
     return found
 
 
@@ -516,6 +516,7 @@ def build_anomaly(
         scorer,
         manager,
         batch_interval_s=cfg.batch_interval_s,
+        yield_lag_records=cfg.yield_lag_records,
         on_events=on_events,
     )
 

@@ -141,8 +141,7 @@ def alarm_path(
     type=click.FloatRange(min=0, max=1),
     default=0.4,
     show_default=True,
-    help="The fault strikes the node owning the most sites once this share of the stream "
-    "is out.",
+    help="The fault strikes the node owning the most sites once this share of the stream is out.",
 )
 @click.option("--no-kill", is_flag=True, help="No fault: no node is killed or stalled.")
 @click.option(

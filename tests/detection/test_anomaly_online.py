@@ -5,10 +5,12 @@ never committed, as a SIGKILL leaves it) gives the same events as an uninterrupt
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +19,10 @@ from detection.anomaly_service import STATE_NAME, AnomalyService
 from events.manager import EventManager
 from events.model import SecurityEvent
 from events.store import EventFilter, EventStore
+from ingest.spool import Spool
 from sensors.base import Reading
 from tests.support.anomaly_fixtures import MS_PER_MIN, smoke_reading
+from tests.support.log import log_records
 
 T0 = 1_772_409_600_000  # 2026-03-02 00:00 UTC
 PARAMS = OnlineParams(warmup_readings=20, warmup_ms=120 * MS_PER_MIN)
@@ -143,3 +147,48 @@ def test_a_restart_gives_the_same_events(
         service = _service(store)
         _run(service, STREAM[middle:last])
     assert _events(store) == expected
+
+
+@pytest.mark.parametrize("own_lag_bound", [10_000, 100])
+def test_scoring_waits_while_the_rules_are_behind(
+    store: EventStore, tmp_path: Path, own_lag_bound: int
+) -> None:
+    """Alarms first: while the rules consumer has more of the log waiting, the anomaly
+    consumer does not score (they share the detection worker's CPU), unless it is itself
+    `yield_lag_records` behind; once the rules catch up it scores everything, deciding
+    what it would have decided without waiting."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30, segment_bytes=64 << 10)
+    spool.open()
+    log_records(spool, STREAM, per_frame=60)
+    service = AnomalyService(
+        OnlineScorer(PARAMS), EventManager(store, workers={}), yield_lag_records=own_lag_bound
+    )
+    behind = [True]
+
+    async def scenario() -> tuple[int, float]:
+        task = asyncio.create_task(service.run(spool, rules_behind=lambda: behind[0]))
+        await asyncio.sleep(0.6)
+        while_behind = service.counters.readings, service.counters.yielded_s
+        behind[0] = False
+        for _ in range(400):
+            if service.counters.readings == len(STREAM):
+                break
+            await asyncio.sleep(0.05)
+        await service.stop()
+        await task
+        return while_behind
+
+    try:
+        scored, waited = asyncio.run(scenario())
+    finally:
+        spool.close()
+    if own_lag_bound > len(STREAM):  # within its bound: it waited
+        assert scored == 0 and waited >= 0.5
+    else:  # too far behind itself to wait: it scored on (and waits again once within)
+        assert scored == len(STREAM)
+    assert service.counters.readings == len(STREAM)
+    with EventStore(f"sqlite:///{tmp_path / 'uninterrupted.db'}") as reference:
+        reference.migrate()
+        _run(_service(reference), STREAM)
+        assert len(_events(reference)) >= 2
+        assert _events(store) == _events(reference)
