@@ -556,6 +556,7 @@ class RulesService:
             await self._follow(spool)
         finally:
             self._running = False
+            self.behind = False  # failed or stopped: nothing to yield to until it runs
 
     async def _follow(self, spool: LogReader) -> None:
         # Built and restored just now (`hub.wiring.build_events`): the store holds
