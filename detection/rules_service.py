@@ -749,7 +749,6 @@ def _to_snapshot(
         "session_lost_ms": session_lost_ms,
         "site_clocks": {"sites": clocks.sites, "tick_ms": clocks.tick_ms},
         "position": None if position is None else [position.segment, position.offset],
-        "engine": {**engine, "slots": _SLOTS_HOLE},
         "unknown": {
             scope: [t.counts, t.others, t.total, t.last_ns] for scope, t in unknown.tallies.items()
         },
@@ -758,19 +757,17 @@ def _to_snapshot(
     # is ~9 MB of JSON: encoded in slices of slots and compressed as it goes, the commit
     # holds about 1 MB, where one `json.dumps(...).encode()` held three copies of 9 MB
     # (the encoder's chunks, the text, the bytes) at the detection worker's peak.
-    head, tail = _dumps(body).split(_dumps(_SLOTS_HOLE), 1)
+    # {"engine":{<engine's scalars>,"slots":{<slices>}},<the rest of the body>}
     packer = zlib.compressobj(1)
-    out = [packer.compress(head.encode()), packer.compress(b"{")]
+    out = [packer.compress(f'{{"engine":{{{_dumps(engine)[1:-1]},"slots":{{'.encode())]
     ids = sorted(slots)
     for at in range(0, len(ids), _SNAPSHOT_SLICE):
         part = _dumps({sid: slots[sid] for sid in ids[at : at + _SNAPSHOT_SLICE]})[1:-1]
         out.append(packer.compress(("," if at else "").encode() + part.encode()))
-    out += [packer.compress(b"}" + tail.encode()), packer.flush()]
+    out += [packer.compress(f"}}}},{_dumps(body)[1:]}".encode()), packer.flush()]
     return b"".join(out)
 
 
-_SLOTS_HOLE: Final = "\x00slots"
-"""Stands for the slots while the rest of the snapshot is encoded (never a real value)."""
 _SNAPSHOT_SLICE: Final = 2_000
 """Slots encoded at a time."""
 
