@@ -299,7 +299,14 @@ async def test_restart_mid_stream_loses_nothing_acknowledged(
         await asyncio.to_thread(publish)
         published = time.monotonic()
         rate = n / (published - started)
-        await _until(lambda: len(received) == n, 45)
+        try:
+            await _until(lambda: len(received) == n, 45)
+        except AssertionError:
+            missing = sorted(int(p) for p in {b"%d" % i for i in range(n)} - received)
+            raise AssertionError(
+                f"{len(missing)} of {n} messages PUBACKed to the publisher never arrived "
+                f"within 45 s of the last (ack_wait {REDELIVERY_WAIT_S} s): {missing[:20]}"
+            ) from None
         late_s = time.monotonic() - published
     print(
         f"\n{n} messages at {rate:,.0f} msg/s, broker restarted halfway: "
