@@ -58,7 +58,7 @@ from cluster.partitions import (
 )
 from hub.runtime import run_hub
 from hub.settings import Settings
-from hub.supervision import setup_logging
+from hub.supervision import setup_logging, tune_malloc
 from hub.wiring import credential_key, directory_source, model_dir
 from hub.worker import die_with, read_settings, settings_blob
 from ingest.status import read_status, write_status
@@ -579,6 +579,7 @@ def main() -> None:
     die_with(int(sys.argv[1]))
     settings = read_settings()
     setup_logging(settings.hub.log_level)
+    tune_malloc()
     asyncio.run(run_hub(settings))
 
 

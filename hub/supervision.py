@@ -1,4 +1,5 @@
-"""What every hub process runs with: supervised background tasks, and its log format.
+"""What every hub process runs with: supervised background tasks, its log format, and
+its memory allocator's settings.
 
 A background task that fails is restarted, never fatal: `Supervisor.run` calls its
 factory again after a backoff (a full disk: at the storage pace, see `storage_full`).
@@ -7,8 +8,11 @@ factory again after a backoff (a full disk: at the storage pace, see `storage_fu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import errno
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -149,3 +153,37 @@ def setup_logging(level: str) -> None:
     # One line per HTTP request would drown the hub's own messages.
     for noisy in ("httpx", "httpcore", "influxdb_client"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+MALLOC_ARENAS: Final = 2
+"""glibc malloc arenas per process (glibc's default: 8 per core). Each thread that
+allocates gets an arena of its own, and memory freed in one is never reused by another:
+the hub's and the worker's thread pools (SQLite commits, password hashes, the InfluxDB
+writer) each kept their peak. At 10,000 devices this was ~10 MB of each process's RSS
+(`gridwatch bench ingest --devices 10000`, docs/scaling.md)."""
+MMAP_THRESHOLD_BYTES: Final = 128 * 1024
+"""Blocks this large or larger are mmapped and returned to the system when freed. It is
+glibc's starting value, pinned: otherwise glibc raises it (up to 32 MiB) each time such a
+block is freed, and the log's frames and batches then stay in the heap after use."""
+_M_MMAP_THRESHOLD: Final = -3
+_M_ARENA_MAX: Final = -8
+"""`mallopt` parameters (malloc.h)."""
+
+
+def tune_malloc() -> dict[str, int]:
+    """Apply `MALLOC_ARENAS` and `MMAP_THRESHOLD_BYTES` before the process starts
+    threads; returns what it set. A value the environment already sets
+    (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`) wins; not glibc: nothing."""
+    wanted = {
+        "MALLOC_ARENA_MAX": (_M_ARENA_MAX, MALLOC_ARENAS),
+        "MALLOC_MMAP_THRESHOLD_": (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+    }
+    applied: dict[str, int] = {}
+    with contextlib.suppress(OSError, AttributeError):
+        mallopt = ctypes.CDLL(None).mallopt  # AttributeError: not glibc (musl, macOS)
+        for env, (param, value) in wanted.items():
+            if env not in os.environ and mallopt(param, value) == 1:
+                applied[env] = value
+    if applied:
+        log.debug("malloc: %s", ", ".join(f"{k}={v}" for k, v in applied.items()))
+    return applied

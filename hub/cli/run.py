@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from hub.cli.options import config_option, load
-from hub.supervision import setup_logging
+from hub.supervision import setup_logging, tune_malloc
 
 
 @click.command("run")
@@ -35,6 +35,7 @@ def run(config_path: Path | None, demo: bool, demo_speed: float) -> None:
 
     settings = load(config_path)
     setup_logging(settings.hub.log_level)
+    tune_malloc()
     try:  # `stack up --dynsec`: its broker wants logins, which it wrote for us
         settings, simulator = stack_logins(settings)
     except StackError as exc:
