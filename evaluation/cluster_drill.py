@@ -51,6 +51,8 @@ from devstack.stack import (
     start_mosquitto,
 )
 from evaluation.drill import (
+    NATS_ACK_WAIT_S,
+    RESUME_MARGIN_S,
     SETTLE_S,
     STALL_S,
     Decision,
@@ -112,14 +114,6 @@ OWNERSHIP_LINE: Final = re.compile(
     r"cluster node |cluster: ).*)$"
 )
 """A node's log line about a partition changing hands (`hub.cluster`'s wording)."""
-
-RESUME_MARGIN_S: Final = 1.0
-"""`mqtt.resume_wait_s` on NATS is `ack_wait` and this: a hub is last seen in its status
-file, written every `STATUS_INTERVAL_S`, before it dies (docs/scaling.md)."""
-NATS_ACK_WAIT_S: Final = 5.0
-"""On NATS, what a killed hub received but never acknowledged comes back `ack_wait` after
-it was first sent (30 s by default), not at the next owner's connect: shorter here, so
-the drill's settle wait stays short. The same redelivery, sooner."""
 
 
 @dataclass(slots=True)

@@ -92,9 +92,10 @@ from typing import Any, Final, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from anomaly.baselines import OnlineParams, OnlineScorer
-from broker.client import MQTT_V5, ConnectionLost, ConnectOptions, MqttClient
+from broker.client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, MqttClient
 from detection.anomaly_service import AnomalyService
 from detection.rules_service import CHUNK, HUB_HEALTH_RULES, RulesService
+from devstack.nats import start_nats
 from devstack.postgres import create_database, running_postgres
 from devstack.stack import (
     INFLUXDB_PACKAGES,
@@ -142,6 +143,13 @@ KILL_PAUSE_S: Final = (0.2, 2.0)
 """A killed hub starts again after a random pause in this range."""
 BROKER_DOWN_S: Final = (0.5, 2.0)
 """The broker stays down for a random time in this range."""
+NATS_ACK_WAIT_S: Final = 5.0
+"""On NATS, what a killed hub received but never acknowledged comes back `ack_wait` after
+it was first sent (30 s by default), not at the hub's reconnect: shorter here, so the
+drill's settle wait stays short. The same redelivery, sooner."""
+RESUME_MARGIN_S: Final = 1.0
+"""`mqtt.resume_wait_s` on NATS is `ack_wait` and this: a hub is last seen in its status
+file, written every `STATUS_INTERVAL_S`, before it dies (docs/scaling.md)."""
 FUTURE_LEAD: Final = timedelta(hours=1)
 _PLAIN: Final = (b"online", b"offline")
 """Status payloads as plain text (last wills): no device time."""
@@ -177,6 +185,8 @@ class DrillOptions:
     """Seeds the fault times and pauses; None: `seed`."""
     disk_full_s: float = 0.0
     """Fill the faulted run's spool disk mid-stream for this long (0: no disk fault)."""
+    broker: str = "mosquitto"
+    """"mosquitto", or "nats" (NATS 2.9's MQTT 3.1.1 on JetStream, the second broker)."""
     workdir: Path | None = None
     """Kept after the run when given (logs, configs, spools, stores); else a temp dir."""
 
@@ -845,15 +855,22 @@ class _Run:
         self.disk: SmallDisk | None = None
         if faults is not None and faults.disk_full_at is not None:
             self.disk = SmallDisk(self.dir / "spool", DISK_BYTES)
-        self.mosquitto = start_mosquitto(self.dir / "mosquitto", free_port())
+        self.nats = options.broker == "nats"
+        self.broker = self._start_broker(free_port())
         config = hub_config(
             self.dir / "hub.toml",
-            mqtt_port=self.mosquitto.port,
+            mqtt_port=self.broker.port,
             influx_port=services.influx.port,
             database=self.database,
             run_dir=self.dir,
             store_url=self.store_url if services.postgres_admin is not None else None,
             stream=stream,
+            mqtt_protocol="3.1.1" if self.nats else None,
+            # NATS re-sends what a killed hub left unacked only after ack_wait: the hub
+            # connects once that has run out, so the re-sent come before newer messages.
+            mqtt_extra=(
+                f"resume_wait_s = {NATS_ACK_WAIT_S + RESUME_MARGIN_S}\n" if self.nats else ""
+            ),
         )
         self.hub = _Hub(config, self.dir / "data", self.dir / "hub.log")
         self.faults: list[str] = []
@@ -864,6 +881,13 @@ class _Run:
         self._influx_timer: threading.Thread | None = None
         self._disk_timer: threading.Thread | None = None
         self._t0 = time.monotonic()
+
+    def _start_broker(self, port: int) -> ManagedProcess:
+        """A broker on `port` with its persistence in the run's directory: a restart on
+        the same directory recovers the sessions and queues it stored."""
+        if self.nats:
+            return start_nats(self.dir / "nats", port, ack_wait_s=NATS_ACK_WAIT_S)
+        return start_mosquitto(self.dir / "mosquitto", port)
 
     def say(self, text: str) -> None:
         self.services.say(f"  [{self.name} +{time.monotonic() - self._t0:5.1f}s] {text}")
@@ -880,7 +904,8 @@ class _Run:
                 self.disk.close()
 
     def _run(self) -> LiveRun:
-        publisher = _Publisher(self.stream, self.mosquitto.port, self.options.gateways)
+        protocol = MQTT_V311 if self.nats else MQTT_V5
+        publisher = _Publisher(self.stream, self.broker.port, self.options.gateways, protocol)
         try:
             self.hub.start()
             self.hub.wait_connected()
@@ -903,7 +928,7 @@ class _Run:
             if self.hub.popen is not None and self.hub.popen.poll() is None:
                 self.hub.popen.kill()
                 self.hub.popen.wait()
-            self.mosquitto.stop()
+            self.broker.stop()
         points = self._settled_points()
         records, whole = read_log(self.dir / "spool")
         decisions = read_decisions(self.store_url, self.stream.cutoff_ms)
@@ -1011,13 +1036,13 @@ class _Run:
         caught_up = self._wait_caught_up(publisher.last_sim_ms)
         reconnects = int(self.hub.status().get("reconnects", 0))
         down_s = rng.uniform(*BROKER_DOWN_S)
-        self.mosquitto.kill()
+        self.broker.kill()
         self.note(
             f"SIGKILL broker after {publisher.released:,} messages (publisher paused, hub "
             f"{'caught up' if caught_up else 'NOT caught up after 60 s'}); down {down_s:.1f} s"
         )
         time.sleep(down_s)
-        self.mosquitto = start_mosquitto(self.mosquitto.workdir, self.mosquitto.port)
+        self.broker = self._start_broker(self.broker.port)
         back = time.monotonic()
         self.hub.wait_connected(after_reconnects=reconnects)
         self.recovery_s["broker"] = time.monotonic() - back
@@ -1459,6 +1484,8 @@ class DrillReport:
 
 def run_drill(options: DrillOptions, say: Say = lambda _text: None) -> DrillReport:
     """Harness, uninterrupted run, faulted run; compare; the report."""
+    if options.broker not in ("mosquitto", "nats"):
+        raise DrillError(f"unknown broker {options.broker!r}: mosquitto or nats")
     ensure_installed({**MOSQUITTO_PACKAGES, **INFLUXDB_PACKAGES})
     start = options.start or default_start()
     say(
@@ -1584,6 +1611,7 @@ def _drill(options: DrillOptions, stream: Stream, services: Services, say: Say) 
             "site": options.site,
             "gateways": options.gateways,
             "fault_seed": options.seed if options.fault_seed is None else options.fault_seed,
+            "broker": options.broker,
         },
         stream={
             "site": stream.site.site,
@@ -1747,7 +1775,8 @@ def format_report(report: DrillReport) -> str:
     s, runs = report.stream, report.runs
     lines = [
         f"alarm-path drill: {s['site']} ({s['devices']} devices), {len(s['scenarios'])} "
-        f"scenario(s), {s['messages']:,} messages from {s['start']}",
+        f"scenario(s), {s['messages']:,} messages from {s['start']}, broker "
+        f"{report.options.get('broker', 'mosquitto')}",
         f"  compared up to the last message's time {s['cutoff']}",
     ]
     for name in ("harness", "uninterrupted", "faulted"):

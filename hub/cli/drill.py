@@ -73,6 +73,14 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     "--fault-seed", type=int, default=None, help="Seeds the fault times (default: --seed)."
 )
 @click.option(
+    "--broker",
+    type=click.Choice(["mosquitto", "nats"]),
+    default="mosquitto",
+    show_default=True,
+    help="The broker both live runs use (nats: NATS 2.9's MQTT 3.1.1, the second broker; "
+    "its restart is a SIGKILL too, recovered from its JetStream store).",
+)
+@click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
@@ -92,6 +100,7 @@ def alarm_path(
     gateways: int,
     start: datetime | None,
     fault_seed: int | None,
+    broker: str,
     workdir: Path | None,
     as_json: bool,
 ) -> None:
@@ -118,6 +127,7 @@ def alarm_path(
         gateways=gateways,
         start=start,
         fault_seed=fault_seed,
+        broker=broker,
         workdir=workdir,
     )
     _run_and_report(lambda: run_drill(options, _say), format_report, as_json)

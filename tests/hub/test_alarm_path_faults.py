@@ -98,6 +98,33 @@ def test_a_hub_killed_twice_and_a_broker_restart_change_no_event(
         assert faulted.points.get(measurement) == calm.points.get(measurement), measurement
 
 
+def test_on_nats_a_hub_killed_twice_and_a_broker_sigkill_change_no_event(
+    drill_services: Services,
+) -> None:
+    """The same faults on the second broker, NATS 2.9 (MQTT 3.1.1 on JetStream): the hub
+    SIGKILLed twice, NATS SIGKILLed and started again on its store. What a killed hub
+    left unacknowledged NATS re-sends only after `ack_wait`; the hub's `resume_wait_s`
+    connects after that, so the re-sent come first (docs/alarm-path.md)."""
+    stream = short_stream(TIMED_SCENARIOS)
+    options = drill_options(kills=2, broker_restart=True, broker="nats")
+    harness, _count, _rejected = harness_decisions(stream, offline_store(drill_services, "harness"))
+    calm = run_live("uninterrupted", drill_services, stream, options)
+    faulted = run_live("faulted", drill_services, stream, options, plan_faults(options, stream))
+
+    assert faulted.hub_starts == 3, faulted.faults
+    assert any("SIGKILL broker" in fault for fault in faulted.faults), faulted.faults
+    assert faulted.log is not None and calm.log is not None
+    assert faulted.log.missing == 0 and faulted.log.repeated == 0
+    assert faulted.log.replay_identical, "the restarted hub's events are not its log's"
+    found = compare_decisions(calm.decisions, harness)
+    assert not found, explain(found, "uninterrupted", "harness")
+    found = compare_decisions(faulted.decisions, calm.decisions)
+    assert not found, explain(found, "faulted", "uninterrupted")
+    for measurement, want in expected_points(stream).items():
+        assert points_of(faulted.points.get(measurement, {})) == want, measurement
+        assert faulted.points.get(measurement) == calm.points.get(measurement), measurement
+
+
 def test_a_status_without_device_time_is_stored_once_across_hub_restarts(
     drill_services: Services,
 ) -> None:

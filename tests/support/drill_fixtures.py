@@ -35,7 +35,9 @@ def short_stream(scenarios: Sequence[str], *, hours: float = HOURS, seed: int = 
     return build_stream(options, default_start())
 
 
-def drill_options(*, kills: int = 0, broker_restart: bool = False) -> DrillOptions:
+def drill_options(
+    *, kills: int = 0, broker_restart: bool = False, broker: str = "mosquitto"
+) -> DrillOptions:
     """The test drills' options: one publisher connection, no InfluxDB outage (the
     session's InfluxDB is shared with other tests), fault times from a fixed seed."""
     return DrillOptions(
@@ -46,6 +48,7 @@ def drill_options(*, kills: int = 0, broker_restart: bool = False) -> DrillOptio
         influx_outage_s=0.0,
         gateways=1,
         fault_seed=7,
+        broker=broker,
     )
 
 
