@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import click
+from click.decorators import FC
 
 from hub.cli.options import duration
 from hub.supervision import setup_logging
@@ -32,6 +33,18 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     if instant.tzinfo is None:
         raise click.BadParameter(f"{value!r} has no offset: add Z or +08:00")
     return instant
+
+
+def _broker_option(more: str = "") -> Callable[[FC], FC]:
+    """`--broker`: the broker every live run of a drill uses."""
+    return click.option(
+        "--broker",
+        type=click.Choice(["mosquitto", "nats"]),
+        default="mosquitto",
+        show_default=True,
+        help="The broker both runs use (nats: NATS 2.9's MQTT 3.1.1, the second broker"
+        + (f"; {more})." if more else ")."),
+    )
 
 
 @drill.command("alarm-path")
@@ -72,14 +85,7 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 @click.option(
     "--fault-seed", type=int, default=None, help="Seeds the fault times (default: --seed)."
 )
-@click.option(
-    "--broker",
-    type=click.Choice(["mosquitto", "nats"]),
-    default="mosquitto",
-    show_default=True,
-    help="The broker both live runs use (nats: NATS 2.9's MQTT 3.1.1, the second broker; "
-    "its restart is a SIGKILL too, recovered from its JetStream store).",
-)
+@_broker_option("its restart is a SIGKILL too, recovered from its JetStream store")
 @click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -169,13 +175,7 @@ def alarm_path(
     help="How long a stall lasts [default: twice --lease-ttl-s].",
 )
 @click.option("--rejoin/--no-rejoin", default=True, show_default=True)
-@click.option(
-    "--broker",
-    type=click.Choice(["mosquitto", "nats"]),
-    default="mosquitto",
-    show_default=True,
-    help="The broker both runs use (nats: NATS 2.9's MQTT 3.1.1, the second broker).",
-)
+@_broker_option()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def cluster(
