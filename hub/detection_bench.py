@@ -6,6 +6,7 @@ default pipeline, measured alone; the output says so."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from devstack.stack import ManagedProcess, free_port, start_influxdb, start_mosq
 from evaluation.bench_costs import BENCH_HASH_KEY
 from evaluation.detection_bench import StageClock, build_log
 from hub.settings import load_settings
+from hub.supervision import tune_gc
 from hub.wiring import detection_tasks
 from hub.worker import DetectionWorker
 
@@ -108,7 +110,13 @@ def run_detection_bench(
         services.append(influx)
         (work / "hub.toml").write_text(_settings_text(work, mosquitto.port, influx.port))
         progress("replay: the detection worker's tasks over the log (default settings)")
-        result = asyncio.run(_replay(work, total, progress))
+        thresholds = gc.get_threshold()
+        tune_gc()  # as the worker process runs (`hub.worker.main`)
+        try:
+            result = asyncio.run(_replay(work, total, progress))
+        finally:  # this process (a test's, say) goes on as it was
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
         result.update(messages=n, devices=devices, part="detection worker (log replay)")
         return result
     finally:

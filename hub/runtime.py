@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -48,7 +47,7 @@ from broker.client import MQTT_V5, MQTT_V311, ConnectionLost, ConnectOptions, Mq
 from detection.rules_service import STORAGE_FAILING_RULE
 from events.model import Severity
 from hub.settings import Settings
-from hub.supervision import Supervisor
+from hub.supervision import Supervisor, tune_gc
 from hub.wiring import (
     EventsSide,
     build_anomaly,
@@ -619,10 +618,7 @@ async def run_hub(settings: Settings) -> None:
         loop.add_signal_handler(signal.SIGHUP, hub.events.service.reload_on_signal)
     elif hub.worker is not None:
         loop.add_signal_handler(signal.SIGHUP, hub.worker.reload)
-    # Readings are acyclic and freed by refcount; frequent gen-0 collections at tens of
-    # thousands of messages a second are wasted work. Start-up objects never die: freeze them.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 50)
+    tune_gc()
     log.info(
         "hub %s: %s → %s InfluxDB at %s (spool %s)",
         settings.mqtt.client_id,

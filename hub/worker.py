@@ -42,7 +42,7 @@ from typing import Any, Final
 
 from events.model import Severity
 from hub.settings import Settings
-from hub.supervision import Supervisor, setup_logging, tune_malloc
+from hub.supervision import Supervisor, setup_logging, tune_gc, tune_malloc
 from hub.wiring import build_anomaly, build_events, build_writer, detection_tasks, events_publisher
 from ingest.spool import Cursor, Spool, SpoolFollower
 from sensors.base import FieldValue
@@ -231,6 +231,7 @@ def main() -> None:
     settings = read_settings()
     setup_logging(settings.hub.log_level)
     tune_malloc()
+    tune_gc()
     asyncio.run(DetectionWorker(settings).run())
 
 
