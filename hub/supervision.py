@@ -1,5 +1,5 @@
 """What every hub process runs with: supervised background tasks, its log format, and
-its memory allocator's settings.
+its garbage collector's and memory allocator's settings.
 
 A background task that fails is restarted, never fatal: `Supervisor.run` calls its
 factory again after a backoff (a full disk: at the storage pace, see `storage_full`).
@@ -177,8 +177,8 @@ MALLOC_ARENAS: Final = 2
 """glibc malloc arenas per process (glibc's default: 8 per core). Each thread that
 allocates gets an arena of its own, and memory freed in one is never reused by another:
 the hub's and the worker's thread pools (SQLite commits, password hashes, the InfluxDB
-writer) each kept their peak. At 10,000 devices this was ~10 MB of each process's RSS
-(`gridwatch bench ingest --devices 10000`, docs/scaling.md)."""
+writer) each kept their peak. At 10,000 devices this was about 14 MB of the hub's and
+its worker's peak together (`gridwatch bench ingest --devices 10000`, docs/alarm-path.md)."""
 MMAP_THRESHOLD_BYTES: Final = 128 * 1024
 """Blocks this large or larger are mmapped and returned to the system when freed. It is
 glibc's starting value, pinned: otherwise glibc raises it (up to 32 MiB) each time such a

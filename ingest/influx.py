@@ -99,7 +99,7 @@ def detached(resp: httpx.Response) -> httpx.Response:
     """`resp` (read whole) without the reference cycle httpx leaves between a response
     and its stream. Through the response's request the cycle holds the request body,
     here a batch of up to ~1 MB, until the cyclic GC runs, which the hub makes rare
-    (`hub.runtime.run_hub`): 32 MB of sent batches were alive in a hub during a
+    (`hub.supervision.tune_gc`): 32 MB of sent batches were alive in a hub during a
     300,000-message backlog (tracemalloc). With the cycle cut, the batch goes when the
     response does."""
     resp.stream = httpx.ByteStream(resp.content)

@@ -1,7 +1,7 @@
 """A batch sent to InfluxDB is freed when its write returns, not when the cyclic GC next
 runs: httpx leaves a reference cycle between a response and its stream, and through the
 request it held the batch (up to ~1 MB). The hub makes full collections rare
-(`hub.runtime.run_hub`), and a 300,000-message backlog had 32 MB of sent batches alive."""
+(`hub.supervision.tune_gc`), and a 300,000-message backlog had 32 MB of sent batches alive."""
 
 from __future__ import annotations
 
