@@ -20,6 +20,7 @@ readers that dedupe on it show it once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import smtplib
@@ -154,7 +155,16 @@ class EmailSink:
         return await asyncio.to_thread(self._probe)
 
     async def deliver(self, items: Sequence[OutboxItem]) -> None:
-        await asyncio.to_thread(self._deliver, list(items))
+        # A cancelled wait (a drain's timeout, a stop) does not stop the thread: a mail
+        # already on its way could reach the relay after the caller gave up on it, and be
+        # sent again on the next round. So a cancel waits for the send to end first.
+        sending = asyncio.ensure_future(asyncio.to_thread(self._deliver, list(items)))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await sending
+            raise
 
     # ------------------------------------------------------------------ in the worker thread
 
