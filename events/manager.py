@@ -57,9 +57,10 @@ with the rules engine's snapshot.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import threading
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -139,7 +140,9 @@ class EventManager:
         # One writer at a time in this process; other processes are caught by the store.
         # Reentrant: `batch` holds it around the calls made inside it.
         self._lock = threading.RLock()
-        self._recent: defaultdict[str, deque[int]] = defaultdict(self._window)
+        self._recent: defaultdict[str, list[int]] = defaultdict(list)
+        """Per site, the raise times of its newest events (at most `flood_limit + 1`,
+        enough to tell "more than flood_limit"), in time order: see `_counted`."""
         self._recent_stale = False
         self._rebuild_recent()
         self._open = _OpenEvents()
@@ -227,8 +230,20 @@ class EventManager:
         saved = self._save(changes)
         # Only once saved: a failed save must not count towards a flood (and a batch
         # that rolls back is followed by `reload`).
-        self._recent[event.site].append(at)
+        self._counted(event.site, at)
         return saved
+
+    def _counted(self, site: str, at: int) -> None:
+        """Count a raise in its site's window. In time order, whatever order the raises
+        came in: detections are not in time order (a late reading's, a timer's), and the
+        window rebuilt at a restart is sorted. Kept in arrival order, an old raise that
+        came late sat behind newer ones where the expiry (from the front) did not reach
+        it, and counted towards a flood it was outside of, but only until a restart: a
+        run with a restart (or a hand-over) decided differently from one without."""
+        recent = self._recent[site]
+        bisect.insort(recent, at)
+        if len(recent) > self.flood_limit + 1:
+            del recent[0]  # the oldest: once a parent is active only its last_ms matters
 
     def _clear(self, detection: Detection) -> list[SecurityEvent]:
         at = detection.at_ms
@@ -258,8 +273,7 @@ class EventManager:
         suppressed, or, if exempt, only counted and named by the parent."""
         site = event.site
         recent = self._recent[site]
-        while recent and recent[0] <= at - self.flood_window_ms:
-            recent.popleft()
+        del recent[: bisect.bisect_right(recent, at - self.flood_window_ms)]
         changes: list[Change] = []
         joining: list[SecurityEvent] = []
         apart: list[SecurityEvent] = []
@@ -377,11 +391,6 @@ class EventManager:
                     if e.rule_id != FLOOD_RULE and e.source not in NO_FLOOD
                 ]
 
-    def _window(self) -> deque[int]:
-        # Enough to tell "more than flood_limit"; once a parent is active, only its
-        # last_ms matters.
-        return deque(maxlen=self.flood_limit + 1)
-
     def _rebuild_recent(self) -> None:
         """Refill the flood windows from the store, relative to the newest event."""
         newest = [e for e in self.store.list_events(limit=_PAGE) if e.source not in NO_FLOOD]
@@ -397,7 +406,7 @@ class EventManager:
                 if event.rule_id != FLOOD_RULE and event.source not in NO_FLOOD:
                     times[event.site].append(event.raised_ms)
         for site, raised in times.items():
-            self._recent[site].extend(sorted(raised))
+            self._recent[site] = sorted(raised)[-(self.flood_limit + 1) :]
 
     # ------------------------------------------------------------------ timers
 
