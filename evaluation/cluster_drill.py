@@ -97,7 +97,9 @@ class ClusterDrillOptions:
     fault: str = "kill"
     """"kill": SIGKILL the node (its partitions' hubs die with it). "stall": SIGSTOP the
     node process alone for `stall_s`, its hubs running on: its leases expire, other
-    nodes take its partitions while its hubs still hold them (the fencing path)."""
+    nodes take its partitions while its hubs still hold them (the fencing path).
+    "leave": SIGTERM the node: its hubs stop and commit and it releases its leases, so
+    its partitions change hands gracefully mid-stream (and again when it rejoins)."""
     stall_s: float | None = None
     """How long a stall lasts; None: twice the lease time to live."""
     rejoin: bool = True
@@ -507,10 +509,17 @@ class _LiveCluster:
             self._wait_taken_over(victim, lost, stopped_at, run, old=before)
 
     def _kill_one(self, publisher: _Publisher, run: ClusterRun) -> None:
+        """SIGKILL the victim node, or with `fault = "leave"` SIGTERM it (a graceful hand-
+        over of each partition: the hub stops and commits, then the lease is released)."""
         victim, lost = self._victim(publisher)
-        self.hubs[victim].kill()
+        names = ", ".join(map(partition_name, lost))
         killed_at = time.monotonic()
-        self._note(f"SIGKILL {victim} (partitions {', '.join(map(partition_name, lost))})")
+        if self.options.fault == "leave":
+            self.hubs[victim].stop()
+            self._note(f"SIGTERM {victim}: it handed over partitions {names} and left")
+        else:
+            self.hubs[victim].kill()
+            self._note(f"SIGKILL {victim} (partitions {names})")
         self._wait_taken_over(victim, lost, killed_at, run)
         if self.options.rejoin:
             self.hubs[victim].start()

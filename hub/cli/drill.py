@@ -162,11 +162,12 @@ def alarm_path(
 @click.option("--no-kill", is_flag=True, help="No fault: no node is killed or stalled.")
 @click.option(
     "--fault",
-    type=click.Choice(["kill", "stall"]),
+    type=click.Choice(["kill", "stall", "leave"]),
     default="kill",
     show_default=True,
     help="kill: SIGKILL the node and its hubs. stall: SIGSTOP the node process alone "
-    "(its hubs run on) past its leases, then SIGCONT: the fencing path.",
+    "(its hubs run on) past its leases, then SIGCONT: the fencing path. leave: SIGTERM the "
+    "node: its partitions change hands gracefully mid-stream (and again as it rejoins).",
 )
 @click.option(
     "--stall-s",
