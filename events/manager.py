@@ -273,7 +273,10 @@ class EventManager:
         suppressed, or, if exempt, only counted and named by the parent."""
         site = event.site
         recent = self._recent[site]
-        del recent[: bisect.bisect_right(recent, at - self.flood_window_ms)]
+        # The window ends at the site's newest raise, this one's or one before it: a raise
+        # that comes late counts what a restart's rebuilt window would (`_rebuild_recent`).
+        newest = max(at, recent[-1]) if recent else at
+        del recent[: bisect.bisect_right(recent, newest - self.flood_window_ms)]
         changes: list[Change] = []
         joining: list[SecurityEvent] = []
         apart: list[SecurityEvent] = []
@@ -392,21 +395,15 @@ class EventManager:
                 ]
 
     def _rebuild_recent(self) -> None:
-        """Refill the flood windows from the store, relative to the newest event."""
-        newest = [e for e in self.store.list_events(limit=_PAGE) if e.source not in NO_FLOOD]
-        if not newest:
-            return
-        since = newest[0].raised_ms - self.flood_window_ms + 1
-        times: defaultdict[str, list[int]] = defaultdict(list)
-        offset = 0
-        recent = EventFilter(since_ms=since)
-        while page := self.store.list_events(recent, limit=_PAGE, offset=offset):
-            offset += len(page)
-            for event in page:
-                if event.rule_id != FLOOD_RULE and event.source not in NO_FLOOD:
-                    times[event.site].append(event.raised_ms)
-        for site, raised in times.items():
-            self._recent[site] = sorted(raised)[-(self.flood_limit + 1) :]
+        """Refill the flood windows from the store: per site, what `_flood` would hold
+        had this process counted every raise (the newest `flood_limit + 1`, within the
+        window of the site's newest). Each site by its own newest raise: sites' event
+        times need not keep pace with each other."""
+        newest = self.store.newest_raises(
+            self.flood_limit + 1, leave_out_rule=FLOOD_RULE, leave_out_sources=NO_FLOOD
+        )
+        for site, raised in newest.items():
+            self._recent[site] = [t for t in raised if t > raised[-1] - self.flood_window_ms]
 
     # ------------------------------------------------------------------ timers
 

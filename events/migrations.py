@@ -71,6 +71,8 @@ events = sa.Table(
     ),
     sa.Index("ix_events_raised", "raised_ms"),
     sa.Index("ix_events_parent", "parent_id"),
+    # Each site's newest raises, for the flood windows a restart rebuilds.
+    sa.Index("ix_events_site_raised", "site", "raised_ms"),
 )
 
 audit = sa.Table(
@@ -141,7 +143,17 @@ def _v3_outbox_queue(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
-MIGRATIONS: Final[Sequence[Step]] = (_v1_tables, _v2_consumer_state, _v3_outbox_queue)
+def _v4_site_raised(conn: Connection) -> None:
+    for index in events.indexes:  # a database new at v1 has them already
+        index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: Final[Sequence[Step]] = (
+    _v1_tables,
+    _v2_consumer_state,
+    _v3_outbox_queue,
+    _v4_site_raised,
+)
 
 
 class StoreError(Exception):

@@ -362,6 +362,35 @@ class EventStore:
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def newest_raises(
+        self, per_site: int, *, leave_out_rule: str, leave_out_sources: Collection[Source]
+    ) -> dict[str, list[int]]:
+        """Per site, the raise times of its `per_site` newest events, oldest first,
+        leaving out one rule's events and some sources' (what flood control counts).
+        Site by site along `ix_events_site_raised`: a few index lookups per site, however
+        many events the store has kept."""
+        scope = self._in_scope()
+        counted = [
+            events.c.rule_id != leave_out_rule,
+            events.c.source.not_in(sorted(s.value for s in leave_out_sources)),
+            *scope,
+        ]
+        found: dict[str, list[int]] = {}
+        with self._read() as conn:
+            site = conn.execute(sa.select(sa.func.min(events.c.site)).where(*scope)).scalar()
+            while site is not None:
+                newest = (
+                    sa.select(events.c.raised_ms)
+                    .where(events.c.site == site, *counted)
+                    .order_by(events.c.raised_ms.desc())
+                    .limit(per_site)
+                )
+                if times := conn.execute(newest).scalars().all():
+                    found[str(site)] = sorted(int(t) for t in times)
+                after = sa.select(sa.func.min(events.c.site)).where(events.c.site > site, *scope)
+                site = conn.execute(after).scalar()
+        return found
+
     def shelved_expired(self, now_ms: int) -> list[SecurityEvent]:
         """Open shelved events whose shelve ran out by `now_ms`."""
         query = (

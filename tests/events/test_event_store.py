@@ -33,6 +33,7 @@ from events.store import (
     SchemaTooNew,
     StaleEvent,
     StoreError,
+    StoreScope,
     UnknownEvent,
 )
 from storage.engine import create_engine
@@ -88,8 +89,8 @@ def engine_of(url: str) -> sa.Engine:
 
 def test_migrate_from_empty_creates_the_schema_once(event_db_url: str) -> None:
     with EventStore(event_db_url) as store:
-        assert store.migrate() == len(migrations.MIGRATIONS) == 3
-        assert store.migrate() == 3  # idempotent
+        assert store.migrate() == len(migrations.MIGRATIONS) == 4
+        assert store.migrate() == 4  # idempotent
     engine = engine_of(event_db_url)
     try:
         inspector = sa.inspect(engine)
@@ -102,10 +103,15 @@ def test_migrate_from_empty_creates_the_schema_once(event_db_url: str) -> None:
             "consumer_state",
         } <= set(inspector.get_table_names())
         indexes = {ix["name"] for ix in inspector.get_indexes("events")}
-        assert {"ix_events_site_closed", "ux_events_open_condition", "ix_events_raised"} <= indexes
+        assert {
+            "ix_events_site_closed",
+            "ux_events_open_condition",
+            "ix_events_raised",
+            "ix_events_site_raised",
+        } <= indexes
         with engine.connect() as conn:
             rows = conn.execute(sa.select(migrations.schema_version.c.version)).all()
-        assert [r.version for r in rows] == [1, 2, 3]
+        assert [r.version for r in rows] == [1, 2, 3, 4]
     finally:
         engine.dispose()
 
@@ -114,7 +120,7 @@ def test_later_steps_apply_in_order_one_transaction_each(event_db_url: str) -> N
     applied: list[int] = []
 
     def add_column(conn: Connection) -> None:
-        applied.append(3)
+        applied.append(4)
         conn.execute(sa.text("ALTER TABLE extra ADD COLUMN note TEXT"))
 
     steps = [
@@ -126,10 +132,10 @@ def test_later_steps_apply_in_order_one_transaction_each(event_db_url: str) -> N
     ]
     engine = engine_of(event_db_url)
     try:
-        assert migrations.migrate(engine, migrations.MIGRATIONS) == 3
-        assert migrations.migrate(engine, steps) == 5
-        assert migrations.migrate(engine, steps) == 5
-        assert applied == [3]
+        assert migrations.migrate(engine, migrations.MIGRATIONS) == 4
+        assert migrations.migrate(engine, steps) == 6
+        assert migrations.migrate(engine, steps) == 6
+        assert applied == [4]
         columns = {c["name"] for c in sa.inspect(engine).get_columns("extra")}
         assert columns == {"id", "note"}
     finally:
@@ -148,7 +154,7 @@ def test_a_failing_step_leaves_the_previous_version(event_db_url: str) -> None:
         # Transactional DDL on both databases: the half-made table went with the step.
         assert not sa.inspect(engine).has_table("half_done")
         with engine.connect() as conn:
-            assert migrations.current_version(conn) == 3
+            assert migrations.current_version(conn) == 4
     finally:
         engine.dispose()
 
@@ -164,9 +170,29 @@ def test_a_newer_schema_is_refused(event_db_url: str) -> None:
         engine.dispose()
     with EventStore(event_db_url) as store, pytest.raises(SchemaTooNew) as caught:
         store.migrate()
-    assert (caught.value.found, caught.value.known) == (7, 3)
+    assert (caught.value.found, caught.value.known) == (7, 4)
     assert "upgrade GridWatch" in str(caught.value)
     assert isinstance(caught.value, StoreError)
+
+
+def test_newest_raises_per_site_leave_out_what_flood_control_does_not_count(
+    event_db_url: str,
+) -> None:
+    changes = [raised(f"n{i}", f"k{i}", at_ms=T0 + i, site="north") for i in range(5)]
+    changes += [raised("s0", "ks", at_ms=T0 + 99, site="south")]
+    changes += [raised("f", "kf", at_ms=T0 + 50, site="north", rule_id="flood_control")]
+    changes += [raised("h", "kh", at_ms=T0 + 60, site="north", source=Source.HUB)]
+    with EventStore(event_db_url) as store:
+        store.migrate()
+        store.save(changes)
+        found = store.newest_raises(
+            3, leave_out_rule="flood_control", leave_out_sources={Source.HUB}
+        )
+        assert found == {"north": [T0 + 2, T0 + 3, T0 + 4], "south": [T0 + 99]}
+    with EventStore(event_db_url, StoreScope("p001", frozenset({"south"}))) as south:
+        assert south.newest_raises(3, leave_out_rule="x", leave_out_sources=()) == {
+            "south": [T0 + 99]
+        }
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
@@ -517,17 +543,20 @@ def test_a_sinks_queue_is_read_in_order_without_sorting_it(tmp_path: Path) -> No
     assert "ix_outbox_sink_queue" in plan and "TEMP B-TREE" not in plan, plan
 
 
-def test_a_version_2_store_gets_the_queue_index(event_db_url: str) -> None:
+def test_a_version_2_store_gets_the_queue_and_site_indexes(event_db_url: str) -> None:
     engine = engine_of(event_db_url)
     try:
         assert migrations.migrate(engine, migrations.MIGRATIONS[:2]) == 2
-        with engine.begin() as conn:  # the outbox's index as v1 made it before v3
+        with engine.begin() as conn:  # the indexes as v1 made them before v3 and v4
             conn.execute(sa.text("DROP INDEX ix_outbox_sink_queue"))
+            conn.execute(sa.text("DROP INDEX ix_events_site_raised"))
             conn.execute(
                 sa.text("CREATE INDEX ix_outbox_sink_due ON outbox (sink, failed, next_attempt_ms)")
             )
-        assert migrations.migrate(engine) == 3
+        assert migrations.migrate(engine) == 4
         indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("outbox")}
         assert "ix_outbox_sink_queue" in indexes and "ix_outbox_sink_due" not in indexes
+        indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
+        assert "ix_events_site_raised" in indexes
     finally:
         engine.dispose()

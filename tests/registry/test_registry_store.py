@@ -55,10 +55,10 @@ def device(ident: str, kind: str = "smoke", cell: str = "c1", lon: float = 113.0
 
 def test_shares_the_event_database_with_its_own_migration_track(event_db_url: str) -> None:
     with EventStore(event_db_url) as events, RegistryStore(event_db_url) as reg:
-        assert events.migrate() == 3
+        assert events.migrate() == 4
         assert reg.migrate() == 1
         assert reg.migrate() == 1  # idempotent
-        assert events.migrate() == 3
+        assert events.migrate() == 4
 
 
 def test_create_read_update_retire_a_device(store: RegistryStore) -> None:

@@ -49,13 +49,13 @@ def test_each_store_migrates_only_its_own_track(event_db_url: str) -> None:
     finally:
         registry.close()
     with EventStore(event_db_url) as store:
-        assert store.migrate() == 3
+        assert store.migrate() == 4
     users = UserStore(event_db_url)
     try:
         assert users.migrate() == 1
     finally:
         users.close()
-    assert _versions(event_db_url) == {"events": 3, "registry": 1, "users": 1}
+    assert _versions(event_db_url) == {"events": 4, "registry": 1, "users": 1}
 
 
 @pytest.mark.parametrize(
