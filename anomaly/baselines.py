@@ -177,25 +177,25 @@ class _Layout:
         """`anomaly.cells.widen_cells` on the bits of `mask`: the first day of a device
         regrids often, and going through sets of cell keys made its readings cost about
         half as much again as a learned device's. Each level's and each change's new
-        cells are worked out once per call (a grid has a few dozen of each), not per cell."""
+        cells are worked out once per call (a grid has a few dozen of each), not per cell,
+        and a change's new cells, a contiguous run, are set in one shift per level."""
         old_width, width = old_hi - old_lo, hi - lo
         ratio = old_width / width
         g, row, shift = self.g, self.width, self.shift
         levels: dict[int, range] = {}
-        changes: dict[int, range] = {}
+        runs: dict[int, int] = {}  # per old change, its new ones (a run) as bits of level -1
         out = 0
         for index in _bits(mask):
             i, j = divmod(index, row)
             new_levels = levels.get(i)
             if new_levels is None:
                 new_levels = levels[i] = moved_levels(i - 1, g, old_lo, old_width, lo, width)
-            new_changes = changes.get(j)
-            if new_changes is None:
-                new_changes = changes[j] = moved_changes(j - shift, ratio)
+            run = runs.get(j)
+            if run is None:
+                moved = moved_changes(j - shift, ratio)
+                run = runs[j] = ((1 << len(moved)) - 1) << (moved.start + shift)
             for a in new_levels:
-                base = (a + 1) * row + shift
-                for b in new_changes:
-                    out |= 1 << (base + b)
+                out |= run << ((a + 1) * row)
         return out
 
 

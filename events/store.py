@@ -144,6 +144,23 @@ _UPDATE_EVENT: Final = DriverStatement(
         events.c.id == sa.bindparam("b_id"), events.c.version == sa.bindparam("b_version")
     )
 )
+
+
+def _state_upsert(insert: Any) -> DriverStatement:
+    return DriverStatement(
+        insert.on_conflict_do_update(
+            index_elements=[consumer_state.c.consumer, consumer_state.c.key],
+            set_={"data": insert.excluded.data, "updated_ms": insert.excluded.updated_ms},
+        )
+    )
+
+
+# A consumer's state rows (the anomaly baselines: a row per changed device each commit)
+# on the driver's cursor too; `data` is bytes, which both drivers take as they are.
+_UPSERT_STATE: Final = {
+    "postgresql": _state_upsert(pg_dialect.insert(consumer_state)),
+    "sqlite": _state_upsert(sqlite_dialect.insert(consumer_state)),
+}
 _OPEN_EVENT: Final = (
     events.select()
     .where(
@@ -568,21 +585,14 @@ class EventStore:
         Inside `batch()` this commits with the rest of the batch (the consumer's position)."""
         if not rows:
             return
-        insert = (
-            pg_dialect.insert(consumer_state)
-            if self._engine.dialect.name == "postgresql"
-            else sqlite_dialect.insert(consumer_state)
-        )
-        statement = insert.on_conflict_do_update(
-            index_elements=[consumer_state.c.consumer, consumer_state.c.key],
-            set_={"data": insert.excluded.data, "updated_ms": insert.excluded.updated_ms},
-        )
+        upsert = _UPSERT_STATE[self._engine.dialect.name]
+        name = self._named(consumer)
         params = [
-            {"consumer": self._named(consumer), "key": key, "data": data, "updated_ms": at_ms}
+            {"consumer": name, "key": key, "data": data, "updated_ms": at_ms}
             for key, data in rows.items()
         ]
         with self._write() as conn:
-            conn.execute(statement, params)
+            upsert.executemany(conn, params)
 
     def get_consumer_state(self, consumer: str) -> dict[str, bytes]:
         """Every row of a consumer's state, by key."""
