@@ -146,20 +146,27 @@ _UPDATE_EVENT: Final = DriverStatement(
 )
 
 
-def _state_upsert(insert: Any) -> DriverStatement:
+def _upsert(insert: Any, *key: sa.Column[Any]) -> DriverStatement:
+    """`insert` (a dialect's) replacing `data` and `updated_ms` of the row `key` names."""
     return DriverStatement(
         insert.on_conflict_do_update(
-            index_elements=[consumer_state.c.consumer, consumer_state.c.key],
+            index_elements=list(key),
             set_={"data": insert.excluded.data, "updated_ms": insert.excluded.updated_ms},
         )
     )
 
 
-# A consumer's state rows (the anomaly baselines: a row per changed device each commit)
-# on the driver's cursor too; `data` is bytes, which both drivers take as they are.
+# Blobs written on every commit, also on the driver's cursor: the consumers' positions
+# and the rules snapshot (`put_snapshot`), the anomaly baselines of the devices that
+# changed (`put_consumer_state`). `data` is bytes, which both drivers take as they are.
+_DIALECTS: Final = {"postgresql": pg_dialect, "sqlite": sqlite_dialect}
+_UPSERT_SNAPSHOT: Final = {
+    name: _upsert(dialect.insert(snapshots), snapshots.c.name)
+    for name, dialect in _DIALECTS.items()
+}
 _UPSERT_STATE: Final = {
-    "postgresql": _state_upsert(pg_dialect.insert(consumer_state)),
-    "sqlite": _state_upsert(sqlite_dialect.insert(consumer_state)),
+    name: _upsert(dialect.insert(consumer_state), consumer_state.c.consumer, consumer_state.c.key)
+    for name, dialect in _DIALECTS.items()
 }
 _OPEN_EVENT: Final = (
     events.select()
@@ -513,18 +520,9 @@ class EventStore:
 
     def put_snapshot(self, name: str, data: bytes, at_ms: int) -> None:
         """Store (or replace) a named blob, e.g. the rule engine state."""
-        insert = (
-            pg_dialect.insert(snapshots)
-            if self._engine.dialect.name == "postgresql"
-            else sqlite_dialect.insert(snapshots)
-        )
-        statement = insert.values(name=self._named(name), data=data, updated_ms=at_ms)
-        statement = statement.on_conflict_do_update(
-            index_elements=[snapshots.c.name],
-            set_={"data": statement.excluded.data, "updated_ms": statement.excluded.updated_ms},
-        )
+        upsert = _UPSERT_SNAPSHOT[self._engine.dialect.name]
         with self._write() as conn:
-            conn.execute(statement)
+            upsert.execute(conn, {"name": self._named(name), "data": data, "updated_ms": at_ms})
 
     def get_snapshot(self, name: str) -> bytes | None:
         query = sa.select(snapshots.c.data).where(snapshots.c.name == self._named(name))
