@@ -7,9 +7,10 @@ fresh broker, event store and InfluxDB database:
 1. **Single hub**: `gridwatch run` with every site.
 2. **Cluster**: `nodes` hub nodes (`cluster.enabled`) sharing the sites over
    `partitions` leases in PostgreSQL. Once `kill_at` of the stream is published, the node
-   owning the most sites is SIGKILLed; the drill measures how long until every one of its
-   partitions is owned again (a live lease of another node) and read again (that
-   partition's new hub connected). The killed node then rejoins (`rejoin`), so
+   owning the most sites is SIGKILLed (`fault`: or stalled past its leases, or stopped
+   with SIGTERM so that it hands its partitions over); the drill measures how long until
+   every one of its partitions is owned again (a live lease of another node) and read
+   again (that partition's new hub connected). The node then rejoins (`rejoin`), so
    partitions are also handed over gracefully while the stream flows.
 
 It then compares the events (ids, rules, keys, raise times, audit trails, counts) and

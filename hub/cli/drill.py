@@ -196,9 +196,9 @@ def cluster(
     as_json: bool,
 ) -> None:
     """Site-partitioned hubs (`cluster.enabled`) against one hub on the same multi-site
-    stream, with a node SIGKILLed (or stalled past its leases) mid-stream; exits 1 unless
-    the events and stored points are identical and its partitions were owned again within
-    10 s (docs/scaling.md)."""
+    stream, with a node SIGKILLed (or stalled past its leases, or stopped so that it hands
+    its partitions over) mid-stream; exits 1 unless the events and stored points are
+    identical and its partitions were owned again within 10 s (docs/scaling.md)."""
     from evaluation.cluster_drill import (
         ClusterDrillOptions,
         format_cluster_report,
