@@ -355,8 +355,18 @@ class CountLogic(Logic):
         times: list[int] = st.setdefault("times", [])
         cut = bisect.bisect_right(times, now_ms - self.c.within)
         del times[:cut]
-        st["due"] = times[0] + self.c.within if times else None
+        st["due"] = self._due(times) if times else None
         return times
+
+    def _due(self, times: list[int]) -> int:
+        """The next time the window needs a look, for a non-empty window.
+
+        At or over the count: when it falls below (the clear). Under it, nothing that
+        happens before the newest reading leaves the window can be seen (readings trim
+        it themselves), so only that moment, when the slot may be forgotten. A timer per
+        expiring reading would fire once per reading of every busy device."""
+        n, at_least = len(times), self.c.at_least
+        return times[n - at_least if n >= at_least else -1] + self.c.within
 
     def observe(self, st: State, obs: Obs) -> Change | None:
         if not self._when(obs):
@@ -371,9 +381,12 @@ class CountLogic(Logic):
         start = times[-1] - self.c.within
         if times[0] <= start:
             del times[: bisect.bisect_right(times, start)]
-        st["due"] = times[0] + self.c.within
         if len(times) >= self.c.at_least:
+            st["due"] = self._due(times)
             return Change(True, obs.ts_ms, {"count": len(times)})
+        due = st.get("due")
+        if due is None or due <= ts:  # else a look already waits ahead: it re-arms then
+            st["due"] = times[-1] + self.c.within
         return None
 
     def fire(self, st: State, at_ms: int) -> Change | None:

@@ -203,6 +203,71 @@ def test_count_clears_when_the_window_empties_via_tick() -> None:
     assert run.tick(200) == []
 
 
+def _count_oracle(
+    times: list[float], at_least: int, within_s: float, end_s: float
+) -> list[tuple[str, float]]:
+    """Raise and clear times of a sliding count, by brute force. At each moment a
+    reading leaves the window, the event clears if too few are left (before a reading
+    of that moment counts); at each reading, it raises if the window (t - within, t]
+    holds enough (no cooldown: every reading at the count raises again)."""
+    out: list[tuple[str, float]] = []
+    open_ = False
+    moments = sorted({*times, *(t + within_s for t in times)})
+    for m in (m for m in moments if m <= end_s):
+        before = sum(1 for t in times if m - within_s < t < m)
+        if open_ and before < at_least:
+            out.append(("clear", m))
+            open_ = False
+        if m in times and before + 1 >= at_least:
+            out.append(("raise", m))
+            open_ = True
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_count_raises_and_clears_as_brute_force_says(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    at_least, within = rng.choice([(2, 10), (3, 20), (5, 30)])
+    cond = f"{{type: count, when: {DENIED}, at_least: {at_least}, within: {within}s}}"
+    run = Run(rules_yaml(cond))
+    times, t = [], 0.0
+    for _ in range(300):  # bursts and lulls, whole seconds (no two readings at once)
+        t += rng.choice([1, 1, 2, 3, 5, 8, 40])
+        times.append(t)
+        run.feed(event("access", "a1", t, "access_denied"))
+    run.tick(t + 1000)
+    assert ev(run.all) == _count_oracle(times, at_least, within, t + 1000)
+    assert run.state.slots == {}
+
+
+def test_a_busy_device_under_the_count_fires_no_timer_per_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under the count, a reading leaving the window changes nothing anyone sees: the
+    window is looked at once it could be forgotten, not at every expiry (a timer per
+    reading of every busy device was a fifth of the rules' cost in the ingest bench)."""
+    from rules.conditions import CountLogic
+
+    fired: list[int] = []
+    original = CountLogic.fire
+
+    def counted(self: CountLogic, st: dict[str, object], at_ms: int) -> object:
+        fired.append(at_ms)
+        return original(self, st, at_ms)
+
+    monkeypatch.setattr(CountLogic, "fire", counted)
+    cond = f"{{type: count, when: {DENIED}, at_least: 200, within: 10s}}"
+    run = Run(rules_yaml(cond))
+    for i in range(600):  # 10 a second for a minute: 100 a window, never 200
+        run.feed(event("access", "a1", i / 10 + 0.05, "access_denied"))
+    assert run.all == []
+    assert len(fired) <= 60 / 10 + 1
+    run.tick(200)
+    assert run.state.slots == {}
+
+
 def test_count_out_of_order_readings_fall_into_their_place() -> None:
     cond = f"{{type: count, when: {DENIED}, at_least: 3, within: 10s}}"
     run = Run(rules_yaml(cond))
