@@ -53,6 +53,7 @@ RULES_STATS_FIELDS: Final = (
     "rules_detections",
     "rules_commits",
     "rules_record_errors",
+    "rules_late_readings",
     "rules_lag_records",
     "rules_lag_s",
     "rules_watermark_ms",

@@ -649,6 +649,7 @@ class RulesService:
             "rules_detections": self.detections,
             "rules_commits": self.commits,
             "rules_record_errors": self.record_errors,
+            "rules_late_readings": self.engine.late_readings,
             "rules_lag_records": lag_records,
             "rules_lag_s": self._lag.seconds(self.watermark_ms) if lag_records else 0.0,
             "rules_watermark_ms": self.watermark_ms,
@@ -664,7 +665,8 @@ class RulesService:
         invalid or unreadable; the running rules then stay as they were."""
         rules = load_rules(self.rule_paths)
         with self._lock:
-            new = Engine(rules, self.engine.directory)
+            new = Engine(rules, self.engine.directory, lateness_ms=self.engine.lateness_ms)
+            new.late_readings = self.engine.late_readings
             before = len(self.state.slots)
             owed = new.retire(self.state, self.engine, self.state.clock_ms)
             kept = len(self.state.slots)
@@ -688,7 +690,11 @@ class RulesService:
         new directory. Condition state carries on as it is (no rule changed), and the
         event manager assigns to the cells' new grid workers."""
         with self._lock:
-            self.engine = Engine([c.rule for c in self.engine.rules], directory)
+            old = self.engine
+            self.engine = Engine(
+                [c.rule for c in old.rules], directory, lateness_ms=old.lateness_ms
+            )
+            self.engine.late_readings = old.late_readings
         self.manager.workers = directory.workers()
 
     def reload_on_signal(self) -> None:

@@ -217,6 +217,13 @@ class EventsSettings(_Section):
     webhooks: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr | None = None
     snapshot_interval_s: Positive = 10.0
+    allowed_lateness_s: float = Field(default=0.0, ge=0.0, le=3600.0)
+    """How late (in device time) a reading may reach the rules, behind another device's,
+    and still be decided as if it had come in order: rule timers (held open, silence,
+    windows) fire this long after their time. 0: as soon as any device's time passes
+    them. Raise it when devices reach the broker through paths that delay some of them
+    (gateways that store and forward); timer alarms come that much later.
+    `rules_late_readings` in `gridwatch status` counts readings later than this."""
     detection: Literal["process", "thread"] = "process"
     """Where rules, anomaly scoring and the event sinks run: "process", a worker process
     of the hub's own (`hub.worker`: the hub's second core, so alarms are decided while

@@ -360,7 +360,7 @@ def build_events(
     )
     dispatcher = OutboxDispatcher(store, sinks, clock_ms=_now_ms)
     service = RulesService(
-        Engine(rules, directory),
+        Engine(rules, directory, lateness_ms=round(cfg.allowed_lateness_s * 1000)),
         store,
         manager,
         rule_paths=cfg.rules,

@@ -177,8 +177,19 @@ def _slot_id(rule_id: str, key: str) -> str:
 class Engine:
     """Compiled rules over a directory; holds no per-reading state itself."""
 
-    def __init__(self, rules: Sequence[Rule], directory: Directory | None = None) -> None:
+    def __init__(
+        self, rules: Sequence[Rule], directory: Directory | None = None, *, lateness_ms: int = 0
+    ) -> None:
         self.directory = directory or Directory()
+        if lateness_ms < 0:
+            raise ValueError(f"lateness_ms must be 0 or more, not {lateness_ms}")
+        self.lateness_ms = lateness_ms
+        """Allowed lateness: a timer fires once the watermark is this far past it, so a
+        reading up to this late (another connection's, delayed) is evaluated before it.
+        A slot's own readings fire its due timers first, whatever the lateness."""
+        self.late_readings = 0
+        """Readings older than the watermark by more than the allowed lateness: timers
+        past their time may have fired before them (not part of the state)."""
         self.rules: list[_Compiled] = []
         for rule in rules:
             logic = compile_condition(
@@ -254,14 +265,20 @@ class Engine:
     # --- the two entry points -----------------------------------------------------
 
     def evaluate(self, reading: Reading, state: EngineState, now_ms: int) -> list[Detection]:
-        """Fire timers due by `now`, then apply the reading to every rule in scope."""
+        """Fire timers due by `now` (less the allowed lateness), then apply the reading to
+        every rule in scope, each slot's own due timers first."""
         timers = state.timers
-        if state.next_due_ms is None or (timers and timers[0][0] <= max(now_ms, state.clock_ms)):
+        lateness = self.lateness_ms
+        if state.next_due_ms is None or (
+            timers and timers[0][0] <= max(now_ms, state.clock_ms) - lateness
+        ):
             out = self.tick(state, now_ms)
         else:
             out = []
             state.clock_ms = max(state.clock_ms, now_ms)
         obs = Obs(reading, reading.ts_ns // 1_000_000, self.directory.device(reading.device))
+        if obs.ts_ms < state.clock_ms - lateness:
+            self.late_readings += 1
         ctx: dict[str, Any] | None = None
         keys: dict[str, str] = {}  # rendered once per reading, not once per rule
         variants = self._variants
@@ -290,6 +307,11 @@ class Engine:
             else:
                 sid = compiled.sid_prefix + key
             slot = slots.get(sid)
+            if lateness and slot is not None:
+                due = slot.get("due")
+                if due is not None and due <= obs.ts_ms:  # held back: its own time has come
+                    out += self._fire_until(state, sid, obs.ts_ms)
+                    slot = slots.get(sid)
             if slot is None:
                 if not relevant or not logic.starts(obs):
                     continue  # a clear with nothing open, or nothing to remember
@@ -334,7 +356,7 @@ class Engine:
     def tick(self, state: EngineState, now_ms: int) -> list[Detection]:
         """Fire every timer due by `now` (condition timers and instant auto-clears)."""
         state.clock_ms = max(state.clock_ms, now_ms)
-        now = state.clock_ms
+        now = state.clock_ms - self.lateness_ms
         if state.next_due_ms is None:
             _rebuild_timers(state)
         timers = state.timers
@@ -347,25 +369,9 @@ class Engine:
             slot = state.slots.get(sid)
             if slot is None or slot.get("due") != at_ms or sid in held:
                 continue  # stale: the slot went or its timer moved (or waits, below)
-            rule_id, key = sid.split("\x1f", 1)
-            key = slot.get("key", key)
-            compiled = self._by_id.get(rule_id)
-            if compiled is None:
-                del state.slots[sid]
-                continue
-            change: Change | None
-            auto_clear = slot.get("clear_at") is not None and slot["clear_at"] <= at_ms
-            if auto_clear:
-                slot["clear_at"] = None
-                change = Change(False, at_ms)
-            else:
-                device = slot.get("ctx", {}).get("device")
-                change = self._logic(compiled, device).fire(slot["c"], at_ms)
-            if change is not None:
-                out += self._apply(compiled, key, slot, change, None)
-            self._schedule(compiled, slot, state, sid)
-            if self._forgettable(compiled, slot):
-                del state.slots[sid]  # nothing left to remember
+            fired, auto_clear = self._fire(state, sid, slot, at_ms)
+            out += fired
+            if sid not in state.slots:
                 continue
             following = slot.get("due")
             # Only forward (or the condition timer an auto-clear shared its time with):
@@ -380,6 +386,47 @@ class Engine:
             heapq.heappush(timers, (state.slots[sid]["due"], sid))
         state.next_due_ms = timers[0][0] if timers else _NEVER
         _prune_timers(state)  # mostly stale entries: start afresh
+        return out
+
+    def _fire(
+        self, state: EngineState, sid: str, slot: dict[str, Any], at_ms: int
+    ) -> tuple[list[Detection], bool]:
+        """A slot's timer due at `at_ms`: its condition's or its auto-clear. Reschedules
+        the slot, or forgets it when nothing is left. Returns the detections, and whether
+        it was the auto-clear."""
+        rule_id, key = sid.split("\x1f", 1)
+        key = slot.get("key", key)
+        compiled = self._by_id.get(rule_id)
+        if compiled is None:
+            del state.slots[sid]
+            return [], False
+        change: Change | None
+        auto_clear = slot.get("clear_at") is not None and slot["clear_at"] <= at_ms
+        if auto_clear:
+            slot["clear_at"] = None
+            change = Change(False, at_ms)
+        else:
+            device = slot.get("ctx", {}).get("device")
+            change = self._logic(compiled, device).fire(slot["c"], at_ms)
+        out = self._apply(compiled, key, slot, change, None) if change is not None else []
+        self._schedule(compiled, slot, state, sid)
+        if self._forgettable(compiled, slot):
+            del state.slots[sid]  # nothing left to remember
+        return out, auto_clear
+
+    def _fire_until(self, state: EngineState, sid: str, until_ms: int) -> list[Detection]:
+        """Fire one slot's timers due by `until_ms` (a reading of its own at that time),
+        in order, as `tick` would have; the heap's entries for them go stale."""
+        out: list[Detection] = []
+        while (slot := state.slots.get(sid)) is not None:
+            at_ms = slot.get("due")
+            if at_ms is None or at_ms > until_ms:
+                break
+            fired, auto_clear = self._fire(state, sid, slot, at_ms)
+            out += fired
+            following = slot.get("due")
+            if following is not None and following <= at_ms and not auto_clear:
+                break  # a timer that does not move on: the next tick sees it (as in `tick`)
         return out
 
     # --- helpers ------------------------------------------------------------------

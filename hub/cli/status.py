@@ -84,6 +84,11 @@ def format_status(data: dict[str, Any]) -> str:
             f"{data.get('rules_lag_records', 0)} records, "
             f"{data.get('rules_lag_s', 0):.1f} s of event time"
         )
+        if late := data.get("rules_late_readings"):
+            lines.append(
+                f"  late          {late} readings reached the rules after timers past their "
+                "time had fired (events.allowed_lateness_s)"
+            )
         e50, e99 = data.get("rules_event_latency_p50_ms"), data.get("rules_event_latency_p99_ms")
         if e50 is not None:
             lines.append(f"  latency       p50 {e50:.1f} ms, p99 {e99:.1f} ms (event time→event)")

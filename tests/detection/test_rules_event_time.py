@@ -200,3 +200,34 @@ def test_a_record_the_rules_cannot_evaluate_is_skipped_not_retried(
     assert service.record_errors == 1
     assert service.status()["rules_record_errors"] == 1
     assert [e.key for e in store.list_events()] == ["a1"]
+
+
+async def test_the_allowed_lateness_is_a_setting_the_rules_keep_across_reloads(
+    tmp_path: Path,
+) -> None:
+    from hub.settings import ApiSettings, EventsSettings, HubSettings, Settings, SpoolSettings
+    from hub.wiring import build_events, build_writer
+
+    settings = Settings(
+        hub=HubSettings(data_dir=tmp_path / "data"),
+        spool=SpoolSettings(directory=tmp_path / "spool"),
+        events=EventsSettings(publish_mqtt=False, write_influx=False, allowed_lateness_s=2.5),
+        api=ApiSettings(enabled=False),
+    )
+    writer = build_writer(settings)
+    side = build_events(settings, None, writer)
+    try:
+        service = side.service
+        assert service.engine.lateness_ms == 2_500
+        service.step([event("access", "a1", 10, "door_opened")])
+        service.step([event("access", "a2", 5, "door_opened")])  # 5 s behind a1's
+        assert service.status()["rules_late_readings"] == 1
+        service.reload_rules()
+        service.set_directory(service.engine.directory)
+        assert service.engine.lateness_ms == 2_500
+        assert service.status()["rules_late_readings"] == 1
+    finally:
+        side.store.close()
+        await writer.aclose()
+    with pytest.raises(ValueError, match="allowed_lateness_s"):
+        EventsSettings(allowed_lateness_s=-1)
