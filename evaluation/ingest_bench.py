@@ -289,6 +289,15 @@ def _phase_figures(probes: list[_Probe]) -> dict[str, Any]:
         "p99_ms": None if p99 is None else round(p99, 1),
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "lost_devices": [p.device for p in probes if p.event_ns is None][:5],
+        # Each probe in the order sent: (seconds after the phase's first, ms to its
+        # event or None). Shows where latency builds up (a burst, a stall, a drift).
+        "timeline": [
+            (
+                round((p.sent_ns - probes[0].sent_ns) / 1e9, 3),
+                None if p.event_ns is None else round((p.event_ns - p.sent_ns) / 1e6, 1),
+            )
+            for p in probes
+        ],
     }
 
 
