@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 SNAPSHOT_NAME: Final = "rules-engine"
 TICK_S: Final = 1.0
 """The loop looks for a due commit (interval, reload) at least this often."""
+LATE_BEHIND_SHOWN: Final = 5
+"""What moved event time before late readings, the top few (`status`)."""
 CHUNK: Final = 2_000
 """Records evaluated per turn of `run` before the event loop goes to other tasks."""
 STORAGE_FAILING_RULE: Final = "hub_storage_failing"
@@ -640,16 +642,18 @@ class RulesService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), timeout_s)
 
-    def status(self) -> dict[str, int | float | bool | None]:
-        """For `gridwatch status` and `hub_stats`."""
+    def status(self) -> dict[str, int | float | bool | dict[str, int] | None]:
+        """For `gridwatch status` and `hub_stats` (which leaves the dict out)."""
         p50, p99 = self.latency.percentiles(0.5, 0.99)
         lag_records = self._lag.records()
+        behind = sorted(self.engine.late_behind.items(), key=lambda kv: (-kv[1], kv[0]))
         return {
             "rules_evaluated": self.evaluated,
             "rules_detections": self.detections,
             "rules_commits": self.commits,
             "rules_record_errors": self.record_errors,
             "rules_late_readings": self.engine.late_readings,
+            "rules_late_behind": dict(behind[:LATE_BEHIND_SHOWN]),
             "rules_lag_records": lag_records,
             "rules_lag_s": self._lag.seconds(self.watermark_ms) if lag_records else 0.0,
             "rules_watermark_ms": self.watermark_ms,
@@ -667,6 +671,7 @@ class RulesService:
         with self._lock:
             new = Engine(rules, self.engine.directory, lateness_ms=self.engine.lateness_ms)
             new.late_readings = self.engine.late_readings
+            new.late_behind = self.engine.late_behind
             before = len(self.state.slots)
             owed = new.retire(self.state, self.engine, self.state.clock_ms)
             kept = len(self.state.slots)
@@ -695,6 +700,7 @@ class RulesService:
                 [c.rule for c in old.rules], directory, lateness_ms=old.lateness_ms
             )
             self.engine.late_readings = old.late_readings
+            self.engine.late_behind = old.late_behind
         self.manager.workers = directory.workers()
 
     def reload_on_signal(self) -> None:

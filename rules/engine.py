@@ -129,6 +129,11 @@ def _NOTHING(obs: Obs) -> bool:
     return False
 
 
+CLOCK_TICKS: Final = "(hub clock ticks)"
+"""What moved the watermark when the hub's idle ticks did (`Engine.late_behind`)."""
+LATE_SOURCES: Final = 100
+"""The most names `Engine.late_behind` keeps."""
+
 _OTHER: Final = object()
 """A kind, channel or event type no rule names (the index maps them all to this)."""
 
@@ -190,6 +195,11 @@ class Engine:
         self.late_readings = 0
         """Readings older than the watermark by more than the allowed lateness: timers
         past their time may have fired before them (not part of the state)."""
+        self.late_behind: dict[str, int] = {}
+        """Late readings by what last moved the watermark before them: a device (one
+        whose clock runs ahead collects nearly all), or `CLOCK_TICKS` (the hub's idle
+        ticks passed readings delayed in transit). At most `LATE_SOURCES` names."""
+        self._leader = CLOCK_TICKS
         self.rules: list[_Compiled] = []
         for rule in rules:
             logic = compile_condition(
@@ -269,6 +279,7 @@ class Engine:
         every rule in scope, each slot's own due timers first."""
         timers = state.timers
         lateness = self.lateness_ms
+        before = state.clock_ms
         if state.next_due_ms is None or (
             timers and timers[0][0] <= max(now_ms, state.clock_ms) - lateness
         ):
@@ -277,8 +288,10 @@ class Engine:
             out = []
             state.clock_ms = max(state.clock_ms, now_ms)
         obs = Obs(reading, reading.ts_ns // 1_000_000, self.directory.device(reading.device))
-        if obs.ts_ms < state.clock_ms - lateness:
-            self.late_readings += 1
+        if obs.ts_ms > before:
+            self._leader = reading.device
+        elif obs.ts_ms < state.clock_ms - lateness:
+            self._late()
         ctx: dict[str, Any] | None = None
         keys: dict[str, str] = {}  # rendered once per reading, not once per rule
         variants = self._variants
@@ -355,6 +368,8 @@ class Engine:
 
     def tick(self, state: EngineState, now_ms: int) -> list[Detection]:
         """Fire every timer due by `now` (condition timers and instant auto-clears)."""
+        if now_ms > state.clock_ms:
+            self._leader = CLOCK_TICKS  # a reading that moved it says so after this
         state.clock_ms = max(state.clock_ms, now_ms)
         now = state.clock_ms - self.lateness_ms
         if state.next_due_ms is None:
@@ -428,6 +443,15 @@ class Engine:
             if following is not None and following <= at_ms and not auto_clear:
                 break  # a timer that does not move on: the next tick sees it (as in `tick`)
         return out
+
+    def _late(self) -> None:
+        self.late_readings += 1
+        behind = self.late_behind
+        leader = self._leader
+        if leader in behind:
+            behind[leader] += 1
+        elif len(behind) < LATE_SOURCES:
+            behind[leader] = 1
 
     # --- helpers ------------------------------------------------------------------
 

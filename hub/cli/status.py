@@ -85,10 +85,16 @@ def format_status(data: dict[str, Any]) -> str:
             f"{data.get('rules_lag_s', 0):.1f} s of event time"
         )
         if late := data.get("rules_late_readings"):
+            behind = data.get("rules_late_behind") or {}
+            ranked = sorted(behind.items(), key=lambda kv: (-kv[1], kv[0]))
+            most = ", ".join(f"{name} {count}" for name, count in ranked)
             lines.append(
                 f"  late          {late} readings reached the rules after timers past their "
-                "time had fired (events.allowed_lateness_s)"
+                f"time had fired (events.allowed_lateness_s); behind: {most or '?'}"
             )
+            top = ranked[0] if ranked else None
+            if top is not None and top[1] >= 0.9 * late and not top[0].startswith("("):
+                lines.append(f"                nearly all behind {top[0]}: is its clock ahead?")
         e50, e99 = data.get("rules_event_latency_p50_ms"), data.get("rules_event_latency_p99_ms")
         if e50 is not None:
             lines.append(f"  latency       p50 {e50:.1f} ms, p99 {e99:.1f} ms (event time→event)")

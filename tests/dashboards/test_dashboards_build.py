@@ -217,7 +217,11 @@ def test_rules_stats_fields_are_what_the_rules_service_reports(tmp_path: Path) -
     with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
         store.migrate()
         service = RulesService(Engine([]), store, EventManager(store, workers={}))
-        assert set(schema.RULES_STATS_FIELDS) == set(service.status())
+        status = service.status()
+        # A dict is for the status file only: `hub_stats` leaves it out (no such field).
+        assert set(schema.RULES_STATS_FIELDS) == {
+            k for k, v in status.items() if not isinstance(v, dict)
+        }
 
 
 def test_device_status_fields_are_what_ingest_writes() -> None:

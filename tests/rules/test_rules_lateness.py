@@ -92,6 +92,20 @@ def test_timers_fire_once_the_watermark_is_past_them_by_the_lateness() -> None:
     assert decided(engine.tick(state, at(47))) == [("door_held_open", "a1", True, at(45))]
 
 
+def test_late_readings_are_counted_behind_what_moved_event_time() -> None:
+    """A device whose clock runs ahead moves event time; the others' readings then come
+    late behind it, and the count says whom they came behind."""
+    engine = Engine(load_rules(), lateness_ms=2_000)
+    state = EngineState()
+    feed(engine, state, [door("a1", 0, "door_opened"), door("fast", 300, "door_closed")])
+    feed(engine, state, [door("a1", t, "access_granted") for t in range(10, 60, 10)])
+    feed(engine, state, [door("fast", 301, "door_closed"), door("a2", 299, "door_opened")])
+    engine.tick(state, at(400))  # the hub's idle ticks move it on
+    feed(engine, state, [door("a2", 390, "door_closed")])
+    assert engine.late_readings == 6
+    assert engine.late_behind == {"fast": 5, "(hub clock ticks)": 1}
+
+
 def test_a_negative_lateness_is_refused() -> None:
     with pytest.raises(ValueError, match="lateness_ms"):
         Engine(load_rules(), lateness_ms=-1)
