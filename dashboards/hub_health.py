@@ -102,6 +102,13 @@ def build(config: BuildConfig) -> dashboard.Dashboard:
             unit="ms",
         ),
         timeseries_panel(
+            "Late readings",
+            "Readings that reached the rules after timers past their time had fired "
+            "(counter difference): delays longer than events.allowed_lateness_s, or a "
+            "device clock running ahead. `gridwatch status` names what they came behind.",
+            [query(_difference("rules_late_readings")).alias(alias)],
+        ),
+        timeseries_panel(
             "Storage refusing writes",
             "Seconds the spool's disk has refused writes (full, I/O error): nothing is "
             "acknowledged meanwhile and the broker keeps the backlog (0 while it takes them).",

@@ -160,6 +160,9 @@ EXPECTED: Final[dict[tuple[str, str, str], Expect]] = {
     ("gridwatch-hub-health", "Time to event (p99)", "A"): Expect(
         ("time", "rules_event_latency_p99_ms"), ("hub",), data=False
     ),
+    ("gridwatch-hub-health", "Late readings", "A"): Expect(
+        ("time", "rules_late_readings"), ("hub",), data=False
+    ),
     ("gridwatch-hub-health", "Storage refusing writes", "A"): Expect(
         ("time", "storage_blocked_s"), ("hub",)
     ),
