@@ -669,9 +669,7 @@ class RulesService:
         invalid or unreadable; the running rules then stay as they were."""
         rules = load_rules(self.rule_paths)
         with self._lock:
-            new = Engine(rules, self.engine.directory, lateness_ms=self.engine.lateness_ms)
-            new.late_readings = self.engine.late_readings
-            new.late_behind = self.engine.late_behind
+            new = self.engine.rebuilt(rules, self.engine.directory)
             before = len(self.state.slots)
             owed = new.retire(self.state, self.engine, self.state.clock_ms)
             kept = len(self.state.slots)
@@ -695,12 +693,7 @@ class RulesService:
         new directory. Condition state carries on as it is (no rule changed), and the
         event manager assigns to the cells' new grid workers."""
         with self._lock:
-            old = self.engine
-            self.engine = Engine(
-                [c.rule for c in old.rules], directory, lateness_ms=old.lateness_ms
-            )
-            self.engine.late_readings = old.late_readings
-            self.engine.late_behind = old.late_behind
+            self.engine = self.engine.rebuilt([c.rule for c in self.engine.rules], directory)
         self.manager.workers = directory.workers()
 
     def reload_on_signal(self) -> None:

@@ -238,6 +238,14 @@ class Engine:
         """Rules a reading of (kind, channel, event type) can matter to, in rule order;
         names no rule uses are `_OTHER`, so the index stays as small as the rules."""
 
+    def rebuilt(self, rules: Sequence[Rule], directory: Directory) -> Engine:
+        """These rules over this directory, with this engine's lateness and counts of
+        late readings (a reload, a registry change)."""
+        new = Engine(rules, directory, lateness_ms=self.lateness_ms)
+        new.late_readings, new.late_behind = self.late_readings, self.late_behind
+        new._leader = self._leader
+        return new
+
     def _rule_triggers(self) -> list[Triggers]:
         """Per rule: the readings its condition (any device's variant) or its `clear`
         can notice."""
