@@ -50,6 +50,14 @@ def bench() -> None:
     help="Override events.detection, to compare (NOT the default configuration; the "
     "output says so). Default: the hub's own default.",
 )
+@click.option(
+    "--broker-autosave-changes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run the bench's Mosquitto saving its database every N changes instead of the "
+    "local stack's setting, to see what the saves cost (NOT the default configuration: "
+    "no target judged; docs/broker-durability.md).",
+)
 def ingest(
     n_messages: int,
     devices: int,
@@ -60,6 +68,7 @@ def ingest(
     probe_interval_ms: float,
     costs: bool,
     detection: str | None,
+    broker_autosave_changes: int | None,
 ) -> None:
     """Publish N realistic messages and measure the hub's default pipeline, live and
     backlog: throughput against the broker's limit, and alarm latency with probes."""
@@ -75,6 +84,7 @@ def ingest(
         probe_interval_ms=probe_interval_ms,
         costs=costs,
         detection=detection,
+        broker_autosave_changes=broker_autosave_changes,
     )
     click.echo(json.dumps(result, sort_keys=True) if as_json else format_result(result))
 

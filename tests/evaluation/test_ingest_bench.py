@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from devstack.stack import BROKER_PERSISTENCE
 from evaluation import ingest_bench
 from evaluation.ingest_bench import _rfc3339_ms, format_result, judge, run_ingest_bench
 from events.render import rfc3339_ms
@@ -143,6 +144,31 @@ def test_default_output_names_what_was_measured() -> None:
     assert "needs --rate 20000" in text
 
 
+def test_another_broker_setting_is_labelled_and_not_judged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--broker-autosave-changes` measures the hub's default pipeline behind a broker that
+    is not the local stack's: figures to compare, never a verdict on the targets."""
+    seen: dict[str, Any] = {}
+
+    def fake_end_to_end(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        seen.update(kwargs)
+        result = _fake_result()
+        del result["targets"]
+        return {**result, "broker_autosave_changes": 100_000, "broker_default": False}
+
+    monkeypatch.setattr(ingest_bench, "_run_end_to_end", fake_end_to_end)
+    result = run_ingest_bench(1000, 100, None, progress=False, costs=False,
+                              broker_autosave_changes=100_000)  # fmt: skip
+    assert seen["broker_autosave_changes"] == 100_000
+    assert "targets" not in result
+    text = format_result(result)
+    assert "saves its database every 100,000 changes, NOT the local stack's 1,000" in text
+    assert "[PASS]" not in text and "[FAIL]" not in text
+    assert ingest_bench.broker_persistence(None) == tuple(BROKER_PERSISTENCE)
+    assert "autosave_interval 100000" in ingest_bench.broker_persistence(100_000)
+
+
 def test_event_times_are_read_to_the_millisecond() -> None:
     """A probe is matched only by an event raised at or after its own `ts`: a float
     round trip that lost a millisecond would drop every match."""
@@ -172,6 +198,7 @@ def test_cli_takes_ingest_only_and_the_probe_interval(monkeypatch: pytest.Monkey
         "probe_interval_ms": 50.0,
         "costs": False,
         "detection": None,  # the hub's own default unless --detection overrides it
+        "broker_autosave_changes": None,  # the local stack's broker unless it is asked for
     }
     assert json.loads(out.output)["pipeline"] == "ingest_only"
     assert CliRunner().invoke(main, ["bench", "ingest", "--rules"]).exit_code == 2
