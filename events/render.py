@@ -101,7 +101,19 @@ _NS_PER_MS: Final = 1_000_000
 
 
 def _one_line(text: str) -> str:
-    return _CONTROL.sub(" ", text)
+    # A printable string has no control character: skip the regex (points per transition).
+    return text if text.isprintable() else _CONTROL.sub(" ", text)
+
+
+def _tag_value(value: str) -> str:
+    """The escaped one-line tag value, or "" for one that is blank (left out)."""
+    line = _one_line(value)
+    if not line.strip():
+        return ""
+    # `translate` looks up every character: only when there is something to escape.
+    if "\\" in line or "," in line or "=" in line or " " in line:
+        return line.translate(_TAG_ESCAPES)
+    return line
 
 
 def _field(value: FieldValue) -> str:
@@ -111,7 +123,10 @@ def _field(value: FieldValue) -> str:
         return f"{value}i"
     if isinstance(value, float):
         return repr(value)
-    return '"' + _one_line(value).translate(_STRING_ESCAPES) + '"'
+    line = _one_line(value)
+    if "\\" in line or '"' in line:
+        line = line.translate(_STRING_ESCAPES)
+    return '"' + line + '"'
 
 
 def point_time_ns(event: SecurityEvent, audit: AuditRecord) -> int:
@@ -173,10 +188,16 @@ def event_point(event: SecurityEvent, audit: AuditRecord) -> str:
     if loc is not None and math.isfinite(loc.lon) and math.isfinite(loc.lat):
         fields["lon"] = float(loc.lon)
         fields["lat"] = float(loc.lat)
-    series = SECURITY_EVENT.translate(_MEASUREMENT_ESCAPES) + "".join(
-        f",{k.translate(_TAG_ESCAPES)}={_one_line(v).translate(_TAG_ESCAPES)}"
-        for k, v in sorted(tags.items())  # InfluxDB prefers tags sorted by key
-        if _one_line(v).strip()
+    # The keys are identifiers: nothing in them to escape. Tags sorted by key, as
+    # InfluxDB prefers (`_TAG_ORDER`).
+    series = _SERIES + "".join(
+        f",{k}={value}" for k in _TAG_ORDER if (value := _tag_value(tags[k]))
     )
-    field_set = ",".join(f"{k.translate(_TAG_ESCAPES)}={_field(v)}" for k, v in fields.items())
+    field_set = ",".join(f"{k}={_field(v)}" for k, v in fields.items())
     return f"{series} {field_set} {point_time_ns(event, audit)}"
+
+
+_SERIES: Final = SECURITY_EVENT.translate(_MEASUREMENT_ESCAPES)
+_TAG_ORDER: Final = tuple(
+    sorted(("site", "cell", "device", "rule", "severity", "state", "incident", "action", "source"))
+)

@@ -31,7 +31,14 @@ def _field(value: FieldValue) -> str:
         if not math.isfinite(value):
             raise LineProtocolError(f"non-finite float {value!r}")
         return repr(value)
-    return '"' + value.translate(_STRING_ESCAPES) + '"'
+    return '"' + _escape_string(value) + '"'
+
+
+def _escape_string(value: str) -> str:
+    # `translate` looks up every character: only when there is something to escape.
+    if '"' in value or "\\" in value or "\n" in value or "\r" in value:
+        return value.translate(_STRING_ESCAPES)
+    return value
 
 
 def _series_key(measurement: str, tags: Mapping[str, str]) -> str:
@@ -115,7 +122,7 @@ class LineEncoder:
             elif kind is int:
                 parts.append(f"{escaped}={value}i")
             elif isinstance(value, str):
-                parts.append(f'{escaped}="{value.translate(_STRING_ESCAPES)}"')
+                parts.append(f'{escaped}="{_escape_string(value)}"')
             else:
                 parts.append(f"{escaped}={_field(value)}")
         if reading.seq is not None and "seq" not in reading.fields:

@@ -15,6 +15,7 @@ import hmac
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -23,10 +24,13 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.client import ConnectionLost, ConnectOptions, MqttClient
 from devstack.stack import ManagedProcess, free_port
+from events import render
 from events.dispatcher import OutboxDispatcher, OutboxStore
 from events.model import (
     Action,
@@ -547,6 +551,22 @@ def test_line_protocol_golden() -> None:
         r'from_state="active_unacknowledged",lon=116.397,lat=39.909 '
         f"{ts}"
     )
+
+
+@given(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
+    | st.text('a ,="\\\n\r\x7f\x85', max_size=8)
+)
+def test_tags_and_strings_skip_escaping_only_when_nothing_needs_it(text: str) -> None:
+    """The point's shortcut (no `translate` for text with nothing to escape) gives what
+    escaping every value gives."""
+    line = re.sub(r"[\x00-\x1f\x7f]+", " ", text)
+    tag_escapes: dict[str, str | int | None] = {"\\": "/", ",": r"\,", "=": r"\=", " ": r"\ "}
+    tag = line.translate(str.maketrans(tag_escapes))
+    assert render._tag_value(text) == (tag if line.strip() else "")
+    string_escapes: dict[str, str | int | None] = {"\\": "\\\\", '"': '\\"'}
+    string = line.translate(str.maketrans(string_escapes))
+    assert render._field(text) == '"' + string + '"'
 
 
 def test_line_protocol_leaves_out_empty_tags_and_unset_fields() -> None:
