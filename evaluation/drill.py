@@ -395,8 +395,12 @@ def point_counts(
             q = f'SELECT count(*) FROM "{name}" WHERE {where}'  # noqa: S608
             for found in query(target, q):
                 row = found.records()[0]
+                # A field the measurement's schema knows but no point in the range has
+                # counts null (seen mid-run, while the first points were written).
                 out[str(name)] = {
-                    k.removeprefix("count_"): int(v) for k, v in row.items() if k != "time"
+                    k.removeprefix("count_"): int(v)
+                    for k, v in row.items()
+                    if k != "time" and v is not None
                 }
     return out
 
