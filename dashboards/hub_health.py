@@ -48,11 +48,14 @@ def _gauge(field: str) -> str:
     )
 
 
-def _difference(field: str) -> str:
-    """A counter's increase per interval."""
+def _difference(*fields: str) -> str:
+    """Counters' increase per interval."""
     hub = schema.HUB_STATS_M
+    selected = ", ".join(
+        f"non_negative_difference(last({ident(hub.field(f))})) AS {ident(f)}" for f in fields
+    )
     return (
-        f"SELECT non_negative_difference(last({ident(hub.field(field))})) AS {ident(field)} "
+        f"SELECT {selected} "
         f"FROM {ident(hub.name)} "
         + where(var_match(hub.tag(HUB), HUB))
         + f" GROUP BY time({INTERVAL}), {ident(hub.tag(HUB))} fill(none)"
@@ -105,8 +108,10 @@ def build(config: BuildConfig) -> dashboard.Dashboard:
             "Late readings",
             "Readings that reached the rules after timers past their time had fired "
             "(counter difference): delays longer than events.allowed_lateness_s, or a "
-            "device clock running ahead. `gridwatch status` names what they came behind.",
-            [query(_difference("rules_late_readings")).alias(alias)],
+            "device clock running ahead. Beside them, readings dated ahead of the hub's "
+            "clock on arrival (more than 2 s): only a fast clock does that. `gridwatch "
+            "status` names what the late ones came behind, and the fast devices.",
+            [query(_difference("rules_late_readings", "readings_ahead")).alias(alias)],
         ),
         timeseries_panel(
             "Storage refusing writes",

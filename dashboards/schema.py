@@ -34,6 +34,7 @@ HUB_STATS_FIELDS: Final = (
     "duplicates",
     "retained_skipped",
     "foreign_skipped",
+    "readings_ahead",
     "write_failures",
     "backpressure_waits",
     "storage_blocked",

@@ -43,7 +43,7 @@ from ingest.decode import Decoder, Rejected, RejectReason
 from ingest.line_protocol import LineEncoder, LineProtocolError
 from ingest.records import Deduplicator, Record, SessionLost, Tick
 from ingest.spool import Spool, SpoolWriteError, encode_frame
-from ingest.stats import IngestStats
+from ingest.stats import AHEAD_NOTED_S, IngestStats
 from sensors.base import Reading
 from sensors.topics import Route
 
@@ -95,6 +95,7 @@ class Intake:
         self._spool = spool
         self._dead = dead_letters
         self._stats = stats
+        self._ahead_ns = int(AHEAD_NOTED_S * 1e9)
         self._ack = ack
         self._generation = generation
         self._set_reading = set_reading
@@ -177,6 +178,8 @@ class Intake:
             if self.dedup.seen(result, self._dup()):
                 stats.duplicates += 1  # the log has it: acked, not logged again
             else:
+                if result.ts_ns - now_ns > self._ahead_ns:  # a fast clock (transit ages)
+                    stats.note_ahead(result.device, result.ts_ns - now_ns)
                 batch.lines.append(line)
                 if self._records:
                     batch.records.append(result)

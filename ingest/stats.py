@@ -10,9 +10,20 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sensors.base import FieldValue
+
+AHEAD_NOTED_S: Final = 2.0
+"""A reading dated this far ahead of the hub's clock when it arrives is counted
+(`readings_ahead`). Transit only makes a reading older, so only a device clock running
+fast (or the hub's running slow) dates it in the future; the rules' event time follows
+the fastest clock, so such a device makes other devices' readings late
+(docs/alarm-path.md, finding 3)."""
+AHEAD_SOURCES: Final = 100
+"""The most device names `IngestStats.ahead_by` keeps (made-up names cannot grow it)."""
+AHEAD_SHOWN: Final = 5
+"""Devices the status file names, the most frequent first."""
 
 
 class LatencyHistogram:
@@ -68,6 +79,12 @@ class IngestStats:
     """Retained messages re-sent because the hub resubscribed to its kept session."""
     foreign_skipped: int = 0
     """Messages of sites another partition's hub reads (cluster mode, catch-all hub)."""
+    readings_ahead: int = 0
+    """Readings dated more than `AHEAD_NOTED_S` ahead of the hub's clock on arrival."""
+    ahead_by: dict[str, int] = field(default_factory=dict)
+    """`readings_ahead` per device (at most `AHEAD_SOURCES` names)."""
+    ahead_max_s: float = 0.0
+    """The furthest ahead any of them was."""
     write_failures: Counter[str] = field(default_factory=Counter)
     backpressure_waits: int = 0
     storage_failures: int = 0
@@ -101,6 +118,7 @@ class IngestStats:
             "duplicates": self.duplicates,
             "retained_skipped": self.retained_skipped,
             "foreign_skipped": self.foreign_skipped,
+            "readings_ahead": self.readings_ahead,
             "write_failures": sum(self.write_failures.values()),
             "backpressure_waits": self.backpressure_waits,
             "storage_blocked": self.storage_error is not None,
@@ -120,6 +138,16 @@ class IngestStats:
             out[f"write_failures_{failure}"] = count
         return out
 
+    def note_ahead(self, device: str, ahead_ns: int) -> None:
+        """A reading of `device` arrived dated `ahead_ns` ahead of the hub's clock."""
+        self.readings_ahead += 1
+        self.ahead_max_s = max(self.ahead_max_s, ahead_ns / 1e9)
+        by = self.ahead_by
+        if device in by:
+            by[device] += 1
+        elif len(by) < AHEAD_SOURCES:
+            by[device] = 1
+
     def storage_blocked_s(self) -> float:
         since = self.storage_failing_since
         return 0.0 if since is None else time.monotonic() - since
@@ -136,4 +164,8 @@ class IngestStats:
         data["first_received_cpu_s"] = self.first_received_cpu_s
         data["last_stored_ns"] = self.last_stored_ns
         data["latency_p99_ms"] = p99
+        if self.readings_ahead:
+            ranked = sorted(self.ahead_by.items(), key=lambda kv: (-kv[1], kv[0]))
+            data["readings_ahead_by"] = dict(ranked[:AHEAD_SHOWN])
+            data["readings_ahead_max_s"] = round(self.ahead_max_s, 1)
         return data

@@ -74,6 +74,14 @@ def format_status(data: dict[str, Any]) -> str:
         f"  spool         {data.get('spool_lines')} lines, {data.get('spool_bytes')} bytes",
         f"  lag           {data.get('lag_s', 0):.1f} s",
     ]
+    if ahead := data.get("readings_ahead"):
+        by = sorted((data.get("readings_ahead_by") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        by_device = ", ".join(f"{name} {n}" for name, n in by)
+        lines.append(
+            f"  ahead         {ahead} readings arrived dated up to "
+            f"{data.get('readings_ahead_max_s', 0):.1f} s ahead of the hub clock: a device clock "
+            f"running fast (or the hub's slow); by device: {by_device or '?'}"
+        )
     p50, p99 = data.get("latency_p50_ms"), data.get("latency_p99_ms")
     if p50 is not None:
         lines.append(f"  latency       p50 {p50:.1f} ms, p99 {p99:.1f} ms (publish→stored)")

@@ -161,7 +161,7 @@ EXPECTED: Final[dict[tuple[str, str, str], Expect]] = {
         ("time", "rules_event_latency_p99_ms"), ("hub",), data=False
     ),
     ("gridwatch-hub-health", "Late readings", "A"): Expect(
-        ("time", "rules_late_readings"), ("hub",), data=False
+        ("time", "rules_late_readings", "readings_ahead"), ("hub",)
     ),
     ("gridwatch-hub-health", "Storage refusing writes", "A"): Expect(
         ("time", "storage_blocked_s"), ("hub",)

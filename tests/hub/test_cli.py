@@ -217,6 +217,20 @@ def test_status_names_what_late_readings_came_behind(
     assert "is its clock ahead" not in shown[1]
 
 
+def test_status_names_the_devices_dated_ahead_of_the_hub_clock(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GRIDWATCH_HUB__DATA_DIR", str(tmp_path))
+    write_status(tmp_path, snapshot(os.getpid()))
+    assert "ahead of the hub clock" not in runner.invoke(main, ["status"]).output
+    ahead = {"readings_ahead": 9_156, "readings_ahead_max_s": 240.3}
+    by = {"readings_ahead_by": {"sm-b1-corridor-3": 9_150, "ac-gate-1": 6}}
+    write_status(tmp_path, {**snapshot(os.getpid()), **ahead, **by})
+    shown = runner.invoke(main, ["status"]).output
+    assert "9156 readings arrived dated up to 240.3 s ahead of the hub clock" in shown
+    assert "by device: sm-b1-corridor-3 9150, ac-gate-1 6" in shown
+
+
 def test_status_json(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     write_status(tmp_path, snapshot(dead_pid()))
     monkeypatch.setenv("GRIDWATCH_HUB__DATA_DIR", str(tmp_path))

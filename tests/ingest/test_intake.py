@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from ingest.deadletter import read_dead_letters
 from ingest.spool import Spool, encode_frame
+from ingest.stats import AHEAD_SOURCES, IngestStats
 from tests.support.intake import Rig, make_rig, running, wait_for
 
 TOPIC = "gw/v1/s1/smoke/sd-1/telemetry"
@@ -185,3 +188,45 @@ async def test_full_spool_withholds_acks_until_space_is_freed(tmp_path: Path) ->
     finally:
         r.spool.close()
         r.dead.close()
+
+
+async def test_readings_dated_ahead_of_the_hub_clock_are_counted_by_device(rig: Rig) -> None:
+    """Transit only ages a reading: one dated in the future says its device's clock runs
+    fast. Counted once per logged reading (a redelivery is not logged again)."""
+    now_ms = time.time_ns() // 1_000_000
+
+    def message(device: str, ahead_s: float, seq: int) -> tuple[str, bytes]:
+        body = {"temperature": 21.5, "ts": now_ms + round(ahead_s * 1000), "seq": seq}
+        return f"gw/v1/s1/smoke/{device}/telemetry", json.dumps(body).encode()
+
+    sent = [
+        message("sd-fast", 30.0, 1),
+        message("sd-fast", 30.5, 2),
+        message("sd-near", 0.5, 1),  # within the hub's and the device's clock error
+        message("sd-old", -60.0, 1),  # old: delayed in transit, not a fast clock
+        message("sd-fast", 30.0, 1),  # the broker sent it again
+    ]
+    intake = rig.intake()
+    async with running(intake):
+        for pid, (topic, payload) in enumerate(sent, start=1):
+            intake.on_publish(topic, payload, 1, False, pid)
+        await wait_for(lambda: len(rig.acks.acked) == len(sent))
+    assert rig.stats.duplicates == 1
+    assert rig.stats.readings_ahead == 2
+    assert rig.stats.ahead_by == {"sd-fast": 2}
+    assert 29.0 < rig.stats.ahead_max_s <= 30.5
+    shown = rig.stats.snapshot()
+    assert shown["readings_ahead"] == 2 and shown["readings_ahead_by"] == {"sd-fast": 2}
+
+
+def test_the_names_of_fast_clocks_are_bounded() -> None:
+    stats = IngestStats()
+    for i in range(AHEAD_SOURCES + 50):
+        stats.note_ahead(f"made-up-{i}", 5_000_000_000)
+    stats.note_ahead("made-up-0", 9_000_000_000)
+    assert stats.readings_ahead == AHEAD_SOURCES + 51
+    assert len(stats.ahead_by) == AHEAD_SOURCES and stats.ahead_by["made-up-0"] == 2
+    assert stats.ahead_max_s == 9.0
+    assert list(stats.snapshot()["readings_ahead_by"]) == [
+        "made-up-0", "made-up-1", "made-up-10", "made-up-11", "made-up-12",
+    ]  # fmt: skip
