@@ -98,6 +98,11 @@ _MEASUREMENT_ESCAPES: Final = str.maketrans({"\\": "/", ",": r"\,", " ": r"\ "})
 _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 _NS_PER_MS: Final = 1_000_000
+_SERIES: Final = SECURITY_EVENT.translate(_MEASUREMENT_ESCAPES)
+_TAG_ORDER: Final = tuple(
+    sorted(("site", "cell", "device", "rule", "severity", "state", "incident", "action", "source"))
+)
+"""`event_point`'s tag keys, sorted as InfluxDB prefers; identifiers, nothing to escape."""
 
 
 def _one_line(text: str) -> str:
@@ -188,16 +193,8 @@ def event_point(event: SecurityEvent, audit: AuditRecord) -> str:
     if loc is not None and math.isfinite(loc.lon) and math.isfinite(loc.lat):
         fields["lon"] = float(loc.lon)
         fields["lat"] = float(loc.lat)
-    # The keys are identifiers: nothing in them to escape. Tags sorted by key, as
-    # InfluxDB prefers (`_TAG_ORDER`).
     series = _SERIES + "".join(
         f",{k}={value}" for k in _TAG_ORDER if (value := _tag_value(tags[k]))
     )
     field_set = ",".join(f"{k}={_field(v)}" for k, v in fields.items())
     return f"{series} {field_set} {point_time_ns(event, audit)}"
-
-
-_SERIES: Final = SECURITY_EVENT.translate(_MEASUREMENT_ESCAPES)
-_TAG_ORDER: Final = tuple(
-    sorted(("site", "cell", "device", "rule", "severity", "state", "incident", "action", "source"))
-)

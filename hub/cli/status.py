@@ -43,6 +43,11 @@ def status(config_path: Path | None, as_json: bool) -> None:
         click.echo(format_status(data))
 
 
+def _most_first(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Named counts, the largest first (the status file's JSON keeps no order)."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def format_status(data: dict[str, Any]) -> str:
     """The status file as the lines `gridwatch status` prints."""
     if "cluster" in data:
@@ -75,8 +80,9 @@ def format_status(data: dict[str, Any]) -> str:
         f"  lag           {data.get('lag_s', 0):.1f} s",
     ]
     if ahead := data.get("readings_ahead"):
-        by = sorted((data.get("readings_ahead_by") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
-        by_device = ", ".join(f"{name} {n}" for name, n in by)
+        by_device = ", ".join(
+            f"{name} {n}" for name, n in _most_first(data.get("readings_ahead_by") or {})
+        )
         lines.append(
             f"  ahead         {ahead} readings arrived dated up to "
             f"{data.get('readings_ahead_max_s', 0):.1f} s ahead of the hub clock: a device clock "
@@ -94,7 +100,7 @@ def format_status(data: dict[str, Any]) -> str:
         )
         if late := data.get("rules_late_readings"):
             behind = data.get("rules_late_behind") or {}
-            ranked = sorted(behind.items(), key=lambda kv: (-kv[1], kv[0]))
+            ranked = _most_first(behind)
             most = ", ".join(f"{name} {count}" for name, count in ranked)
             lines.append(
                 f"  late          {late} readings reached the rules after timers past their "
